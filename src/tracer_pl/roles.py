@@ -1,0 +1,241 @@
+"""Roles: what an agent is told, how its output is read, and how it is rewarded (TRACER §1 and §3).
+
+A :class:`Role` bundles three overridable methods:
+
+* :meth:`Role.render` -- the user message built from the dialogue (the prompt);
+* :meth:`Role.parse` -- the part of the output the dialogue uses (an answer, a verdict);
+* :meth:`Role.reward` -- the role-specific reward that GSPO trains on.
+
+To add a reward role, subclass :class:`Proposer` or :class:`Reviewer` and override one or two of them, then name
+the class in YAML (``class_path: my_pkg.MyReviewer``). Rewards written for TRL (``(prompts, completions,
+**kwargs) -> list[float | None]``) can be added to any role with ``extra_rewards``, and every role's own reward
+is available in that signature through :meth:`Role.as_reward_function`.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tracer_pl.agent import Messages
+from tracer_pl.answers import extract_answer, get_answer_format, is_equivalent
+from tracer_pl.problem import Problem
+
+TRLReward = Callable[..., list[float | None]]
+"""A reward function with TRL's signature ``(prompts, completions, **kwargs) -> list[float | None]``."""
+
+RIGHT, WRONG = "RIGHT", "WRONG"
+
+
+@dataclass
+class DialogueView:
+    """What a speaking role sees of one dialogue.
+
+    Attributes:
+        problem: The problem being solved.
+        pending_text: The current pending solution (None before the first proposal).
+        pending_answer: Its parsed answer (None when nothing is pending or it is unparseable).
+        pending_correct: Whether the pending answer matches the gold answer (False when there is none).
+        review_text: The latest parseable review of the pending solution, if any.
+        vote: The pending answer's vote.
+        round_index: The current round, 1-based.
+    """
+
+    problem: Problem
+    pending_text: str | None = None
+    pending_answer: str | None = None
+    pending_correct: bool = False
+    review_text: str | None = None
+    vote: int = 0
+    round_index: int = 1
+
+
+def is_correct(answer: str | None, problem: Problem) -> bool:
+    """Whether ``answer`` matches the problem's gold answer in its dataset's answer format."""
+    return answer is not None and is_equivalent(answer, problem.gold, problem.dataset)
+
+
+class Role(ABC):
+    """Base class of a speaking role.
+
+    Args:
+        system_prompt: The system message; None keeps the class default.
+        reward_scale: Multiplies the role's own reward.
+        extra_rewards: TRL-style reward functions added to the role's reward (a None score counts as 0).
+        extra_reward_weights: One weight per extra reward (default 1 each).
+    """
+
+    name: str = "role"
+    default_system_prompt: str = ""
+
+    def __init__(
+        self,
+        system_prompt: str | None = None,
+        reward_scale: float = 1.0,
+        extra_rewards: Sequence[TRLReward] | None = None,
+        extra_reward_weights: Sequence[float] | None = None,
+    ) -> None:
+        self.system_prompt = self.default_system_prompt if system_prompt is None else system_prompt
+        self.reward_scale = reward_scale
+        self.extra_rewards = list(extra_rewards or [])
+        self.extra_reward_weights = list(extra_reward_weights or [1.0] * len(self.extra_rewards))
+        if len(self.extra_reward_weights) != len(self.extra_rewards):
+            raise ValueError(
+                f"{type(self).__name__}: extra_reward_weights has {len(self.extra_reward_weights)} entries for "
+                f"{len(self.extra_rewards)} extra_rewards"
+            )
+
+    # ---------------------------------------------------------------- the three hooks
+    @abstractmethod
+    def render(self, view: DialogueView) -> str:
+        """The user message for this role (override to change the prompt)."""
+
+    @abstractmethod
+    def parse(self, text: str, view: DialogueView) -> str | None:
+        """What the dialogue reads from the output: an answer or a verdict; None when unparseable."""
+
+    @abstractmethod
+    def reward(self, text: str, view: DialogueView) -> float:
+        """The role-specific reward of one completion (before scaling and extra rewards)."""
+
+    # ---------------------------------------------------------------- built on the hooks
+    def messages(self, view: DialogueView) -> Messages:
+        """The chat prompt: the system message (if any) and :meth:`render`."""
+        prompt: Messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return prompt + [{"role": "user", "content": self.render(view)}]
+
+    def score(self, texts: Sequence[str], view: DialogueView) -> list[float]:
+        """Total rewards of completions for the same context: scaled own reward plus weighted extra rewards."""
+        scores = [self.reward_scale * self.reward(text, view) for text in texts]
+        if not self.extra_rewards:
+            return scores
+        prompts = [self.messages(view)] * len(texts)
+        kwargs = _trl_columns(view, len(texts))
+        for weight, fn in zip(self.extra_reward_weights, self.extra_rewards):
+            extra = fn(prompts=prompts, completions=list(texts), **kwargs)
+            scores = [s + weight * (e or 0.0) for s, e in zip(scores, extra)]
+        return scores
+
+    def as_reward_function(self) -> TRLReward:
+        """This role's reward with TRL's signature, for use in TRL trainers.
+
+        The dataset columns arrive as keyword lists: ``gold`` (or ``answer``), ``dataset`` (default
+        ``gsm8k``), and for reviewers ``pending_answer``. Completions may be strings or conversational message
+        lists. A row with no gold answer scores None.
+        """
+
+        def reward_function(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+            golds = kwargs.get("gold", kwargs.get("answer"))
+            out: list[float | None] = []
+            for i, completion in enumerate(completions):
+                gold = golds[i] if golds is not None else None
+                if gold is None:
+                    out.append(None)
+                    continue
+                view = _view_from_columns(kwargs, i, str(gold))
+                out.append(self.reward_scale * self.reward(_completion_text(completion), view))
+            return out
+
+        reward_function.__name__ = f"{self.name}_reward"
+        return reward_function
+
+
+class Proposer(Role):
+    """Writes a solution ending with a final-answer line; rewarded +1 if its answer is correct, else -1."""
+
+    name = "proposer"
+    default_system_prompt = "You are a careful problem solver. Reason step by step, briefly."
+
+    def render(self, view: DialogueView) -> str:
+        instruction = get_answer_format(view.problem.dataset).answer_instruction
+        parts = [f"Problem:\n{view.problem.question}"]
+        if view.pending_text is not None:
+            parts.append(f"Current proposed solution:\n{view.pending_text}")
+            if view.review_text is not None:
+                parts.append(f"Latest review of it:\n{view.review_text}")
+            parts.append("Write an improved solution from scratch.")
+        else:
+            parts.append("Solve the problem.")
+        parts.append(instruction)
+        return "\n\n".join(parts)
+
+    def parse(self, text: str, view: DialogueView) -> str | None:
+        return extract_answer(text, view.problem.dataset)
+
+    def reward(self, text: str, view: DialogueView) -> float:
+        return 1.0 if is_correct(self.parse(text, view), view.problem) else -1.0
+
+
+class Reviewer(Role):
+    """Judges the pending answer: first line ``RIGHT`` or ``WRONG``, second line one short reason.
+
+    Rewarded +1 when the verdict is right about the pending answer, -1 when wrong, 0 when the verdict is
+    unparseable or nothing parseable is pending.
+    """
+
+    name = "reviewer"
+    default_system_prompt = "You are a strict reviewer of solutions to problems."
+
+    def render(self, view: DialogueView) -> str:
+        return (
+            f"Problem:\n{view.problem.question}\n\n"
+            f"Proposed solution:\n{view.pending_text}\n\n"
+            "Is the final answer of the proposed solution correct? Answer on the first line with exactly RIGHT "
+            "or WRONG, then give one short reason on the second line."
+        )
+
+    def parse(self, text: str, view: DialogueView) -> str | None:
+        return parse_verdict(text)
+
+    def reward(self, text: str, view: DialogueView) -> float:
+        verdict = self.parse(text, view)
+        if verdict is None or view.pending_answer is None:
+            return 0.0
+        return 1.0 if (verdict == RIGHT) == view.pending_correct else -1.0
+
+
+_VERDICT = re.compile(r"^[\s*#>_`\"'(\[]*(right|wrong|correct|incorrect)\b", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> str | None:
+    """``RIGHT``/``WRONG`` from the first non-empty line (markdown emphasis and ``correct``/``incorrect`` too)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    match = _VERDICT.match(first)
+    if match is None:
+        return None
+    return RIGHT if match.group(1).lower() in ("right", "correct") else WRONG
+
+
+def _completion_text(completion: Any) -> str:
+    """TRL passes plain strings, or message lists for conversational data (the last message is the output)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    return str(completion)
+
+
+def _view_from_columns(columns: dict[str, Any], i: int, gold: str) -> DialogueView:
+    def column(name: str, default: Any = None) -> Any:
+        values = columns.get(name)
+        return default if values is None else values[i]
+
+    dataset = column("dataset", "gsm8k")
+    problem = Problem(question=str(column("question", "")), gold=gold, dataset=dataset)
+    pending = column("pending_answer")
+    return DialogueView(problem=problem, pending_text=pending, pending_answer=pending,
+                        pending_correct=is_correct(pending, problem))
+
+
+def _trl_columns(view: DialogueView, n: int) -> dict[str, list[Any]]:
+    """The keyword columns handed to extra TRL rewards for ``n`` completions of one context."""
+    return {
+        "question": [view.problem.question] * n,
+        "gold": [view.problem.gold] * n,
+        "answer": [view.problem.gold] * n,
+        "dataset": [view.problem.dataset] * n,
+        "pending_answer": [view.pending_answer] * n,
+    }
