@@ -1,0 +1,210 @@
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracer_pl.answers import (
+    AnswerFormat,
+    extract_answer,
+    format_choices,
+    get_answer_format,
+    gsm8k_gold,
+    is_equivalent,
+    normalize_number,
+    register_answer_format,
+    shuffle_choices,
+)
+from tracer_pl.errors import ConfigError
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("So she pays 18 dollars.\nFinal answer: 18", "18"),  # the final-answer line
+        ("Final answer: $1,234.", "1234"),  # dollar sign, thousands comma, trailing period
+        ("final answer: -3", "-3"),  # case-insensitive, negative
+        ("Final Answer: 2.50", "2.5"),  # canonical decimal
+        ("The answer is 50%.", "50"),  # percent
+        ("Final answer: 3/4", "0.75"),  # a simple fraction
+        ("We get \\boxed{42} in the end.", "42"),  # boxed
+        ("\\boxed{\\frac{1}{2}}", "0.5"),  # boxed LaTeX fraction
+        ("Final answer: \\boxed{7}", "7"),
+        ("3 + 4 = 7\n#### 7", "7"),  # GSM8K reference style
+        ("First 12, then 30, so 42 apples", "42"),  # last-number fallback
+        ("Final answer: 12 apples", "12"),  # units after the number
+        ("Final answer: 5\nWait, no: 6 is wrong. Final answer: 9", "9"),  # the last final-answer line wins
+        ("Answer: \u22125", "-5"),  # a unicode minus sign
+        ("I do not know.", None),  # no number at all
+        ("", None),
+        ("Final answer: " + "9" * 5000, None),  # absurdly long numbers are no answer
+    ],
+)
+def test_gsm8k_extraction(text, expected):
+    assert extract_answer(text, "gsm8k") == expected
+
+
+@pytest.mark.parametrize(
+    "prediction, gold, expected",
+    [
+        ("18", "18", True),
+        ("18.0004", "18", True),  # within 1e-3
+        ("18.01", "18", False),
+        ("1000000.0005", "1000000", True),  # absolute tolerance, also for large numbers
+        ("1000000.5", "1000000", False),
+        ("-3", "3", False),
+        (None, "3", False),  # no answer
+        ("nan", "3", False),
+        ("inf", "inf", False),
+    ],
+)
+def test_gsm8k_equivalence(prediction, gold, expected):
+    assert is_equivalent(prediction, gold, "gsm8k") is expected
+
+
+def test_gsm8k_gold_errors():
+    assert gsm8k_gold("2 + 2 = 4\n#### 1,000") == "1000"
+    with pytest.raises(ValueError, match="no '####'"):
+        gsm8k_gold("The answer is 4")
+    with pytest.raises(ValueError, match="expected a number after '####'"):
+        gsm8k_gold("#### four")
+    assert normalize_number("$5") == "5"
+    assert normalize_number("5 and 6") is None  # two numbers are not one answer
+
+
+def test_gsm8k_real_rows():
+    data = rows(DATA / "gsm8k" / "test_sample64.jsonl")
+    assert len(data) == 64
+    for row in data:
+        gold = gsm8k_gold(row["answer"])
+        solution = row["answer"].replace("####", "Final answer:")
+        assert extract_answer(solution, "gsm8k") == gold, row["question"][:50]
+        assert is_equivalent(gold, gold, "gsm8k")
+    assert gsm8k_gold(data[0]["answer"]) == "18"  # Janet's ducks: 16 - 3 - 4 = 9 eggs at $2
+
+
+def test_math500_real_rows():
+    data = rows(DATA / "math500" / "test_sample64.jsonl")
+    matched = sum(is_equivalent(extract_answer(r["solution"], "math500"), r["answer"], "math500") for r in data)
+    assert matched == 64
+    assert extract_answer(data[0]["solution"], "math500") is not None
+
+
+@pytest.mark.parametrize(
+    "prediction, gold, expected",
+    [
+        ("\\frac{1}{2}", "\\frac{1}{2}", True),  # identical: no math-verify needed
+        ("0.5", "\\frac{1}{2}", True),
+        ("\\dfrac12", "\\frac{1}{2}", True),
+        ("x=3", "3", True),
+        ("(1, 2]", "(1,2]", True),  # spacing
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+        ("\\frac{2}{3}", "\\frac{1}{2}", False),
+        ("\\sqrt{", "2", False),  # unparseable LaTeX is simply wrong
+    ],
+)
+def test_math500_equivalence(prediction, gold, expected):
+    assert is_equivalent(prediction, gold, "math500") is expected
+
+
+def test_math500_extraction():
+    assert extract_answer("so \\boxed{\\frac{a}{\\sqrt{b}}} done", "math500") == "\\frac{a}{\\sqrt{b}}"
+    assert extract_answer("\\boxed{1} then \\fbox{2}", "math500") == "2"  # the last box
+    assert extract_answer("Final answer: $x^2$.", "math500") == "x^2"
+    assert extract_answer("\\boxed{unbalanced", "math500") is None
+    assert extract_answer("no answer here", "math500") is None
+
+
+def test_math_verify_off_the_main_thread():
+    results = []
+    thread = threading.Thread(target=lambda: results.append(is_equivalent("0.5", "\\frac{1}{2}", "math500")))
+    thread.start()
+    thread.join(timeout=60)
+    assert results == [True]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The gas is inert.\nFinal answer: B", "B"),
+        ("Final answer: (c)", "C"),
+        ("So the answer is D.", "D"),
+        ("\\boxed{A}", "A"),
+        ("After elimination:\nC", "C"),  # a line holding only the letter
+        ("I pick (B) because of A and D", "B"),
+        ("A reasonable guess would be hard.", None),  # the article "A" is not an answer
+        ("", None),
+    ],
+)
+def test_gpqa_letters(text, expected):
+    assert extract_answer(text, "gpqa_diamond") == expected
+
+
+def test_gpqa_equivalence_and_gold():
+    assert is_equivalent("c", "C", "gpqa_diamond")
+    assert not is_equivalent("A", "C", "gpqa_diamond")
+    fmt = get_answer_format("gpqa_diamond")
+    with pytest.raises(ValueError, match="A-D"):
+        fmt.parse_gold("E")
+
+
+def test_shuffle_choices():
+    options, letter = shuffle_choices("right", ["w1", "w2", "w3"], seed="rec42")
+    assert sorted(options) == ["right", "w1", "w2", "w3"]
+    assert options["ABCD".index(letter)] == "right"
+    assert shuffle_choices("right", ["w1", "w2", "w3"], seed="rec42") == (options, letter)  # stable
+    letters = {shuffle_choices("right", ["w1", "w2", "w3"], seed=i)[1] for i in range(40)}
+    assert letters == set("ABCD")  # the gold position varies across questions
+    text = format_choices("Which?", options)
+    assert text.splitlines()[2] == f"A. {options[0]}" and text.splitlines()[-1] == f"D. {options[3]}"
+
+
+class YesNo(AnswerFormat):
+    name = "yes_no"
+    answer_instruction = "Answer yes or no."
+
+    def extract(self, text):
+        words = [w.strip(".!").lower() for w in text.split()]
+        return next((w for w in reversed(words) if w in ("yes", "no")), None)
+
+    def equivalent(self, prediction, gold):
+        return prediction == gold.lower()
+
+
+def test_registry():
+    register_answer_format(YesNo(), overwrite=True)
+    assert extract_answer("I think... yes.", "yes_no") == "yes"
+    assert is_equivalent("yes", "Yes", "yes_no")
+    with pytest.raises(ValueError, match="registered already"):
+        register_answer_format(YesNo())
+    with pytest.raises(ConfigError, match="gpqa_diamond, gsm8k, math500"):
+        extract_answer("x", "no_such_set")
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=200), dataset=st.sampled_from(["gsm8k", "gpqa_diamond"]))
+def test_extraction_never_raises(text, dataset):
+    answer = extract_answer(text, dataset)
+    assert answer is None or isinstance(answer, str)
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("\\{}boxedfrac0123456789 ^_$")), max_size=60))
+def test_math_extraction_and_grading_never_raise(text):
+    answer = extract_answer(text, "math500")
+    assert isinstance(is_equivalent(answer, "1", "math500"), bool)
+
+
+@pytest.mark.parametrize("text", [None, b"bytes".decode() + "\ufffd\ufffd", "1e400", "Final answer: inf"])
+def test_odd_inputs(text):
+    for dataset in ("gsm8k", "math500", "gpqa_diamond"):
+        extract_answer(text, dataset)  # must not raise
+    assert extract_answer("Final answer: inf", "gsm8k") is None
