@@ -185,7 +185,7 @@ def test_registry():
     assert is_equivalent("yes", "Yes", "yes_no")
     with pytest.raises(ValueError, match="registered already"):
         register_answer_format(YesNo())
-    with pytest.raises(ConfigError, match="gpqa_diamond, gsm8k, math500"):
+    with pytest.raises(ConfigError, match="exact, gpqa_diamond, gsm8k, math500"):
         extract_answer("x", "no_such_set")
 
 

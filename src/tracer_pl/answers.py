@@ -286,6 +286,26 @@ class ChoiceFormat(AnswerFormat):
         return letter
 
 
+class ExactFormat(AnswerFormat):
+    """Non-numeric short answers compared as text (case and surrounding space ignored)."""
+
+    name = "exact"
+    answer_instruction = "End your solution with a last line of the form 'Final answer: <answer>'."
+
+    def extract(self, text: str) -> str | None:
+        line = final_answer_line(text)
+        if line is None:
+            lines = [x for x in text.strip().splitlines() if x.strip()]
+            line = lines[-1] if lines else None
+        return line.strip().strip(".").strip() or None if line else None
+
+    def equivalent(self, prediction: str, gold: str) -> bool:
+        number_p, number_g = normalize_number(prediction), normalize_number(gold)
+        if number_p is not None and number_g is not None:
+            return NumberFormat().equivalent(number_p, number_g)
+        return prediction.strip().casefold() == gold.strip().casefold()
+
+
 def shuffle_choices(correct: str, incorrect: Sequence[str], seed: int | str) -> tuple[list[str], str]:
     """Order the options with a per-question seed; return them (A first) and the gold letter.
 
@@ -349,5 +369,5 @@ def is_equivalent(prediction: str | None, gold: str, dataset: str) -> bool:
         return False
 
 
-for _fmt in (NumberFormat(), MathFormat(), ChoiceFormat()):
+for _fmt in (NumberFormat(), MathFormat(), ChoiceFormat(), ExactFormat()):
     register_answer_format(_fmt)
