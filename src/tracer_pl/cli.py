@@ -1,9 +1,9 @@
 """``tracer-pl``: the command line, a ``LightningCLI`` over :class:`TracerModule` and :class:`ReasoningDataModule`.
 
 ``tracer-pl fit -c configs/quickstart.yaml``, ``tracer-pl test -c ... --ckpt_path ...``, ``validate``,
-``--print_config``; every field can be overridden (``--model.dialogue.group_size=8``). Configs use OmegaConf
-interpolation (``${trainer.default_root_dir}/checkpoints``), resolved after the command line is read
-(jsonargparse's ``omegaconf+`` mode), so overriding a field also changes what interpolates it.
+``--print_config``; every field can be overridden (``--model.dialogue.group_size=8``). Configs may use OmegaConf
+interpolation (``${trainer.default_root_dir}/checkpoints``); it is resolved when the file is read, so a
+command-line override of ``trainer.default_root_dir`` does not move what the file interpolated from it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
+from tracer_pl.callbacks import BatchCheckpoint
 from tracer_pl.data import ReasoningDataModule
 from tracer_pl.module import TracerModule
 
@@ -24,9 +25,9 @@ class TracerCLI(LightningCLI):
     def after_fit(self) -> None:
         trainer = self.trainer
         lines = [f"log directory:  {trainer.log_dir}"]
-        checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and getattr(checkpoint, "last_model_path", ""):
-            lines.append(f"last checkpoint: {checkpoint.last_model_path}")
+        saved = [cb.last_path for cb in trainer.callbacks if isinstance(cb, BatchCheckpoint) and cb.last_path]
+        saved += [cb.last_model_path for cb in trainer.checkpoint_callbacks if getattr(cb, "last_model_path", "")]
+        lines += [f"checkpoint:     {path}" for path in saved]
         adapters = getattr(self.model, "exported_adapters", None)
         if adapters:
             lines += [f"{role} adapter:  {path}" for role, path in adapters.items()]
@@ -60,7 +61,7 @@ def build_cli(args: Any = None, run: bool = True) -> TracerCLI:
     return TracerCLI(
         TracerModule,
         ReasoningDataModule,
-        parser_kwargs={"parser_mode": "omegaconf+"},
+        parser_kwargs={"parser_mode": "omegaconf"},
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         args=args,

@@ -138,6 +138,10 @@ class TracerModule(L.LightningModule):
     def controllers(self) -> tuple[Controller, Controller]:
         return self.proposer_controller, self.reviewer_controller
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Batches are lists of text problems: nothing to move (the backbone puts its tensors on its device)."""
+        return batch
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Sequence[Problem], batch_idx: int) -> None:
         """Play the batch's dialogues; GSPO steps and controller updates happen inside, in TRACER's order."""
@@ -176,7 +180,7 @@ class TracerModule(L.LightningModule):
                 self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
             self._count(f"gspo/{role}/steps", 1.0)
-            self._step_stats[f"gspo/{role}/loss"] = float(loss)
+            self._step_stats[f"gspo/{role}/loss"] = loss.item()
             self._step_stats[f"gspo/{role}/grad_norm"] = grad_norm
             self._step_stats[f"gspo/{role}/clip_frac"] = clip_fraction(
                 logp, old_logp, num_tokens, advantages, cfg.epsilon, cfg.epsilon_high, cfg.log_ratio_clamp)
@@ -226,7 +230,7 @@ class TracerModule(L.LightningModule):
             tracker = self.eval_metrics[key]
             tracker.update(torch.tensor(data))
             self.log(key, tracker, on_step=False, on_epoch=True, batch_size=len(batch), add_dataloader_idx=False,
-                     prog_bar=metric == "accuracy")
+                     prog_bar=metric == "accuracy", metric_attribute=f"eval_metrics.{key}")
 
     def on_test_epoch_start(self) -> None:
         self._eval_generator = torch.Generator().manual_seed(self.eval_seed)
