@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 quickstart: $(STAMP)
 	$(BIN)/tracer-pl fit -c configs/quickstart.yaml
-	$(BIN)/tracer-pl test -c configs/quickstart.yaml --ckpt_path last
+	$(BIN)/tracer-pl test -c configs/quickstart.yaml --ckpt_path runs/quickstart/checkpoints/last.ckpt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

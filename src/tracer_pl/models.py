@@ -55,6 +55,7 @@ def smollm2_directory() -> Path:
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
     try:
         model = AutoModelForCausalLM.from_pretrained(package, gguf_file=ggufs[0].name, dtype=torch.float32)
+        _forget_gguf_origin(model)
         tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=ggufs[0].name)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -66,6 +67,15 @@ def smollm2_directory() -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _forget_gguf_origin(model: PreTrainedModel) -> None:
+    """transformers dequantizes GGUF weights into plain fp32 layers but still marks the model as quantized,
+    which blocks ``save_pretrained``; the weights in memory are ordinary, so drop the marks."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

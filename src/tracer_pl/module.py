@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -104,7 +104,12 @@ class TracerModule(L.LightningModule):
         self.backbone: Any = None
         self.train_accuracy = MeanMetric()
         self.eval_metrics = torch.nn.ModuleDict()
-        self.save_hyperparameters(ignore=["proposer", "reviewer"])
+        self.save_hyperparameters({  # plain data, so checkpoints load with torch.load(weights_only=True)
+            "backbone": asdict(backbone), "dialogue": asdict(dialogue), "gspo": asdict(gspo),
+            "controllers": asdict(controllers), "proposer": type(proposer).__qualname__,
+            "reviewer": type(reviewer).__qualname__, "train_proposer": train_proposer,
+            "train_reviewer": train_reviewer, "eval_seed": eval_seed,
+        })
 
     # ------------------------------------------------------------------ model and optimizers
     def configure_model(self) -> None:
@@ -273,9 +278,21 @@ class TracerModule(L.LightningModule):
             return
         for controller in self.controllers:
             controller.load_state_dict(tracer["controllers"][controller.name])
-        torch.random.set_rng_state(tracer["torch_rng"])
-        if tracer.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(tracer["cuda_rng"])
+        self._pending_rng = (tracer["torch_rng"], tracer.get("cuda_rng"))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Restore the sampling RNG of a resumed run right before its first batch.
+
+        Restoring it here rather than when the checkpoint loads keeps whatever Lightning draws in between (the
+        data loader's base seed) from shifting the generation samples of a resumed run.
+        """
+        pending = getattr(self, "_pending_rng", None)
+        if pending is None:
+            return
+        torch.random.set_rng_state(pending[0])
+        if pending[1] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(pending[1])
+        self._pending_rng = None
 
 
 # ---------------------------------------------------------------------- metrics (pure functions)

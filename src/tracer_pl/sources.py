@@ -112,6 +112,8 @@ def load_problems(
         )
     for where, row in rows:
         try:
+            if isinstance(row, DataError):
+                raise row
             if convert is None:
                 convert = _converter(_detect_style(row, field_map, where), field_map)
             problem = convert(row, where, seed)
@@ -172,8 +174,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
                 where = f"{path.name} line {number}"
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
+                except json.JSONDecodeError as error:  # handed on, so on_bad_row decides: raise or skip
+                    row = DataError(f"{where}: invalid JSON ({error.msg} at column {error.colno})")
                 yield where, row
         except UnicodeDecodeError as error:
             raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None

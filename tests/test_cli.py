@@ -1,0 +1,97 @@
+"""The command line, in-process: fit then test on the tiny config, configs, subclassed roles from YAML."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+
+from tracer_pl.cli import build_cli
+from tracer_pl.errors import ConfigError
+from tracer_pl.models import bnb_config
+from tracer_pl.tiny import build_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+GSM = ROOT.parent / "shared" / "data" / "gsm8k" / "test_sample64.jsonl"
+TINY = str(CONFIGS / "tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the tiny config writes under runs/tiny
+
+
+def test_fit_then_test_on_gsm8k_jsonl(tmp_path, capsys):
+    build_cli(["fit", "-c", TINY, f"--data.train={GSM}", "--trainer.limit_train_batches=2",
+               "--model.proposer=roles_for_tests.ByteSumProposer"])
+    out = capsys.readouterr().out
+    checkpoint = tmp_path / "runs/tiny/checkpoints/last.ckpt"
+    assert checkpoint.exists() and f"checkpoint:     runs/tiny/checkpoints/last.ckpt" in out
+    adapters = tmp_path / "runs/tiny/logs/version_0/adapters"
+    assert f"proposer adapter:  runs/tiny/logs/version_0/adapters/proposer" in out
+    base, _ = build_tiny_model("qwen2")
+    trained = PeftModel.from_pretrained(base, adapters / "proposer")  # loads in the standard peft format
+    assert any(float(p.abs().sum()) > 0 for n, p in trained.named_parameters() if "lora_B" in n)
+    metrics = (tmp_path / "runs/tiny/logs/version_0/metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    for key in ("train/proposer/reward", "train/reviewer/frac_reward_zero_std", "controller/reviewer/p_speak",
+                "controller/proposer/avg_regret", "train/tokens_per_problem"):
+        assert key in header
+    assert len(metrics) == 3  # one row per step
+
+    build_cli(["test", "-c", TINY, f"--data.test={GSM}", "--data.test_limit=4", f"--ckpt_path={checkpoint}"])
+    result = json.loads((tmp_path / "runs/tiny/logs/version_1/test_metrics.json").read_text())
+    assert 0.0 <= result["test/test_sample64/accuracy"] <= 1.0
+    assert result["test/test_sample64/calls_per_problem"] >= 1  # at least the forced first proposal
+    assert result["test/test_sample64/tokens_per_problem"] > 30  # the prompt alone is longer than that
+
+
+def test_a_subclassed_role_is_selected_from_yaml(tmp_path):
+    config = tmp_path / "verifier.yaml"
+    config.write_text(yaml.safe_dump({"model": {"reviewer": {"class_path": "roles_for_tests.Verifier"}}}))
+    cli = build_cli(["fit", "-c", TINY, "-c", str(config), "--trainer.limit_train_batches=1"])
+    module = cli.model
+    assert type(module.reviewer).__name__ == "Verifier"
+    assert module.backbone.roles == ["proposer", "verifier"]  # its own adapter
+    assert "train/verifier/reward" in cli.trainer.logged_metrics
+    assert (tmp_path / "runs/tiny/logs/version_0/adapters/verifier/adapter_config.json").exists()
+
+
+def test_print_config_shows_every_field(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["fit", "-c", TINY, "--print_config", "--model.dialogue.group_size=6"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["dialogue"]["group_size"] == 6  # command-line override
+    assert printed["model"]["proposer"]["class_path"] == "tracer_pl.roles.Proposer"
+    assert printed["model"]["gspo"]["epsilon"] == 0.1 and printed["model"]["controllers"]["variant"] == "rm"
+    assert printed["data"]["batch_size"] == 2
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_parses_and_builds(config, capsys):
+    text = (CONFIGS / config).read_text()
+    assert text.startswith("# tracer-pl fit -c configs/" + config)  # the first line says how to run it
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "-c", str(CONFIGS / config), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["backbone"]["name"]
+    if printed["model"]["backbone"]["precision"] == "4bit":  # the QLoRA settings build without a GPU
+        quantization = bnb_config(printed["model"]["backbone"]["compute_dtype"], torch.device("cuda"))
+        assert quantization.bnb_4bit_quant_type == "nf4" and quantization.bnb_4bit_use_double_quant
+        assert quantization.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_typo_in_a_key_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["fit", "-c", TINY, "--model.dialogue.group_sise=4"])
+    assert exit_info.value.code != 0
+    assert "group_sise" in capsys.readouterr().err
+
+
+def test_impossible_value_is_rejected_before_the_model_loads():
+    with pytest.raises(ConfigError, match="--model.dialogue.group_size"):
+        build_cli(["fit", "-c", TINY, "--model.dialogue.group_size=1"], run=False)

@@ -1,0 +1,108 @@
+"""The Lightning layer on the tiny model: exact resume, checkpoint contents, faults, configuration errors."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from roles_for_tests import ByteSumProposer
+
+from tracer_pl.callbacks import BatchCheckpoint
+from tracer_pl.data import ReasoningDataModule
+from tracer_pl.dialogue import DialogueConfig
+from tracer_pl.errors import ConfigError
+from tracer_pl.gspo import GSPOConfig
+from tracer_pl.module import BackboneConfig, TracerModule
+
+GSM = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test_sample64.jsonl"
+
+
+def make_module(**overrides):
+    settings = dict(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=6, temperature=1.0),
+                    proposer=ByteSumProposer(), dialogue=DialogueConfig(rounds=3, group_size=3),
+                    gspo=GSPOConfig(lr=0.05, steps_per_group=2))
+    settings.update(overrides)
+    return TracerModule(**settings)
+
+
+def fit(root, batches, ckpt_path=None, keep_every=0, **overrides):
+    L.seed_everything(7)
+    module = make_module(**overrides)
+    data = ReasoningDataModule(train=str(GSM), batch_size=2, seed=3)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[BatchCheckpoint(str(root / "checkpoints"), every_n_batches=2, keep_every=keep_every)])
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def lora_state(module):
+    return {k: v.clone() for k, v in module.backbone.model.state_dict().items() if "lora_" in k}
+
+
+def test_exact_resume_two_plus_two_equals_four(tmp_path):
+    straight, straight_trainer = fit(tmp_path / "a", 4, keep_every=2)
+    middle = tmp_path / "a" / "checkpoints" / "step-000002.ckpt"  # written after batch 2, as before a crash
+    resumed, resumed_trainer = fit(tmp_path / "c", 4, ckpt_path=middle)
+    # controllers: regret tables, strategy sums, visits and RNG
+    for a, b in zip(straight.controllers, resumed.controllers):
+        assert a.matcher.state_dict() == b.matcher.state_dict()
+        assert a.matcher.states(), "the controllers were updated"
+        assert torch.equal(a.generator.get_state(), b.generator.get_state())
+    # adapters: trained (they moved away from the initial zeros of LoRA B), and identical
+    sa, sb = lora_state(straight), lora_state(resumed)
+    assert any(v.abs().sum() > 0 for k, v in sa.items() if "lora_B" in k)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    # optimizer states
+    for oa, ob in zip(straight_trainer.optimizers, resumed_trainer.optimizers):
+        for (_, pa), (_, pb) in zip(oa.state_dict()["state"].items(), ob.state_dict()["state"].items()):
+            assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    # data position: both saw the same 8 problems
+    assert straight_trainer.datamodule.state_dict()["consumed"] == 8
+    assert resumed_trainer.datamodule.state_dict()["consumed"] == 8
+
+
+def test_checkpoint_holds_adapters_controllers_and_position_not_the_base(tmp_path):
+    module, _ = fit(tmp_path, 2)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    keys = list(checkpoint["state_dict"])
+    assert keys and all("lora_" in k for k in keys if k.startswith("backbone."))
+    assert set(checkpoint["tracer"]["controllers"]) == {"proposer", "reviewer"}
+    assert checkpoint["ReasoningDataModule"]["consumed"] == 4
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))  # atomic: no temporary left behind
+
+
+def test_nonfinite_loss_skips_the_update(tmp_path, monkeypatch):
+    import tracer_pl.module as module_lib
+
+    monkeypatch.setattr(module_lib, "gspo_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    module, trainer = fit(tmp_path, 2)
+    assert all(float(v.abs().sum()) == 0 for k, v in lora_state(module).items() if "lora_B" in k)  # untouched
+    assert trainer.callback_metrics["gspo/proposer/skipped_nonfinite"] > 0
+
+
+def test_frozen_roles_and_fixed_controllers(tmp_path):
+    from tracer_pl.controllers import ControllerConfig
+
+    module, trainer = fit(tmp_path, 2, train_proposer=False, train_reviewer=False,
+                          controllers=ControllerConfig(reviewer="always_skip"))
+    assert all(float(v.abs().sum()) == 0 for k, v in lora_state(module).items() if "lora_B" in k)
+    assert trainer.optimizers == []
+    assert module.reviewer_controller.matcher.states() == []  # a fixed protocol never learns
+    assert trainer.callback_metrics["controller/reviewer/p_speak"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "overrides, flag",
+    [
+        (dict(dialogue=DialogueConfig(group_size=1)), "--model.dialogue.group_size"),
+        (dict(dialogue=DialogueConfig(rounds=0)), "--model.dialogue.rounds"),
+        (dict(gspo=GSPOConfig(lr=-1.0)), "--model.gspo.lr"),
+        (dict(gspo=GSPOConfig(steps_per_group=0)), "--model.gspo.steps_per_group"),
+        (dict(backbone=BackboneConfig(max_new_tokens=0)), "--model.backbone.max_new_tokens"),
+    ],
+)
+def test_impossible_settings_are_rejected_before_loading(overrides, flag):
+    with pytest.raises(ConfigError, match=flag.replace(".", r"\.")):
+        make_module(**overrides)
