@@ -29,9 +29,9 @@ def test_fit_then_test_on_gsm8k_jsonl(tmp_path, capsys):
                "--model.proposer=roles_for_tests.ByteSumProposer"])
     out = capsys.readouterr().out
     checkpoint = tmp_path / "runs/tiny/checkpoints/last.ckpt"
-    assert checkpoint.exists() and f"checkpoint:     runs/tiny/checkpoints/last.ckpt" in out
+    assert checkpoint.exists() and "checkpoint:     runs/tiny/checkpoints/last.ckpt" in out
     adapters = tmp_path / "runs/tiny/logs/version_0/adapters"
-    assert f"proposer adapter:  runs/tiny/logs/version_0/adapters/proposer" in out
+    assert "proposer adapter:  runs/tiny/logs/version_0/adapters/proposer" in out
     base, _ = build_tiny_model("qwen2")
     trained = PeftModel.from_pretrained(base, adapters / "proposer")  # loads in the standard peft format
     assert any(float(p.abs().sum()) > 0 for n, p in trained.named_parameters() if "lora_B" in n)
@@ -66,7 +66,7 @@ def test_print_config_shows_every_field(capsys):
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["dialogue"]["group_size"] == 6  # command-line override
-    assert printed["model"]["proposer"]["class_path"] == "tracer_pl.roles.Proposer"
+    assert printed["model"]["proposer"]["class_path"] == "tracer_pl.Proposer"  # the public import path
     assert printed["model"]["gspo"]["epsilon"] == 0.1 and printed["model"]["controllers"]["variant"] == "rm"
     assert printed["data"]["batch_size"] == 2
 
@@ -93,5 +93,5 @@ def test_typo_in_a_key_is_rejected(capsys):
 
 
 def test_impossible_value_is_rejected_before_the_model_loads():
-    with pytest.raises(ConfigError, match="--model.dialogue.group_size"):
-        build_cli(["fit", "-c", TINY, "--model.dialogue.group_size=1"], run=False)
+    with pytest.raises(ConfigError, match="--model.dialogue.group_size must be at least 2"):
+        build_cli(["-c", TINY, "--model.dialogue.group_size=1"], run=False)

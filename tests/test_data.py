@@ -38,7 +38,8 @@ def test_gsm8k_and_math_files_give_the_gold_answers():
         ([{"question": "q", "answer": "4"}], "line 1: field 'answer' expected '#### <number>'"),  # no ####
         ([{"question": "q", "answer": "#### 4"}, {"question": "q", "answer": "x #### four"}],
          "line 2: field 'answer' expected a number after '####', found 'four'"),
-        ([{"question": "q", "answer": "#### 4"}, {"question": "", "answer": "#### 4"}], "line 2: field 'question' is empty"),
+        ([{"question": "q", "answer": "#### 4"}, {"question": "", "answer": "#### 4"}],
+         "line 2: field 'question' is empty"),
         ([{"question": "q", "answer": "#### 4"}, {"answer": "#### 4"}], "line 2: missing field 'question'"),
         ([{"question": "q", "answer": "#### 4"}, {"question": ["q"], "answer": "#### 4"}],
          "line 2: field 'question' must be a string, found list"),

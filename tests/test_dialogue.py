@@ -1,7 +1,7 @@
 import pytest
 import torch
-from scripted import PROMPT_TOKENS, ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
 
+from scripted import PROMPT_TOKENS, ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
 from tracer_pl.controllers import ProposerController, ReviewerController
 from tracer_pl.dialogue import DialogueConfig, run_dialogues
 from tracer_pl.problem import Problem
@@ -64,7 +64,6 @@ def test_training_values_keep_skip_and_unparseable_refresh():
 
 
 def test_training_groups_lockstep_and_learn_order():
-    P = Proposer
     agent = ScriptedAgent(
         proposer=[A42, A7, A7, A7, A5, A5, A5, A5, A42, A3],  # 2x4 candidates, then 2 fresh
         reviewer=["RIGHT\na", "RIGHT\nb", "WRONG\nc", "??", "WRONG\n", "WRONG\n", "WRONG\n", "WRONG\n",

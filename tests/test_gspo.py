@@ -27,7 +27,7 @@ def test_off_policy_with_clipping_binding():
     logp = (old + torch.tensor(delta, dtype=torch.float64)).requires_grad_(True)
     loss = gspo_loss(logp, old, torch.tensor(n), torch.tensor(adv, dtype=torch.float64), epsilon=0.1)
     loss.backward()
-    r0, r1, r2, r3 = math.exp(0.2), math.exp(-0.2), math.exp(0.02), math.exp(2.0)
+    r1, r2, r3 = math.exp(-0.2), math.exp(0.02), math.exp(2.0)
     # 0: A>0, ratio 1.221 > 1.1 -> clipped term 1.1 wins, no gradient
     # 1: A>0, ratio 0.819 < 0.9 -> unclipped 0.819 is smaller, gradient ratio/|y|
     # 2: A<0, ratio inside the clip range -> both terms equal

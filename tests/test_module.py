@@ -5,8 +5,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from roles_for_tests import ByteSumProposer
 
+from roles_for_tests import ByteSumProposer
 from tracer_pl.callbacks import BatchCheckpoint
 from tracer_pl.data import ReasoningDataModule
 from tracer_pl.dialogue import DialogueConfig
@@ -31,7 +31,8 @@ def fit(root, batches, ckpt_path=None, keep_every=0, **overrides):
     data = ReasoningDataModule(train=str(GSM), batch_size=2, seed=3)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[BatchCheckpoint(str(root / "checkpoints"), every_n_batches=2, keep_every=keep_every)])
+                        callbacks=[BatchCheckpoint(str(root / "checkpoints"), every_n_batches=2,
+                                                   keep_every=keep_every)])
     trainer.fit(module, data, ckpt_path=ckpt_path)
     return module, trainer
 

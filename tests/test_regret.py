@@ -101,7 +101,7 @@ def test_regret_bound_on_adversarial_sequence(plus):
 def test_regret_bound_on_random_values(plus):
     g = torch.Generator().manual_seed(3)
     m = RegretMatcher(plus=plus)
-    for visit in range(1, 3001):
+    for _ in range(3000):
         m.update("s", torch.rand(2, generator=g, dtype=torch.float64) * 2 - 1)
     assert m.average_regret("s") * 3000 <= regret_bound(3000)
 

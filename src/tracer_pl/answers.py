@@ -23,15 +23,16 @@ from tracer_pl.errors import ConfigError
 
 # ---------------------------------------------------------------------- text helpers
 
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\s*")
 _FINAL_LINE = re.compile(r"(?:final\s+answer|the\s+answer\s+is|answer\s*:)\s*[:\-]?\s*(.+)", re.IGNORECASE)
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces; None if there is none."""
+    r"""Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces; None if there is none."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     while start != -1:
         brace = text.find("{", start)
-        if brace != -1 and text[start:brace].strip("\\boxedfbox ") == "":
+        if brace != -1 and _BOX_COMMAND.fullmatch(text[start:brace]):
             content = _balanced(text, brace)
             if content is not None:
                 return content
@@ -67,7 +68,7 @@ _MAX_DIGITS = 40  # longer numbers are not answers anyone means; refusing them k
 
 
 def normalize_number(text: str) -> str | None:
-    """A canonical decimal string for the number in ``text`` (``"1,234.50"`` -> ``"1234.5"``), else None.
+    r"""A canonical decimal string for the number in ``text`` (``"1,234.50"`` -> ``"1234.5"``), else None.
 
     Accepts commas as thousands separators, ``$`` and other units around it, a trailing period, a percent
     sign (``50%`` -> ``50``), simple fractions (``3/4`` -> ``0.75``) and surrounding ``\\boxed{}``. Returns None
@@ -167,7 +168,7 @@ class NumberFormat(AnswerFormat):
         self.tolerance = tolerance
 
     def extract(self, text: str) -> str | None:
-        """Priority: the "Final answer:" line, then the last ``\\boxed{}``, then ``####``, then the last number."""
+        r"""Priority: the "Final answer:" line, then the last ``\\boxed{}``, then ``####``, then the last number."""
         if not text:
             return None
         line = final_answer_line(text)
@@ -233,8 +234,10 @@ def _squash(latex: str) -> str:
 
 
 def _math_verify(gold: str, prediction: str) -> bool:
-    """math-verify with gold first; its signal-based timeouts only work on the main thread, so off it we pass
-    ``None``. Any failure inside it means "not equivalent"."""
+    """math-verify, gold first; any failure inside it means "not equivalent".
+
+    Its signal-based timeouts only work on the main thread, so off it they are switched off (``None``).
+    """
     try:
         from math_verify import parse, verify
 

@@ -1,12 +1,12 @@
 """``ReasoningDataModule``: training problems streamed in a seeded order, evaluation sets loaded whole.
 
 A source is one string (see :mod:`tracer_pl.sources`), so ``--data.train=path/to/train.jsonl`` and
-``--data.test='[gsm8k, math500]'`` work on the command line. Batches are plain lists of
-:class:`~tracer_pl.problem.Problem`.
+``--data.test='[gsm8k, math500]'`` work on the command line. Batches are plain lists
+of :class:`~tracer_pl.problem.Problem`.
 
 Training makes ``passes`` passes (one by default, as in the paper) in one epoch; a second epoch would repeat
-the same order, so configs keep ``trainer.max_epochs: 1`` and set ``passes``. Each pass is a seeded permutation of a local
-or generated set, or a seeded shuffle buffer over a streamed hub set. Under DDP every rank takes every
+the same order, so configs keep ``trainer.max_epochs: 1`` and set ``passes``. Each pass is a seeded
+permutation of a local or generated set, or a seeded shuffle buffer over a streamed hub set. Under DDP every rank takes every
 ``world_size``-th problem and all ranks stop at the same batch. The position in the stream is part of the
 checkpoint (``state_dict``), so a resumed run continues with the next unseen problem.
 """

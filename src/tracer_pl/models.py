@@ -70,8 +70,11 @@ def smollm2_directory() -> Path:
 
 
 def _forget_gguf_origin(model: PreTrainedModel) -> None:
-    """transformers dequantizes GGUF weights into plain fp32 layers but still marks the model as quantized,
-    which blocks ``save_pretrained``; the weights in memory are ordinary, so drop the marks."""
+    """Drop the "quantized" marks of a model loaded from GGUF.
+
+    transformers dequantizes GGUF weights into plain fp32 layers but still marks the model as quantized, which
+    blocks ``save_pretrained``; the weights in memory are ordinary.
+    """
     model.hf_quantizer = None
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):

@@ -143,6 +143,10 @@ class TracerModule(L.LightningModule):
     def controllers(self) -> tuple[Controller, Controller]:
         return self.proposer_controller, self.reviewer_controller
 
+    def on_fit_start(self) -> None:
+        """Transformers loads models in eval mode; training forwards run in train mode (generation switches)."""
+        self.backbone.train()
+
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Batches are lists of text problems: nothing to move (the backbone puts its tensors on its device)."""
         return batch

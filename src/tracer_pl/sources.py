@@ -147,7 +147,8 @@ def _file_rows(path: Path) -> Iterator[tuple[str, dict]]:
             raise DataError(f"{path}: invalid JSON ({error})") from None
         rows = data.get("data", data) if isinstance(data, dict) else data
         if not isinstance(rows, list):
-            raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}), found {type(rows).__name__}")
+            found = type(rows).__name__
+            raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}), found {found}")
         yield from ((f"{path.name} row {i}", row) for i, row in enumerate(rows, start=1))
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq

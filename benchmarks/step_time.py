@@ -1,0 +1,60 @@
+"""Wall time per training step and peak memory of a config, measured with the real CLI.
+
+    python benchmarks/step_time.py configs/quickstart.yaml [--batches 3] [-- extra CLI args]
+
+Prints one JSON object on its last line: seconds per training batch (after the first, which includes warm-up),
+the whole fit time and the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+
+import lightning as L
+
+from tracer_pl.cli import build_cli
+
+
+class BatchTimer(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config")
+    parser.add_argument("--batches", type=int, default=3)
+    args, extra = parser.parse_known_args()
+    timer = BatchTimer()
+    root = tempfile.mkdtemp(prefix="tracer-step-time-")
+    start = time.perf_counter()
+    cli = build_cli(["-c", args.config, f"--trainer.limit_train_batches={args.batches}",
+                     f"--trainer.default_root_dir={root}", "--trainer.logger=false", "--trainer.callbacks=[]",
+                     "--trainer.enable_progress_bar=false", *extra], run=False)
+    cli.trainer.callbacks.append(timer)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    steady = timer.times[1:] or timer.times
+    result = {
+        "config": args.config,
+        "batch_size": cli.datamodule.batch_size,
+        "seconds_per_batch": sum(steady) / len(steady),
+        "first_batch_seconds": timer.times[0],
+        "fit_seconds": time.perf_counter() - start,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

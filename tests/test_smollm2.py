@@ -1,0 +1,38 @@
+"""The real SmolLM2-135M-Instruct, offline: loads from the packaged GGUF, answers, and trains a few steps."""
+
+import time
+
+import lightning as L
+import pytest
+
+from tracer_pl.data import ReasoningDataModule
+from tracer_pl.dialogue import DialogueConfig
+from tracer_pl.gspo import GSPOConfig
+from tracer_pl.models import cache_dir, load_base_model
+from tracer_pl.module import BackboneConfig, TracerModule
+
+pytestmark = pytest.mark.slow
+
+SOURCE = ("reasoning_gym:basic_arithmetic?size=8&max_terms=2&max_digits=1&allow_negation=false"
+          "&allow_parentheses=false&operators=+,-")
+
+
+def test_smollm2_alias_loads_from_the_cache_and_trains():
+    load_base_model("smollm2-135m-instruct")  # converts on first use
+    assert (cache_dir() / "models" / "smollm2-135m-instruct" / "model.safetensors").exists()
+    start = time.monotonic()
+    model, tokenizer = load_base_model("smollm2-135m-instruct")
+    assert time.monotonic() - start < 20  # from safetensors, not a new conversion
+    assert model.config.model_type == "llama" and tokenizer.chat_template
+
+    L.seed_everything(0)
+    module = TracerModule(backbone=BackboneConfig(name="smollm2-135m-instruct", max_new_tokens=24, temperature=0.7),
+                          dialogue=DialogueConfig(rounds=3, group_size=2), gspo=GSPOConfig(lr=1e-4))
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, ReasoningDataModule(train=SOURCE, test=SOURCE, batch_size=2, test_limit=4))
+    metrics = trainer.callback_metrics
+    assert 0.0 <= float(metrics["train/accuracy"]) <= 1.0
+    assert float(metrics["train/proposer/completions/mean_length"]) > 1
+    (result,) = trainer.test(module, datamodule=trainer.datamodule, verbose=False)
+    assert 0.0 <= result["test/basic_arithmetic/accuracy"] <= 1.0
