@@ -6,9 +6,9 @@ of :class:`~tracer_pl.problem.Problem`.
 
 Training makes ``passes`` passes (one by default, as in the paper) in one epoch; a second epoch would repeat
 the same order, so configs keep ``trainer.max_epochs: 1`` and set ``passes``. Each pass is a seeded
-permutation of a local or generated set, or a seeded shuffle buffer over a streamed hub set. Under DDP every rank takes every
-``world_size``-th problem and all ranks stop at the same batch. The position in the stream is part of the
-checkpoint (``state_dict``), so a resumed run continues with the next unseen problem.
+permutation of a local or generated set, or a seeded shuffle buffer over a streamed hub set. Under DDP every
+rank takes every ``world_size``-th problem and all ranks stop at the same batch. The position in the stream is
+part of the checkpoint (``state_dict``), so a resumed run continues with the next unseen problem.
 """
 
 from __future__ import annotations
