@@ -95,3 +95,17 @@ def test_typo_in_a_key_is_rejected(capsys):
 def test_impossible_value_is_rejected_before_the_model_loads():
     with pytest.raises(ConfigError, match="--model.dialogue.group_size must be at least 2"):
         build_cli(["-c", TINY, "--model.dialogue.group_size=1"], run=False)
+
+
+def test_console_entry_point_reports_data_errors_without_a_traceback(tmp_path, monkeypatch, capsys):
+    from tracer_pl.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "#### 4"}\n{"question": "q", "answer": "four"}\n')
+    monkeypatch.setattr("sys.argv", ["tracer-pl", "fit", "-c", TINY, f"--data.train={bad}"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "tracer-pl: error: bad.jsonl line 2: field 'answer' expected '#### <number>'" in err
+    assert "Traceback" not in err

@@ -9,6 +9,7 @@ command-line override of ``trainer.default_root_dir`` does not move what the fil
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from tracer_pl.callbacks import BatchCheckpoint
 from tracer_pl.data import ReasoningDataModule
+from tracer_pl.errors import TracerError
 from tracer_pl.module import TracerModule
 
 
@@ -70,8 +72,12 @@ def build_cli(args: Any = None, run: bool = True) -> TracerCLI:
 
 
 def main() -> None:
-    """Console entry point."""
-    build_cli()
+    """Console entry point: errors about data and configuration end with their message, not a traceback."""
+    try:
+        build_cli()
+    except TracerError as error:
+        print(f"tracer-pl: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -170,8 +170,9 @@ class ReasoningDataModule(L.LightningDataModule):
         if stage == "fit" and self.train is None:
             raise ConfigError("--data.train is required to fit (a benchmark name, a file path or reasoning_gym:<task>)")
         wanted = {"fit": self.val, "validate": self.val, "test": self.test, "predict": self.test}.get(stage, [])
-        if stage == "test" and not wanted:
-            raise ConfigError("--data.test is required to test (one source or a list)")
+        if stage in ("test", "validate") and not wanted:
+            flag = "--data.test" if stage == "test" else "--data.val"
+            raise ConfigError(f"{flag} is required to {stage} (one source or a list)")
         for source in wanted:
             if source not in self._sets:
                 problems = self._eval_set(source)
