@@ -30,6 +30,7 @@ def fit(root, batches, ckpt_path=None, keep_every=0, **overrides):
     module = make_module(**overrides)
     data = ReasoningDataModule(train=str(GSM), batch_size=2, seed=3)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, logger=False,
+                        default_root_dir=root,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[BatchCheckpoint(str(root / "checkpoints"), every_n_batches=2,
                                                    keep_every=keep_every)])

@@ -17,7 +17,7 @@ SOURCE = ("reasoning_gym:basic_arithmetic?size=8&max_terms=2&max_digits=1&allow_
           "&allow_parentheses=false&operators=+,-")
 
 
-def test_smollm2_alias_loads_from_the_cache_and_trains():
+def test_smollm2_alias_loads_from_the_cache_and_trains(tmp_path):
     load_base_model("smollm2-135m-instruct")  # converts on first use
     assert (cache_dir() / "models" / "smollm2-135m-instruct" / "model.safetensors").exists()
     start = time.monotonic()
@@ -29,6 +29,7 @@ def test_smollm2_alias_loads_from_the_cache_and_trains():
     module = TracerModule(backbone=BackboneConfig(name="smollm2-135m-instruct", max_new_tokens=24, temperature=0.7),
                           dialogue=DialogueConfig(rounds=3, group_size=2), gspo=GSPOConfig(lr=1e-4))
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,
+                        default_root_dir=tmp_path,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, ReasoningDataModule(train=SOURCE, test=SOURCE, batch_size=2, test_limit=4))
     metrics = trainer.callback_metrics

@@ -23,6 +23,7 @@ Simplifications, stated once:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -62,7 +63,8 @@ class Turn:
 
     ``values`` holds the value of both actions when the decision was valued (training, free decision);
     ``text`` is the utterance that entered the dialogue (None when silent); ``counterfactual_text`` the sample
-    drawn to value the unchosen speaking action. Token counts cover every completion generated for this problem
+    drawn to value the unchosen speaking action; ``nonfinite_values`` marks a decision whose values were NaN or
+    infinite (from a broken reward) and so did not update the controller. Token counts cover every completion generated for this problem
     in this round (candidates, fresh utterance, counterfactual).
     """
 
@@ -77,6 +79,7 @@ class Turn:
     parsed: str | None = None
     reward: float | None = None
     replaced_pending: bool = False
+    nonfinite_values: bool = False
     counterfactual_text: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -364,6 +367,9 @@ class _Game:
 
     # ------------------------------------------------------------------ valuing
     def _value(self, controller: Controller, d: _Decision, turn: Turn, values: tuple[float, float]) -> None:
+        if not all(math.isfinite(v) for v in values):  # a broken reward must not reach the regret tables
+            turn.nonfinite_values = True
+            return
         if not self.config.counterfactual:
             assert d.strategy is not None
             chosen = values[d.action] / float(d.strategy[d.action])

@@ -8,6 +8,7 @@ TRACER §3. Validation and test play the dialogues without any update.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ class BackboneConfig:
         max_new_tokens: Generation limit per utterance.
         temperature: Sampling temperature in training.
         top_p: Nucleus sampling in training.
+        adapter_seed: Seed of the adapters' random initialisation (independent of the global RNG).
     """
 
     name: str = "tiny-qwen2"
@@ -60,6 +62,7 @@ class BackboneConfig:
     max_new_tokens: int = 256
     temperature: float = 0.3
     top_p: float = 1.0
+    adapter_seed: int = 0
 
 
 class TracerModule(L.LightningModule):
@@ -124,7 +127,7 @@ class TracerModule(L.LightningModule):
             compute_dtype=cfg.compute_dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
             gradient_checkpointing=cfg.gradient_checkpointing, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p,
+            temperature=cfg.temperature, top_p=cfg.top_p, adapter_seed=cfg.adapter_seed,
         )
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -161,6 +164,9 @@ class TracerModule(L.LightningModule):
 
     def _gspo_step(self, role: str, groups: list[CandidateGroup]) -> None:
         """GSPO on the role's adapter for the groups with signal; ``steps_per_group`` optimizer steps."""
+        broken = sum(not torch.isfinite(g.rewards).all() for g in groups)
+        if broken:  # group_advantages already refused them; count them so they show in the logs
+            self._count(f"gspo/{role}/skipped_nonfinite", float(broken))
         live = [g for g in groups if g.has_signal]
         if not live:
             return
@@ -213,6 +219,9 @@ class TracerModule(L.LightningModule):
         metrics["train/calls_per_problem"] = sum(r.calls for r in records) / len(records)
         for controller in self.controllers:
             metrics[f"controller/{controller.name}/avg_regret"] = worst_average_regret(controller)
+        nonfinite = sum(t.nonfinite_values for r in records for t in r.turns)
+        if nonfinite:
+            metrics["controller/skipped_nonfinite"] = float(nonfinite)
         self.log_dict(metrics, batch_size=len(records))
         self.log("train/accuracy", self.train_accuracy.compute(), prog_bar=True, batch_size=len(records))
         self.log("train/tokens", metrics["train/tokens_per_problem"], prog_bar=True, batch_size=len(records))
@@ -356,6 +365,15 @@ def validate(module: TracerModule) -> None:
         (b.max_new_tokens >= 1, "--model.backbone.max_new_tokens", f"must be at least 1, got {b.max_new_tokens}"),
         (b.temperature >= 0, "--model.backbone.temperature", f"must be >= 0, got {b.temperature}"),
         (b.lora_r >= 1, "--model.backbone.lora_r", f"must be at least 1, got {b.lora_r}"),
+        (0 <= b.lora_dropout < 1, "--model.backbone.lora_dropout", f"must be in [0, 1), got {b.lora_dropout}"),
+        (0 < b.top_p <= 1, "--model.backbone.top_p", f"must be in (0, 1], got {b.top_p}"),
+        (b.precision != "4bit" or importlib.util.find_spec("bitsandbytes") is not None, "--model.backbone.precision",
+         "4bit needs the bitsandbytes package, which is not installed (pip install bitsandbytes), or use fp32/bf16"),
+        (g.epsilon_high is None or g.epsilon_high > 0, "--model.gspo.epsilon_high",
+         f"must be positive, got {g.epsilon_high}"),
+        (g.max_grad_norm is None or g.max_grad_norm >= 0, "--model.gspo.max_grad_norm",
+         f"must be >= 0, got {g.max_grad_norm}"),
+        (d.min_reward_std >= 0, "--model.dialogue.min_reward_std", f"must be >= 0, got {d.min_reward_std}"),
         (module.proposer.name != module.reviewer.name, "--model.reviewer",
          f"the two roles need distinct names (one adapter each), both are {module.proposer.name!r}"),
     ]
