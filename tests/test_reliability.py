@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
 
+from scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
 from tracer_pl.cli import build_cli
 from tracer_pl.dialogue import DialogueConfig, run_dialogues
 from tracer_pl.errors import ConfigError, DataError
@@ -80,8 +80,8 @@ def test_same_seed_same_dialogues_and_metrics(tmp_path, monkeypatch):
         build_cli(["test", "-c", TINY, f"--data.test={GSM}", "--data.test_limit=4",
                    "--ckpt_path=runs/tiny/checkpoints/last.ckpt"])
         logs = tmp_path / name / "runs/tiny/logs"
-        results.append(((logs / "version_0/metrics.csv").read_text(), (logs / "version_1/test_metrics.json").read_text(),
-                        final_state(tmp_path / name)))
+        results.append(((logs / "version_0/metrics.csv").read_text(),
+                        (logs / "version_1/test_metrics.json").read_text(), final_state(tmp_path / name)))
     assert results[0][0] == results[1][0]  # every training metric of every step
     assert results[0][1] == results[1][1]
     assert_same_training_state(results[0][2], results[1][2])
@@ -157,7 +157,8 @@ def test_4bit_without_bitsandbytes_is_rejected_before_loading(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     with pytest.raises(ConfigError, match="--model.backbone.precision 4bit needs the bitsandbytes package"):
         TracerModule(backbone=BackboneConfig(precision="4bit"))
 
