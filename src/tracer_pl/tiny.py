@@ -1,7 +1,7 @@
 """A tiny random causal LM and a byte-level tokenizer, built in code in a few milliseconds.
 
-They make the real code paths (chat template, batched generation, LoRA adapters, log-probs, 4-bit layers) run in
-unit tests and in ``configs/tiny.yaml`` without downloading anything. What the tiny model says is noise.
+They make the real code paths (chat template, batched generation, LoRA adapters, log-probs, 4-bit layers) run
+in unit tests and in ``configs/tiny.yaml`` without downloading anything. What the tiny model says is noise.
 """
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizer,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from tracer_pl.errors import ConfigError, DataError
 
@@ -37,11 +44,11 @@ def _byte_token(value: int) -> str:
 class ByteTokenizer(PreTrainedTokenizer):
     """Every UTF-8 byte is a token (ids 0-255, written ``<0x41>``), then the three :data:`SPECIAL_TOKENS`.
 
-    Padding is on the left and ``<|im_end|>`` ends a sequence. ``save_pretrained`` writes the chat template and a
-    small vocabulary file, and ``ByteTokenizer.from_pretrained`` reads them back.
+    Padding is on the left and ``<|im_end|>`` ends a sequence. ``save_pretrained`` writes the chat template
+    and a small vocabulary file, and ``ByteTokenizer.from_pretrained`` reads them back.
 
     Args:
-        vocab_file: The vocabulary file written by ``save_pretrained`` (checked, since the vocabulary is fixed).
+        vocab_file: The vocabulary file written by ``save_pretrained`` (checked: the vocabulary is fixed).
         **kwargs: Passed to :class:`~transformers.PreTrainedTokenizer` (``from_pretrained`` supplies the saved
             settings this way).
     """
@@ -78,8 +85,10 @@ class ByteTokenizer(PreTrainedTokenizer):
             return self._special_ids[token]
         if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
             return int(token[3:5], 16)
-        raise ValueError(f"{token!r} is not a token of the byte tokenizer (expected '<0xHH>' or one of "
-                         f"{list(SPECIAL_TOKENS)})")
+        raise ValueError(
+            f"{token!r} is not a token of the byte tokenizer (expected '<0xHH>' or one of "
+            f"{list(SPECIAL_TOKENS)})"
+        )
 
     def _convert_id_to_token(self, index: int) -> str:
         if 0 <= index < NUM_BYTES:
@@ -87,7 +96,7 @@ class ByteTokenizer(PreTrainedTokenizer):
         return SPECIAL_TOKENS[index - NUM_BYTES]
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
-        """Join byte tokens into UTF-8 text (invalid sequences become U+FFFD); special tokens stay as written."""
+        """Join byte tokens into UTF-8 text (bad sequences become U+FFFD); special tokens stay as written."""
         pieces: list[str] = []
         pending = bytearray()
         for token in tokens:
@@ -120,8 +129,8 @@ def build_tiny_model(
     """A random causal LM and its byte tokenizer, in fp32, in eval mode, on the CPU.
 
     Shape: hidden size 64, 2 layers, 4 attention heads, 2 key-value heads, MLP width 128, untied embeddings,
-    vocabulary = the tokenizer's 259 tokens. The same ``arch`` and ``seed`` always give the same weights, and the
-    global random state is left untouched.
+    vocabulary = the tokenizer's 259 tokens. The same ``arch`` and ``seed`` always give the same weights, and
+    the global random state is left untouched.
 
     Args:
         arch: ``qwen2`` (biases on q/k/v, as in Qwen2) or ``llama``.
@@ -136,9 +145,17 @@ def build_tiny_model(
     tokenizer = ByteTokenizer()
     config_class, model_class = classes[arch]
     config = config_class(
-        vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
