@@ -64,8 +64,8 @@ class Turn:
     ``values`` holds the value of both actions when the decision was valued (training, free decision);
     ``text`` is the utterance that entered the dialogue (None when silent); ``counterfactual_text`` the sample
     drawn to value the unchosen speaking action; ``nonfinite_values`` marks a decision whose values were NaN or
-    infinite (from a broken reward) and so did not update the controller. Token counts cover every completion generated for this problem
-    in this round (candidates, fresh utterance, counterfactual).
+    infinite (from a broken reward) and so did not update the controller. Token counts cover every completion
+    generated for this problem in this round (candidates, fresh utterance, counterfactual).
     """
 
     round: int
