@@ -109,3 +109,11 @@ def test_console_entry_point_reports_data_errors_without_a_traceback(tmp_path, m
     err = capsys.readouterr().err
     assert "tracer-pl: error: bad.jsonl line 2: field 'answer' expected '#### <number>'" in err
     assert "Traceback" not in err
+
+
+def test_validate_writes_val_metrics(tmp_path):
+    build_cli(["fit", "-c", TINY, "--trainer.limit_train_batches=1"])
+    build_cli(["validate", "-c", TINY, f"--data.val={GSM}", "--data.test_limit=2", "--trainer.limit_val_batches=1.0",
+               "--ckpt_path=runs/tiny/checkpoints/last.ckpt"])
+    result = json.loads((tmp_path / "runs/tiny/logs/version_1/val_metrics.json").read_text())
+    assert 0.0 <= result["val/test_sample64/accuracy"] <= 1.0 and result["val/test_sample64/calls_per_problem"] >= 1

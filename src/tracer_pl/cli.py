@@ -47,7 +47,10 @@ class TracerCLI(LightningCLI):
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{stage}_metrics.json"
         path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        _report(f"{stage} finished", [f"{k} = {v:.4f}" for k, v in sorted(metrics.items())] + [f"metrics: {path}"])
+        lines = [f"{k} = {v:.4f}" for k, v in sorted(metrics.items())] + [f"metrics: {path}"]
+        if not metrics:
+            lines.insert(0, f"no {stage} batches ran: check --trainer.limit_{stage}_batches (0 in some configs)")
+        _report(f"{stage} finished", lines)
 
 
 def _report(title: str, lines: list[str]) -> None:
