@@ -47,6 +47,10 @@ def test_fit_then_test_on_gsm8k_jsonl(tmp_path, capsys):
     assert 0.0 <= result["test/test_sample64/accuracy"] <= 1.0
     assert result["test/test_sample64/calls_per_problem"] >= 1  # at least the forced first proposal
     assert result["test/test_sample64/tokens_per_problem"] > 30  # the prompt alone is longer than that
+    for key in ("first_parseable", "correction", "preservation", "accuracy_round5"):
+        assert 0.0 <= result[f"test/test_sample64/{key}"] <= 1.0
+    records = (tmp_path / "runs/tiny/logs/version_1/test_records_test_sample64.jsonl").read_text().splitlines()
+    assert len(records) == 4 and json.loads(records[0])["gold"] == "18"  # the first GSM8K test row
 
 
 def test_a_subclassed_role_is_selected_from_yaml(tmp_path):

@@ -9,6 +9,7 @@ TRACER §3. Validation and test play the dialogues without any update.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from tracer_pl.controllers import Controller, ControllerConfig
 from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueResult, run_dialogues
 from tracer_pl.errors import ConfigError
 from tracer_pl.gspo import GSPOConfig, clip_fraction, gspo_loss
+from tracer_pl.metrics import problem_metrics, record_json
 from tracer_pl.problem import Problem
 from tracer_pl.roles import Proposer, Reviewer, Role
 
@@ -236,25 +238,43 @@ class TracerModule(L.LightningModule):
     def _eval_step(self, stage: str, batch: Sequence[Problem], dataloader_idx: int) -> None:
         result = self._play(batch, training=False, learn=None)
         name = self._dataset_name(stage, dataloader_idx)
-        values = {
-            "accuracy": [float(r.correct) for r in result.records],
-            "tokens_per_problem": [float(r.tokens) for r in result.records],
-            "calls_per_problem": [float(r.calls) for r in result.records],
-        }
-        for metric, data in values.items():
+        self._eval_records.setdefault(name, []).extend(record_json(r) for r in result.records)
+        rows = [problem_metrics(r) for r in result.records]
+        for metric in rows[0]:
             key = f"{stage}/{name}/{metric}"
             if key not in self.eval_metrics:
                 self.eval_metrics[key] = MeanMetric().to(self.device)
             tracker = self.eval_metrics[key]
-            tracker.update(torch.tensor(data))
+            tracker.update(torch.tensor([row[metric] for row in rows]))
             self.log(key, tracker, on_step=False, on_epoch=True, batch_size=len(batch), add_dataloader_idx=False,
                      prog_bar=metric == "accuracy", metric_attribute=f"eval_metrics.{key}")
 
     def on_test_epoch_start(self) -> None:
-        self._eval_generator = torch.Generator().manual_seed(self.eval_seed)
+        self._start_eval()
 
     def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def _start_eval(self) -> None:
         self._eval_generator = torch.Generator().manual_seed(self.eval_seed)
+        self._eval_records: dict[str, list[dict[str, Any]]] = {}
+
+    def on_test_epoch_end(self) -> None:
+        self._write_records("test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._write_records("val")
+
+    def _write_records(self, stage: str) -> None:
+        """Per-problem records (question, gold, every turn, final answer, tokens) as JSONL in the log directory."""
+        if self.trainer.sanity_checking:
+            return
+        directory = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
+        for name, records in self._eval_records.items():
+            path = directory / f"{stage}_records_{name}{suffix}.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
     def _dataset_name(self, stage: str, dataloader_idx: int) -> str:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
