@@ -121,3 +121,14 @@ def test_validate_writes_val_metrics(tmp_path):
                "--ckpt_path=runs/tiny/checkpoints/last.ckpt"])
     result = json.loads((tmp_path / "runs/tiny/logs/version_1/val_metrics.json").read_text())
     assert 0.0 <= result["val/test_sample64/accuracy"] <= 1.0 and result["val/test_sample64/calls_per_problem"] >= 1
+
+
+@pytest.mark.parametrize("baseline, calls", [("cot", 1), ("majority_vote", 3), ("debate", 6)])
+def test_baselines_run_from_yaml_on_the_same_harness(tmp_path, baseline, calls):
+    overlay = CONFIGS / "baselines" / f"{baseline}.yaml"
+    first_line = overlay.read_text().splitlines()[0]
+    assert first_line.startswith(f"# tracer-pl test -c configs/quickstart.yaml -c configs/baselines/{baseline}")
+    build_cli(["test", "-c", TINY, "-c", str(overlay), f"--data.test={GSM}", "--data.test_limit=2",
+               "--model.evaluation.samples=3"])
+    result = json.loads((tmp_path / "runs/tiny/logs/version_0/test_metrics.json").read_text())
+    assert result["test/test_sample64/calls_per_problem"] == calls  # 1 call; 3 samples; 3 agents x 2 rounds

@@ -22,8 +22,9 @@ import torch
 from jsonargparse import lazy_instance
 from torchmetrics.aggregation import MeanMetric
 
+from tracer_pl.baselines import chain_of_thought, debate, majority_vote
 from tracer_pl.controllers import Controller, ControllerConfig
-from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueResult, run_dialogues
+from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueRecord, DialogueResult, run_dialogues
 from tracer_pl.errors import ConfigError
 from tracer_pl.gspo import GSPOConfig, clip_fraction, gspo_loss
 from tracer_pl.metrics import problem_metrics, record_json
@@ -67,6 +68,25 @@ class BackboneConfig:
     adapter_seed: int = 0
 
 
+@dataclass
+class EvaluationConfig:
+    """What ``validate``/``test`` run on the trained adapters: TRACER's dialogue or a baseline.
+
+    Args:
+        method: ``tracer`` (the dialogue with average-strategy controllers), ``cot`` (one proposer call),
+            ``majority_vote`` (self-consistency over ``samples`` sampled proposals) or ``debate`` (Du et al.:
+            ``debate_agents`` proposers for ``debate_rounds`` rounds, final majority).
+        samples: Proposals per problem for ``majority_vote``.
+        debate_agents: Agents in ``debate``.
+        debate_rounds: Rounds in ``debate``.
+    """
+
+    method: Literal["tracer", "cot", "majority_vote", "debate"] = "tracer"
+    samples: int = 10
+    debate_agents: int = 3
+    debate_rounds: int = 2
+
+
 class TracerModule(L.LightningModule):
     """TRACER: a proposer and a reviewer LoRA adapter on one frozen base, regret-matching controllers, GSPO.
 
@@ -80,6 +100,7 @@ class TracerModule(L.LightningModule):
         train_proposer: Train the proposer adapter with GSPO (``false``: the "no proposer GSPO" ablation).
         train_reviewer: Train the reviewer adapter with GSPO.
         eval_seed: Seed of the RNG that samples the average strategies in validation and test.
+        evaluation: The method ``validate``/``test`` run: TRACER or a baseline on the same adapters and problems.
     """
 
     def __init__(
@@ -93,6 +114,7 @@ class TracerModule(L.LightningModule):
         train_proposer: bool = True,
         train_reviewer: bool = True,
         eval_seed: int = 1234,
+        evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -104,6 +126,7 @@ class TracerModule(L.LightningModule):
         self.proposer, self.reviewer = proposer, reviewer
         self.trained_roles = [r.name for r, on in ((proposer, train_proposer), (reviewer, train_reviewer)) if on]
         self.eval_seed = eval_seed
+        self.evaluation = evaluation
         validate(self)
         self.proposer_controller, self.reviewer_controller = self.controller_config.build()
         self.backbone: Any = None
@@ -113,7 +136,7 @@ class TracerModule(L.LightningModule):
             "backbone": asdict(backbone), "dialogue": asdict(dialogue), "gspo": asdict(gspo),
             "controllers": asdict(controllers), "proposer": type(proposer).__qualname__,
             "reviewer": type(reviewer).__qualname__, "train_proposer": train_proposer,
-            "train_reviewer": train_reviewer, "eval_seed": eval_seed,
+            "train_reviewer": train_reviewer, "eval_seed": eval_seed, "evaluation": asdict(evaluation),
         })
 
     # ------------------------------------------------------------------ model and optimizers
@@ -236,10 +259,10 @@ class TracerModule(L.LightningModule):
         self._eval_step("test", batch, dataloader_idx)
 
     def _eval_step(self, stage: str, batch: Sequence[Problem], dataloader_idx: int) -> None:
-        result = self._play(batch, training=False, learn=None)
+        records = self._evaluate(list(batch))
         name = self._dataset_name(stage, dataloader_idx)
-        self._eval_records.setdefault(name, []).extend(record_json(r) for r in result.records)
-        rows = [problem_metrics(r) for r in result.records]
+        self._eval_records.setdefault(name, []).extend(record_json(r) for r in records)
+        rows = [problem_metrics(r) for r in records]
         for metric in rows[0]:
             key = f"{stage}/{name}/{metric}"
             if key not in self.eval_metrics:
@@ -280,6 +303,18 @@ class TracerModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = getattr(datamodule, f"{stage}_names", None)
         return names[dataloader_idx] if names else f"set{dataloader_idx}"
+
+    def _evaluate(self, batch: list[Problem]) -> list[DialogueRecord]:
+        """Records of the configured evaluation method on ``batch`` (no updates)."""
+        e, greedy = self.evaluation, self.dialogue_config.eval_greedy
+        methods = {
+            "tracer": lambda: self._play(batch, training=False, learn=None).records,
+            "cot": lambda: chain_of_thought(batch, self.backbone, self.proposer, greedy=greedy),
+            "majority_vote": lambda: majority_vote(batch, self.backbone, self.proposer, samples=e.samples),
+            "debate": lambda: debate(batch, self.backbone, self.proposer, agents=e.debate_agents,
+                                     rounds=e.debate_rounds),
+        }
+        return methods[e.method]()
 
     def _play(self, batch: Sequence[Problem], *, training: bool, learn: Any) -> DialogueResult:
         generator = None if training else getattr(self, "_eval_generator", None)
@@ -394,6 +429,10 @@ def validate(module: TracerModule) -> None:
         (g.max_grad_norm is None or g.max_grad_norm >= 0, "--model.gspo.max_grad_norm",
          f"must be >= 0, got {g.max_grad_norm}"),
         (d.min_reward_std >= 0, "--model.dialogue.min_reward_std", f"must be >= 0, got {d.min_reward_std}"),
+        (module.evaluation.samples >= 1, "--model.evaluation.samples",
+         f"must be at least 1, got {module.evaluation.samples}"),
+        (module.evaluation.debate_agents >= 1 and module.evaluation.debate_rounds >= 1,
+         "--model.evaluation.debate_agents/debate_rounds", "must be at least 1"),
         (module.proposer.name != module.reviewer.name, "--model.reviewer",
          f"the two roles need distinct names (one adapter each), both are {module.proposer.name!r}"),
     ]
@@ -402,4 +441,4 @@ def validate(module: TracerModule) -> None:
             raise ConfigError(f"{flag} {message}")
 
 
-__all__ = ["BackboneConfig", "TracerModule"]
+__all__ = ["BackboneConfig", "EvaluationConfig", "TracerModule"]
