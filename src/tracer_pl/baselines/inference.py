@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 
 from tracer_pl.agent import Agent, Completion
+from tracer_pl.answers import is_equivalent
 from tracer_pl.dialogue import DialogueRecord, Turn
 from tracer_pl.problem import Problem
 from tracer_pl.roles import DialogueView, Role, is_correct
@@ -84,8 +85,6 @@ def _debate_view(problem: Problem, others_latest: list[str], agent_index: int, r
 
 def _plurality(answers: Sequence[str | None], problem: Problem) -> str | None:
     """The most frequent parseable answer under the dataset's equivalence; ties to the earliest."""
-    from tracer_pl.answers import is_equivalent
-
     groups: list[tuple[str, int]] = []
     for answer in answers:
         if answer is None:
