@@ -148,6 +148,23 @@ def test_gpqa_letters(text, expected):
     assert extract_answer(text, "gpqa_diamond") == expected
 
 
+@pytest.mark.parametrize("prediction", ["10^{10^{10}}", "2^{2^{2^{2^{2}}}}", "9^{99999}", "1000!", "7!!"])
+def test_answers_that_need_huge_integers_are_refused_without_hanging(prediction):
+    # off the main thread math-verify runs without a timeout; sympy would never finish these
+    results: list[bool] = []
+    thread = threading.Thread(target=lambda: results.append(is_equivalent(prediction, "5", "math500")))
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and results == [False]
+
+
+def test_ordinary_powers_and_factorials_still_go_to_math_verify():
+    assert is_equivalent("2^{10}", "1024", "math500")
+    assert is_equivalent("5!", "120", "math500")
+    assert is_equivalent("10^{-3}", "0.001", "math500")
+
+
+
 def test_gpqa_equivalence_and_gold():
     assert is_equivalent("c", "C", "gpqa_diamond")
     assert not is_equivalent("A", "C", "gpqa_diamond")

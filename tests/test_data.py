@@ -109,6 +109,16 @@ def test_reasoning_gym_source_is_seeded_and_graded():
         list(load_problems("reasoning_gym:basic_arithmetic?size"))
 
 
+def test_generated_test_split_shares_no_item_with_training():
+    # reasoning-gym seeds item i with seed + i: a test seed of seed + 1 would reuse 49 of these 50 questions.
+    # With 4-digit operands and up to 5 terms a chance collision is negligible, so any overlap is reuse.
+    source = "reasoning_gym:basic_arithmetic?size=50&min_terms=3&max_terms=5&min_digits=4&max_digits=4"
+    train = {p.question for p in load_problems(source, seed=5, split="train")}
+    test = {p.question for p in load_problems(source, seed=5, split="test")}
+    assert len(train) == 50 and len(test) == 50
+    assert train.isdisjoint(test)
+
+
 def stream(rank=0, world=1, start=0, seed=1, batch=2, items=11, passes=1):
     return ProblemStream(lambda: iter(range(items)), streamed=False, seed=seed, passes=passes, rank=rank,
                          world_size=world, batch_size=batch, limit=None, shuffle_buffer=4, start=start)

@@ -7,7 +7,8 @@
   plain ``question``/``gold`` fields; other columns are mapped with ``field_map``;
 * ``reasoning_gym:<task>`` with optional ``?size=200&seed=1&<task option>=...``: problems generated offline by
   the ``reasoning-gym`` package, e.g. ``reasoning_gym:basic_arithmetic?size=500&max_terms=3&operators=+,-``
-  (a comma makes a tuple). Test sets are generated with ``seed + 1`` so they differ from the training set.
+  (a comma makes a tuple). Test sets are generated with ``seed + 1_000_000``: reasoning-gym seeds item *i* with
+  ``seed + i``, so no test item shares its random stream with a training item of a smaller set.
 
 Every row becomes a :class:`~tracer_pl.problem.Problem` or a :class:`~tracer_pl.errors.DataError` naming the
 file, the row (1-based line number for JSONL), the field and what was expected. With ``on_bad_row="skip"`` bad
@@ -210,11 +211,16 @@ def _hub_error_message(name: str, spec: Benchmark, error: Exception) -> str:
     return f"{name}: cannot load {spec.hub_id} from the Hugging Face hub ({type(error).__name__}: {text[:200]})"
 
 
+TEST_SEED_OFFSET = 1_000_000
+"""Added to a generated source's seed for its test split."""
+
+
 def _reasoning_gym_rows(source: str, split: str, seed: int) -> Iterator[tuple[str, dict]]:
     task, _, query = source.split(":", 1)[1].partition("?")
     options: dict[str, Any] = dict(_option(pair, source) for pair in query.split("&") if pair)
     size = int(options.pop("size", 1000))
-    task_seed = int(options.pop("seed", seed)) + (0 if split == "train" else 1)  # test never equals train
+    # reasoning-gym seeds item i with seed + i, so the test split starts far away from any training item
+    task_seed = int(options.pop("seed", seed)) + (0 if split == "train" else TEST_SEED_OFFSET)
     try:
         import reasoning_gym
     except ImportError:
