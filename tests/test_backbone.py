@@ -114,11 +114,15 @@ def test_sequence_logprobs_equal_unpadded_computation(backbone):
     logp, num_tokens = backbone.sequence_logprobs("proposer", completions)
     assert logp.shape == (3,) and logp.dtype == torch.float32 and logp.requires_grad
     assert num_tokens.tolist() == [3, 7, 1]
+    token_logp, mask = backbone.token_logprobs("proposer", completions)
     for i, c in enumerate(completions):
         prompt, answer = c.payload
         alone = torch.log_softmax(logits(backbone, "proposer", torch.cat([prompt, answer])[None])[0], -1)
-        direct = sum(alone[len(prompt) - 1 + k, token] for k, token in enumerate(answer.tolist()))
-        assert float(logp[i].detach()) == pytest.approx(float(direct), abs=1e-5)
+        direct = [float(alone[len(prompt) - 1 + k, token]) for k, token in enumerate(answer.tolist())]
+        assert float(logp[i].detach()) == pytest.approx(sum(direct), abs=1e-5)
+        assert token_logp[i, : len(answer)].tolist() == pytest.approx(direct, abs=1e-5)
+        assert token_logp[i, len(answer) :].abs().sum() == 0 and mask[i].tolist() == [1] * len(answer) + [0] * (
+            7 - len(answer))
     generated = [c for group in backbone.generate("proposer", PROMPTS, [1, 2, 1]) for c in group]
     logp, num_tokens = backbone.sequence_logprobs("proposer", generated)
     assert num_tokens.tolist() == [c.completion_tokens for c in generated]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tracer_pl.gspo import clip_fraction, group_advantages, gspo_loss
+from tracer_pl.gspo import clip_fraction, group_advantages, grpo_loss, gspo_loss, token_clip_fraction
 
 
 def test_on_policy_loss_and_gradient():
@@ -75,3 +75,33 @@ def test_group_advantages(rewards, expected):
         assert adv is None
     else:
         assert adv.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_grpo_on_policy_gradient_matches_gspo():
+    # ratio 1 on every token: d/dlogp_t = -A_i / (N |y_i|) on real tokens, 0 on padding -- the same gradient
+    # GSPO puts on the summed log-prob of sequence i.
+    old = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.25, -3.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    logp = old.clone().requires_grad_(True)
+    loss = grpo_loss(logp, old, mask, adv)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-15)
+    assert logp.grad.flatten().tolist() == pytest.approx([-1 / 4, -1 / 4, 0.0, 1 / 6, 1 / 6, 1 / 6], abs=1e-12)
+
+
+def test_grpo_clips_each_token_on_its_own():
+    old = torch.zeros(2, 3, dtype=torch.float64)
+    delta = torch.tensor([[0.2, 0.0, 9.0], [-0.3, 0.05, 3.0]], dtype=torch.float64)  # 9.0 sits on padding
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    logp = (old + delta).requires_grad_(True)
+    loss = grpo_loss(logp, old, mask, adv, epsilon=0.1)
+    loss.backward()
+    rb = math.exp(0.05)
+    # sequence 0 (A=+1): token 0 ratio e^0.2 > 1.1 is clipped to 1.1; token 1 ratio 1 -> mean (1.1 + 1) / 2
+    # sequence 1 (A=-1): e^-0.3 < 0.9 -> -0.9 (clipped); e^0.05 inside -> -e^0.05; 3.0 clamped to 2 -> -e^2
+    seq1 = (-0.9 - rb - math.exp(2.0)) / 3
+    assert loss.item() == pytest.approx(-(1.05 + seq1) / 2, abs=1e-12)
+    assert logp.grad.flatten().tolist() == pytest.approx([0.0, -1 / 4, 0.0, 0.0, rb / 6, 0.0], abs=1e-12)
+    assert token_clip_fraction(logp, old, mask, adv, epsilon=0.1) == pytest.approx(2 / 5)

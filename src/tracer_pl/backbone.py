@@ -352,11 +352,6 @@ class Backbone(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probabilities of each completion given its prompt under ``role``'s adapter, in one pass.
 
-        Prompts are left-padded and completions right-padded, so every completion starts in the same column
-        and only the completion columns go through the output head. Position ids count real tokens only, so
-        padding changes nothing. Prompt tokens are masked out; the log-softmax is taken in fp32. The model's
-        train/eval mode is left as the caller set it.
-
         Args:
             role: Whose adapter scores.
             completions: Completions from :meth:`generate` (their payload holds the token ids).
@@ -369,8 +364,26 @@ class Backbone(torch.nn.Module):
             ValueError: A completion's payload is not ``(prompt_ids, completion_ids)`` with at least one
                 completion token.
         """
+        token_logp, mask = self.token_logprobs(role, completions)
+        return token_logp.sum(-1), mask.sum(-1)
+
+    def token_logprobs(
+        self, role: str, completions: Sequence[Completion]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probabilities of each completion under ``role``'s adapter, in one forward pass.
+
+        Prompts are left-padded and completions right-padded, so every completion starts in the same column
+        and only the completion columns go through the output head. Position ids count real tokens only, so
+        padding changes nothing. The log-softmax is taken in fp32. The model's train/eval mode is left as the
+        caller set it.
+
+        Returns:
+            ``(token_logp, mask)`` of shape ``[N, C]`` (C: the longest completion): ``token_logp`` is 0 on
+            padding; ``mask`` (long) is 1 on real completion tokens.
+        """
         if not completions:
-            return torch.zeros(0, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device)
+            empty = torch.zeros(0, 0, device=self.device)
+            return empty, empty.long()
         ids, mask, width = self._pack(completions)
         self.use(role)
         # logits at columns P-1 .. P+C-2 predict the completion tokens at columns P .. P+C-1
@@ -384,8 +397,7 @@ class Backbone(torch.nn.Module):
         logp = torch.log_softmax(logits.float(), dim=-1)
         targets = ids[:, -width:]
         completion_mask = mask[:, -width:]
-        token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * completion_mask
-        return token_logp.sum(-1), completion_mask.sum(-1)
+        return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * completion_mask, completion_mask
 
     def _pack(self, completions: Sequence[Completion]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Token ids and attention mask ``[N, P + C]``: prompts end at column P, completions start there."""

@@ -1,5 +1,8 @@
 """Training callbacks.
 
+:class:`ControllerMonitor` logs every controller's regret table per state through the trainer's loggers (CSV,
+TensorBoard, ...): the data of the regret-convergence and speak-rate plots of ``tracer-pl report``.
+
 :class:`BatchCheckpoint` saves every N training *batches*. Lightning's ``ModelCheckpoint(every_n_train_steps)``
 counts optimizer steps, and with manual optimization one batch makes zero to several of them (one per role per
 speaking round with signal), so it cannot promise a save "every N steps" here. The checkpoint is written to a
@@ -12,6 +15,8 @@ import os
 from pathlib import Path
 
 import lightning as L
+
+from tracer_pl.controllers import controller_table
 
 
 class BatchCheckpoint(L.Callback):
@@ -54,3 +59,29 @@ class BatchCheckpoint(L.Callback):
         trainer.strategy.barrier("tracer_checkpoint")
         self.last_path = path
         return path
+
+
+class ControllerMonitor(L.Callback):
+    """Log, per controller and visited state, visits, average regret and speaking probabilities.
+
+    Keys: ``controller/<name>/<state>/{visits,avg_regret,avg_p_<speaking>,p_<speaking>}`` (see
+    :func:`~tracer_pl.controllers.controller_table`), logged after every ``every_n_batches`` training batches.
+
+    Args:
+        every_n_batches: Log after every this many training batches.
+    """
+
+    def __init__(self, every_n_batches: int = 1) -> None:
+        if every_n_batches < 1:
+            raise ValueError(f"every_n_batches must be at least 1, got {every_n_batches}")
+        self.every_n_batches = every_n_batches
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: object,
+                           batch_idx: int) -> None:
+        if (batch_idx + 1) % self.every_n_batches:
+            return
+        table: dict[str, float] = {}
+        for controller in getattr(pl_module, "controllers", ()):
+            table.update(controller_table(controller))
+        if table:
+            pl_module.log_dict(table, on_step=True, on_epoch=False, batch_size=1)

@@ -2,8 +2,8 @@
 
 ``tracer-pl fit -c configs/quickstart.yaml``, ``tracer-pl test -c ... --ckpt_path ...``, ``validate``,
 ``--print_config``; every field can be overridden (``--model.dialogue.group_size=8``). Configs may use OmegaConf
-interpolation (``${trainer.default_root_dir}/checkpoints``); it is resolved when the file is read, so a
-command-line override of ``trainer.default_root_dir`` does not move what the file interpolated from it.
+interpolation (``${trainer.default_root_dir}/checkpoints``); it is resolved after every config file and
+command-line argument is read, so ``--trainer.default_root_dir runs/mine`` also moves the logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 from tracer_pl.callbacks import BatchCheckpoint
@@ -63,10 +64,12 @@ def _report(title: str, lines: list[str]) -> None:
 
 def build_cli(args: Any = None, run: bool = True) -> TracerCLI:
     """Build (and by default run) the CLI; ``args`` as for ``LightningCLI`` (list of strings or a dict)."""
+    # interpolations like ${trainer.default_root_dir} name keys from the config's root, not the subcommand's
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     return TracerCLI(
         TracerModule,
         ReasoningDataModule,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         args=args,

@@ -72,6 +72,11 @@ def controller_state(
     return tuple(parts)
 
 
+def state_label(state: ControllerState) -> str:
+    """A state as text for logs: its parts joined by ``/`` (``+1/last``), or ``any`` when the state is empty."""
+    return "/".join(state) or "any"
+
+
 def signed_value(correct: bool) -> float:
     """Value of an answer-carrying action: +1 if the answer it leaves pending is correct, else -1."""
     return 1.0 if correct else -1.0
@@ -172,6 +177,24 @@ class ReviewerController(Controller):
 
     def __init__(self, name: str = "reviewer", **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
+
+
+def controller_table(controller: Controller) -> dict[str, float]:
+    """Per visited state: visits, average regret and the speaking probability of both strategies.
+
+    Keys are ``controller/<name>/<state label>/<quantity>`` with quantities ``visits``, ``avg_regret`` (at most
+    ``regret_bound(visits) / visits`` for values in [-1, 1]), ``avg_p_<speaking>`` (the average strategy,
+    what evaluation plays) and ``p_<speaking>`` (the current strategy, what training plays).
+    """
+    matcher, speaking = controller.matcher, controller.actions[1]
+    table: dict[str, float] = {}
+    for state in matcher.states():
+        prefix = f"controller/{controller.name}/{state_label(state)}"
+        table[f"{prefix}/visits"] = float(matcher.visits(state))
+        table[f"{prefix}/avg_regret"] = matcher.average_regret(state)
+        table[f"{prefix}/avg_p_{speaking}"] = float(matcher.average_strategy(state)[1])
+        table[f"{prefix}/p_{speaking}"] = float(matcher.strategy(state)[1])
+    return table
 
 
 @dataclass

@@ -44,7 +44,6 @@ class DialogueConfig:
         rounds: Number of rounds R (odd: proposal, even: review).
         group_size: Candidates G sampled per speaking turn for the GSPO step (training only).
         counterfactual: Value the unchosen action with one counterfactual sample (else importance weighting).
-        eval_protocol: How controllers act in evaluation: ``sample`` from or ``argmax`` of the average strategy.
         eval_greedy: Decode greedily in evaluation.
         min_reward_std: Groups with a smaller reward std are not trained on.
     """
@@ -52,7 +51,6 @@ class DialogueConfig:
     rounds: int = 5
     group_size: int = 4
     counterfactual: bool = True
-    eval_protocol: EvalProtocol = "sample"
     eval_greedy: bool = True
     min_reward_std: float = ZERO_SIGNAL_STD
 
@@ -187,6 +185,7 @@ def run_dialogues(
     training: bool = False,
     learn: Mapping[str, LearnFn] | None = None,
     eval_generator: torch.Generator | None = None,
+    eval_protocol: EvalProtocol = "sample",
 ) -> DialogueResult:
     """Play the dialogue for ``problems`` in lockstep.
 
@@ -202,12 +201,13 @@ def run_dialogues(
         learn: The GSPO step of each trained role, by role name; roles not in it (frozen roles) sample no
             candidate groups. Ignored in evaluation.
         eval_generator: RNG for sampling average strategies in evaluation.
+        eval_protocol: How controllers act in evaluation: ``sample`` from or ``argmax`` of the average strategy.
     """
     config = config or DialogueConfig()
     if config.rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {config.rounds}")
     game = _Game(agent, proposer, reviewer, proposer_controller, reviewer_controller, config, training, learn,
-                 eval_generator)
+                 eval_generator, eval_protocol)
     records = [DialogueRecord(problem=p) for p in problems]
     for round_index in range(1, config.rounds + 1):
         if is_proposal_round(round_index):
@@ -230,6 +230,7 @@ class _Game:
     training: bool
     learn: Mapping[str, LearnFn] | None
     eval_generator: torch.Generator | None
+    eval_protocol: EvalProtocol
     groups: list[CandidateGroup] = field(default_factory=list)
 
     # ------------------------------------------------------------------ the two kinds of round
@@ -278,7 +279,7 @@ class _Game:
                 continue
             state = controller.state(has_pending=True, pending_parseable=record.pending_answer is not None,
                                      vote=record.vote, round_index=round_index, rounds=self.config.rounds)
-            action, strategy = controller.act(state, training=self.training, protocol=self.config.eval_protocol,
+            action, strategy = controller.act(state, training=self.training, protocol=self.eval_protocol,
                                               generator=self.eval_generator)
             decisions.append(_Decision(i, action, False, state, strategy))
         return decisions

@@ -1,12 +1,14 @@
 """Group Sequence Policy Optimization for one role's candidate group (TRACER §3, generation credit).
 
-Pure tensor functions: no model, no optimizer. The Lightning module computes the sequence log-probs with the
-role's adapter and calls :func:`gspo_loss`.
+Pure tensor functions: no model, no optimizer. The Lightning module computes the log-probs with the role's
+adapter and calls :func:`gspo_loss` (one importance ratio per sequence, TRACER's choice) or :func:`grpo_loss`
+(one per token, as in GRPO; used by the single-agent GRPO baseline).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -94,6 +96,69 @@ def clip_fraction(
         return float((low_clip | high_clip).float().mean())
 
 
+def grpo_loss(
+    token_logp: torch.Tensor,
+    old_token_logp: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon: float = 0.1,
+    epsilon_high: float | None = None,
+    log_ratio_clamp: float | None = 2.0,
+) -> torch.Tensor:
+    """Clipped token-level surrogate of GRPO: each token has its own ratio; tokens averaged per sequence.
+
+    ``rho_t = exp(clamp(logp_t - old_logp_t, ±log_ratio_clamp))``, the per-token term is
+    ``min(rho_t * A, clip(rho_t, 1 - epsilon, 1 + epsilon_high) * A)``, averaged over the sequence's tokens and
+    then over the sequences (the original GRPO normalisation). No KL term.
+
+    Args:
+        token_logp: Completion-token log-probs under the current policy, ``[N, C]`` (differentiable).
+        old_token_logp: The same under the sampling policy, ``[N, C]`` (treated as constant).
+        mask: 1 for real completion tokens, 0 for padding, ``[N, C]``.
+        advantages: One per sequence, ``[N]``.
+        epsilon: Lower clip range.
+        epsilon_high: Upper clip range; defaults to ``epsilon``.
+        log_ratio_clamp: Clamp of the token log ratio before exponentiation; None disables it.
+    """
+    ratio, mask = _token_ratio(token_logp, old_token_logp.detach(), mask, log_ratio_clamp)
+    high = epsilon if epsilon_high is None else epsilon_high
+    advantages = advantages.to(ratio.dtype).unsqueeze(-1)
+    terms = torch.minimum(ratio * advantages, ratio.clamp(1.0 - epsilon, 1.0 + high) * advantages)
+    per_sequence = (terms * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return -per_sequence.mean()
+
+
+def token_clip_fraction(
+    token_logp: torch.Tensor,
+    old_token_logp: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon: float = 0.1,
+    epsilon_high: float | None = None,
+    log_ratio_clamp: float | None = 2.0,
+) -> float:
+    """Fraction of real tokens whose clipped term is the active one in :func:`grpo_loss`."""
+    high = epsilon if epsilon_high is None else epsilon_high
+    with torch.no_grad():
+        ratio, mask = _token_ratio(token_logp, old_token_logp, mask, log_ratio_clamp)
+        advantages = advantages.to(ratio.dtype).unsqueeze(-1)
+        clipped = ((ratio < 1.0 - epsilon) & (advantages < 0)) | ((ratio > 1.0 + high) & (advantages > 0))
+        return float((clipped * mask).sum() / mask.sum().clamp(min=1))
+
+
+def _token_ratio(token_logp: torch.Tensor, old_token_logp: torch.Tensor, mask: torch.Tensor,
+                 log_ratio_clamp: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = mask.to(token_logp.dtype)
+    log_ratio = (token_logp - old_token_logp) * mask
+    if log_ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
+    return torch.exp(log_ratio), mask
+
+
+ImportanceLevel = Literal["sequence", "token"]
+"""``sequence``: GSPO's length-normalised sequence ratio; ``token``: GRPO's per-token ratios."""
+
+
 @dataclass
 class GSPOConfig:
     """Settings of the GSPO step of each speaking role.
@@ -107,6 +172,8 @@ class GSPOConfig:
         log_ratio_clamp: Clamp of the per-token log ratio before exponentiation.
         max_grad_norm: Gradient-norm clip of each step; None or 0 disables it.
         weight_decay: Adam weight decay.
+        importance_level: ``sequence`` (GSPO, TRACER's objective) or ``token`` (GRPO's per-token ratios, the
+            same as TRL's ``importance_sampling_level``).
     """
 
     lr: float = 5e-6
@@ -116,3 +183,4 @@ class GSPOConfig:
     log_ratio_clamp: float | None = 2.0
     max_grad_norm: float | None = 0.5
     weight_decay: float = 0.0
+    importance_level: ImportanceLevel = "sequence"

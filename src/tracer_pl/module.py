@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -22,11 +22,11 @@ import torch
 from jsonargparse import lazy_instance
 from torchmetrics.aggregation import MeanMetric
 
-from tracer_pl.baselines import chain_of_thought, debate, majority_vote
-from tracer_pl.controllers import Controller, ControllerConfig
+from tracer_pl.baselines import chain_of_thought, debate, majority_vote, single_agent_rollouts
+from tracer_pl.controllers import Controller, ControllerConfig, EvalProtocol, is_proposal_round, state_label
 from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueRecord, DialogueResult, run_dialogues
 from tracer_pl.errors import ConfigError
-from tracer_pl.gspo import GSPOConfig, clip_fraction, gspo_loss
+from tracer_pl.gspo import GSPOConfig, clip_fraction, grpo_loss, gspo_loss, token_clip_fraction
 from tracer_pl.metrics import problem_metrics, record_json
 from tracer_pl.problem import Problem
 from tracer_pl.roles import Proposer, Reviewer, Role
@@ -79,12 +79,16 @@ class EvaluationConfig:
         samples: Proposals per problem for ``majority_vote``.
         debate_agents: Agents in ``debate``.
         debate_rounds: Rounds in ``debate``.
+        protocols: For ``tracer``: how the controllers act, each protocol evaluated on the same problems --
+            ``sample`` from or ``argmax`` of the average strategy (TRACER §2). The first one's metrics are
+            logged as ``<stage>/<dataset>/<metric>``, the others' as ``<stage>/<dataset>@<protocol>/<metric>``.
     """
 
     method: Literal["tracer", "cot", "majority_vote", "debate"] = "tracer"
     samples: int = 10
     debate_agents: int = 3
     debate_rounds: int = 2
+    protocols: list[EvalProtocol] = field(default_factory=lambda: ["sample", "argmax"])
 
 
 class TracerModule(L.LightningModule):
@@ -101,6 +105,9 @@ class TracerModule(L.LightningModule):
         train_reviewer: Train the reviewer adapter with GSPO.
         eval_seed: Seed of the RNG that samples the average strategies in validation and test.
         evaluation: The method ``validate``/``test`` run: TRACER or a baseline on the same adapters and problems.
+        algorithm: ``tracer`` trains the dialogue; ``single_agent`` is the single-agent baseline: the proposer
+            alone samples ``dialogue.group_size`` answers per problem in one call and takes one policy step on
+            them -- GSPO, or GRPO with ``gspo.importance_level: token``. No reviewer, no controllers.
     """
 
     def __init__(
@@ -115,6 +122,7 @@ class TracerModule(L.LightningModule):
         train_reviewer: bool = True,
         eval_seed: int = 1234,
         evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
+        algorithm: Literal["tracer", "single_agent"] = "tracer",
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -124,6 +132,9 @@ class TracerModule(L.LightningModule):
         self.gspo_config = gspo
         self.controller_config = controllers
         self.proposer, self.reviewer = proposer, reviewer
+        self.algorithm = algorithm
+        if algorithm == "single_agent":
+            train_reviewer = False
         self.trained_roles = [r.name for r, on in ((proposer, train_proposer), (reviewer, train_reviewer)) if on]
         self.eval_seed = eval_seed
         self.evaluation = evaluation
@@ -137,6 +148,7 @@ class TracerModule(L.LightningModule):
             "controllers": asdict(controllers), "proposer": type(proposer).__qualname__,
             "reviewer": type(reviewer).__qualname__, "train_proposer": train_proposer,
             "train_reviewer": train_reviewer, "eval_seed": eval_seed, "evaluation": asdict(evaluation),
+            "algorithm": algorithm,
         })
 
     # ------------------------------------------------------------------ model and optimizers
@@ -183,12 +195,19 @@ class TracerModule(L.LightningModule):
     def training_step(self, batch: Sequence[Problem], batch_idx: int) -> None:
         """Play the batch's dialogues; GSPO steps and controller updates happen inside, in TRACER's order."""
         self._step_stats: dict[str, float] = {}
-        learners = {role: partial(self._gspo_step, role) for role in self.trained_roles}
-        result = self._play(batch, training=True, learn=learners)
+        if self.algorithm == "single_agent":
+            result = single_agent_rollouts(batch, self.backbone, self.proposer,
+                                           group_size=self.dialogue_config.group_size,
+                                           min_reward_std=self.dialogue_config.min_reward_std)
+            if self.trained_roles:
+                self._gspo_step(self.proposer.name, result.groups)
+        else:
+            learners = {role: partial(self._gspo_step, role) for role in self.trained_roles}
+            result = self._play(batch, training=True, learn=learners)
         self._log_training(result)
 
     def _gspo_step(self, role: str, groups: list[CandidateGroup]) -> None:
-        """GSPO on the role's adapter for the groups with signal; ``steps_per_group`` optimizer steps."""
+        """GSPO (or GRPO) on the role's adapter for the groups with signal; ``steps_per_group`` optimizer steps."""
         broken = sum(not torch.isfinite(g.rewards).all() for g in groups)
         if broken:  # group_advantages already refused them; count them so they show in the logs
             self._count(f"gspo/{role}/skipped_nonfinite", float(broken))
@@ -201,11 +220,10 @@ class TracerModule(L.LightningModule):
         cfg = self.gspo_config
         old_logp = None
         for _ in range(cfg.steps_per_group):
-            logp, num_tokens = self.backbone.sequence_logprobs(role, completions)
+            token_logp, mask = self.backbone.token_logprobs(role, completions)
             if old_logp is None:  # the candidates were sampled by this very policy: ratio 1, no extra forward
-                old_logp = logp.detach()
-            loss = gspo_loss(logp, old_logp, num_tokens, advantages, cfg.epsilon, cfg.epsilon_high,
-                             cfg.log_ratio_clamp)
+                old_logp = token_logp.detach()
+            loss, clip_frac = self._policy_loss(token_logp, old_logp, mask, advantages)
             if not torch.isfinite(loss):
                 self._count(f"gspo/{role}/skipped_nonfinite", 1.0)
                 break
@@ -222,8 +240,18 @@ class TracerModule(L.LightningModule):
             self._count(f"gspo/{role}/steps", 1.0)
             self._step_stats[f"gspo/{role}/loss"] = loss.item()
             self._step_stats[f"gspo/{role}/grad_norm"] = grad_norm
-            self._step_stats[f"gspo/{role}/clip_frac"] = clip_fraction(
-                logp, old_logp, num_tokens, advantages, cfg.epsilon, cfg.epsilon_high, cfg.log_ratio_clamp)
+            self._step_stats[f"gspo/{role}/clip_frac"] = clip_frac()
+
+    def _policy_loss(self, token_logp: torch.Tensor, old_token_logp: torch.Tensor, mask: torch.Tensor,
+                     advantages: torch.Tensor) -> tuple[torch.Tensor, Callable[[], float]]:
+        """The clipped surrogate at the configured importance level, and a thunk for its clip fraction."""
+        cfg = self.gspo_config
+        clip = (cfg.epsilon, cfg.epsilon_high, cfg.log_ratio_clamp)
+        if cfg.importance_level == "token":
+            args = (token_logp, old_token_logp, mask, advantages, *clip)
+            return grpo_loss(*args), lambda: token_clip_fraction(*args)
+        args = (token_logp.sum(-1), old_token_logp.sum(-1), mask.sum(-1), advantages, *clip)
+        return gspo_loss(*args), lambda: clip_fraction(*args)
 
     def _optimizer(self, role: str) -> torch.optim.Optimizer:
         optimizers = self.optimizers()
@@ -238,11 +266,12 @@ class TracerModule(L.LightningModule):
         self.train_accuracy.update(torch.tensor([float(r.correct) for r in records]))
         metrics = dict(self._step_stats)
         metrics.update(group_metrics(result.groups, [r.name for r in self.roles]))
-        metrics.update(decision_metrics(records, self.controllers))
+        if self.algorithm == "tracer":
+            metrics.update(decision_metrics(records, self.controllers))
         metrics["train/accuracy_batch"] = sum(r.correct for r in records) / len(records)
         metrics["train/tokens_per_problem"] = sum(r.tokens for r in records) / len(records)
         metrics["train/calls_per_problem"] = sum(r.calls for r in records) / len(records)
-        for controller in self.controllers:
+        for controller in self.controllers if self.algorithm == "tracer" else ():
             metrics[f"controller/{controller.name}/avg_regret"] = worst_average_regret(controller)
         nonfinite = sum(t.nonfinite_values for r in records for t in r.turns)
         if nonfinite:
@@ -259,18 +288,28 @@ class TracerModule(L.LightningModule):
         self._eval_step("test", batch, dataloader_idx)
 
     def _eval_step(self, stage: str, batch: Sequence[Problem], dataloader_idx: int) -> None:
-        records = self._evaluate(list(batch))
         name = self._dataset_name(stage, dataloader_idx)
+        if self.evaluation.method != "tracer":
+            self._log_eval(stage, name, self._evaluate(list(batch)))
+            return
+        for i, protocol in enumerate(self.evaluation.protocols):
+            records = self._play(batch, training=False, learn=None, protocol=protocol).records
+            self._log_eval(stage, name if i == 0 else f"{name}@{protocol}", records)
+
+    def _log_eval(self, stage: str, name: str, records: list[DialogueRecord]) -> None:
+        """Per-problem metrics, speak rates per controller state, and the records for the JSONL file."""
         self._eval_records.setdefault(name, []).extend(record_json(r) for r in records)
         rows = [problem_metrics(r) for r in records]
-        for metric in rows[0]:
-            key = f"{stage}/{name}/{metric}"
+        values = {f"{stage}/{name}/{metric}": [row[metric] for row in rows] for metric in rows[0]}
+        for key, rates in state_decisions(records, self.controllers).items():
+            values[f"{stage}/{name}/{key}"] = rates
+        for key, samples in values.items():
             if key not in self.eval_metrics:
                 self.eval_metrics[key] = MeanMetric().to(self.device)
             tracker = self.eval_metrics[key]
-            tracker.update(torch.tensor([row[metric] for row in rows]))
-            self.log(key, tracker, on_step=False, on_epoch=True, batch_size=len(batch), add_dataloader_idx=False,
-                     prog_bar=metric == "accuracy", metric_attribute=f"eval_metrics.{key}")
+            tracker.update(torch.tensor(samples, dtype=torch.float32))
+            self.log(key, tracker, on_step=False, on_epoch=True, batch_size=len(samples), add_dataloader_idx=False,
+                     prog_bar=key.endswith("/accuracy") and "@" not in key, metric_attribute=f"eval_metrics.{key}")
 
     def on_test_epoch_start(self) -> None:
         self._start_eval()
@@ -279,7 +318,8 @@ class TracerModule(L.LightningModule):
         self._start_eval()
 
     def _start_eval(self) -> None:
-        self._eval_generator = torch.Generator().manual_seed(self.eval_seed)
+        # one RNG per protocol, so adding a protocol never changes what another one samples
+        self._eval_generators = {p: torch.Generator().manual_seed(self.eval_seed) for p in ("sample", "argmax")}
         self._eval_records: dict[str, list[dict[str, Any]]] = {}
 
     def on_test_epoch_end(self) -> None:
@@ -316,12 +356,14 @@ class TracerModule(L.LightningModule):
         }
         return methods[e.method]()
 
-    def _play(self, batch: Sequence[Problem], *, training: bool, learn: Any) -> DialogueResult:
-        generator = None if training else getattr(self, "_eval_generator", None)
+    def _play(self, batch: Sequence[Problem], *, training: bool, learn: Any, protocol: EvalProtocol = "sample"
+              ) -> DialogueResult:
+        generators = getattr(self, "_eval_generators", {})
         return run_dialogues(
             list(batch), self.backbone, proposer=self.proposer, reviewer=self.reviewer,
             proposer_controller=self.proposer_controller, reviewer_controller=self.reviewer_controller,
-            config=self.dialogue_config, training=training, learn=learn, eval_generator=generator,
+            config=self.dialogue_config, training=training, learn=learn,
+            eval_generator=None if training else generators.get(protocol), eval_protocol=protocol,
         )
 
     def on_train_end(self) -> None:
@@ -391,6 +433,24 @@ def decision_metrics(records: Sequence[Any], controllers: Sequence[Controller]) 
     return metrics
 
 
+def state_decisions(records: Sequence[Any], controllers: Sequence[Controller]) -> dict[str, list[float]]:
+    """Free decisions as 0/1 speaking indicators, keyed ``<controller>/p_<speaking action>/<state label>``.
+
+    Averaging each list gives the speak (or refresh) rate of the controller in that state.
+    """
+    proposer_controller, reviewer_controller = controllers
+    decisions: dict[str, list[float]] = {}
+    for record in records:
+        for turn in record.turns:
+            if turn.forced or turn.state is None:
+                continue
+            controller = proposer_controller if is_proposal_round(turn.round) else reviewer_controller
+            speaking = controller.actions[1]
+            key = f"{controller.name}/p_{speaking}/{state_label(turn.state)}"
+            decisions.setdefault(key, []).append(float(turn.action == speaking))
+    return decisions
+
+
 def worst_average_regret(controller: Controller) -> float:
     """The largest average external regret over the controller's visited states (0 before any visit)."""
     matcher = controller.matcher
@@ -433,6 +493,9 @@ def validate(module: TracerModule) -> None:
          f"must be at least 1, got {module.evaluation.samples}"),
         (module.evaluation.debate_agents >= 1 and module.evaluation.debate_rounds >= 1,
          "--model.evaluation.debate_agents/debate_rounds", "must be at least 1"),
+        (module.algorithm == "tracer" or module.proposer.name in module.trained_roles,
+         "--model.train_proposer", "must be true with algorithm single_agent (it trains the proposer alone)"),
+        (bool(module.evaluation.protocols), "--model.evaluation.protocols", "must list at least one protocol"),
         (module.proposer.name != module.reviewer.name, "--model.reviewer",
          f"the two roles need distinct names (one adapter each), both are {module.proposer.name!r}"),
     ]

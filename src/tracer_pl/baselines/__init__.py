@@ -1,4 +1,7 @@
-"""Inference baselines on the same harness as TRACER: chain of thought, majority vote and multi-agent debate.
+"""Baselines on the same harness as TRACER.
+
+Inference: chain of thought, majority vote and multi-agent debate. Training: the rollouts of single-agent GSPO
+and GRPO (the module runs their policy step).
 
 Each is a plain function over an :class:`~tracer_pl.agent.Agent` and the proposer role, returning
 :class:`~tracer_pl.dialogue.DialogueRecord` objects, so :mod:`tracer_pl.metrics` scores them exactly like TRACER's
@@ -6,5 +9,6 @@ dialogues (accuracy, tokens and calls per problem, ...).
 """
 
 from tracer_pl.baselines.inference import budget_matched_samples, chain_of_thought, debate, majority_vote
+from tracer_pl.baselines.training import single_agent_rollouts
 
-__all__ = ["budget_matched_samples", "chain_of_thought", "debate", "majority_vote"]
+__all__ = ["budget_matched_samples", "chain_of_thought", "debate", "majority_vote", "single_agent_rollouts"]

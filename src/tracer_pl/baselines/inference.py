@@ -35,7 +35,7 @@ def majority_vote(problems: Sequence[Problem], agent: Agent, proposer: Role, *, 
     outputs = agent.generate(proposer.name, prompts, samples, greedy=greedy)
     for record, completions in zip(records, outputs):
         answers = [proposer.parse(c.text, record.view(1)) for c in completions]
-        record.turns.append(_turn(1, proposer.name, completions, " | ".join(c.text for c in completions)))
+        record.turns.append(speaking_turn(1, proposer.name, completions, " | ".join(c.text for c in completions)))
         _settle(record, answers, winner=_plurality(answers, record.problem))
         record.correct_after_round.append(record.pending_correct)
     return records
@@ -62,7 +62,7 @@ def debate(problems: Sequence[Problem], agent: Agent, proposer: Role, *, agents:
             mine = flat[i * agents : (i + 1) * agents]
             latest[i] = [c.text for c in mine]
             answers = [proposer.parse(c.text, record.view(round_index)) for c in mine]
-            record.turns.append(_turn(round_index, proposer.name, mine, "\n---\n".join(latest[i])))
+            record.turns.append(speaking_turn(round_index, proposer.name, mine, "\n---\n".join(latest[i])))
             _settle(record, answers, winner=_plurality(answers, record.problem))
             record.correct_after_round.append(record.pending_correct)
     return records
@@ -107,7 +107,8 @@ def _settle(record: DialogueRecord, answers: Sequence[str | None], winner: str |
     record.pending_correct = is_correct(winner, record.problem)
 
 
-def _turn(round_index: int, role: str, completions: Sequence[Completion], text: str) -> Turn:
+def speaking_turn(round_index: int, role: str, completions: Sequence[Completion], text: str) -> Turn:
+    """A forced speaking turn charged with the cost of ``completions``."""
     return Turn(round=round_index, role=role, action="speak", forced=True, state=None, text=text,
                 prompt_tokens=sum(c.prompt_tokens for c in completions),
                 completion_tokens=sum(c.completion_tokens for c in completions), calls=len(completions))
