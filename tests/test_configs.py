@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tracer_pl.cli import build_cli
+from tracer_pl.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -57,8 +58,8 @@ CHECKS = {
         not m.dialogue_config.counterfactual and bool(states(m.proposer_controller))),
     "ablations/frozen_controllers.yaml": lambda m, rows: (
         not states(m.proposer_controller) and not states(m.reviewer_controller)),
-    "ablations/no_vote_state.yaml": lambda m, rows: all(
-        s in {("last",), ("not_last",)} for c in m.controllers for s in states(c)) and bool(states(m.proposer_controller)),
+    "ablations/no_vote_state.yaml": lambda m, rows: bool(states(m.proposer_controller)) and all(
+        s in {("last",), ("not_last",)} for c in m.controllers for s in states(c)),
     "ablations/no_time_state.yaml": lambda m, rows: all(
         len(s) == 1 and s[0] not in {"last", "not_last"} for c in m.controllers for s in states(c)),
     "ablations/no_proposer_gspo.yaml": lambda m, rows: (
@@ -113,3 +114,8 @@ def test_both_protocols_and_speak_rates_per_state_in_one_test_run(tmp_path):
     # argmax plays deterministic actions per state: a state's rate is 0 or 1 there
     argmax_rates = [v for k, v in metrics.items() if k.startswith(f"test/{name}@argmax/") and "/p_" in k]
     assert argmax_rates and all(v in (0.0, 1.0) for v in argmax_rates)
+    # the report reads this real run: both protocols as rows, and the training plots from ControllerMonitor
+    report = write_report([tmp_path / "runs/tiny"], tmp_path / "report").read_text()
+    accuracy = metrics[f"test/{name}/accuracy"]
+    assert f"| tiny | {name} | 4 | {accuracy:.3f}" in report and f"| tiny (argmax) | {name} | 4 |" in report
+    assert (tmp_path / "report/tiny_regret.png").exists() and (tmp_path / "report/tiny_speak_rates.png").exists()

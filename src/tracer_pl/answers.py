@@ -239,8 +239,11 @@ _HUGE_POWER = re.compile(r"\^\s*\{?\s*[-+(]?\s*\d{4,}|\^\s*\{[^{}]*\^|\^\s*\d+\s
 
 
 def _too_costly(latex: str) -> bool:
-    """Answers whose evaluation needs astronomically large integers: power towers, 4-digit exponents, n! with
-    n >= 100, double factorials. They are never equivalent to a different-looking gold answer in practice."""
+    """Whether ``latex`` needs astronomically large integers to evaluate.
+
+    Power towers, 4-digit exponents, n! with n >= 100 and double factorials count; in practice they are never
+    equivalent to a different-looking gold answer.
+    """
     return len(latex) > 2000 or _HUGE_POWER.search(latex) is not None
 
 

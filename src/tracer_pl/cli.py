@@ -1,6 +1,7 @@
 """``tracer-pl``: the command line, a ``LightningCLI`` over :class:`TracerModule` and :class:`ReasoningDataModule`.
 
 ``tracer-pl fit -c configs/quickstart.yaml``, ``tracer-pl test -c ... --ckpt_path ...``, ``validate``,
+``tracer-pl report RUN_DIR ... --out DIR`` (see :mod:`tracer_pl.report`),
 ``--print_config``; every field can be overridden (``--model.dialogue.group_size=8``). Configs may use OmegaConf
 interpolation (``${trainer.default_root_dir}/checkpoints``); it is resolved after every config file and
 command-line argument is read, so ``--trainer.default_root_dir runs/mine`` also moves the logs and checkpoints.
@@ -78,8 +79,16 @@ def build_cli(args: Any = None, run: bool = True) -> TracerCLI:
 
 
 def main() -> None:
-    """Console entry point: errors about data and configuration end with their message, not a traceback."""
+    """Console entry point: errors about data and configuration end with their message, not a traceback.
+
+    ``tracer-pl report RUN_DIR ...`` goes to :mod:`tracer_pl.report`; everything else to the LightningCLI.
+    """
     try:
+        if sys.argv[1:2] == ["report"]:
+            from tracer_pl.report import main as report
+
+            report(sys.argv[2:])
+            return
         build_cli()
     except TracerError as error:
         print(f"tracer-pl: error: {error}", file=sys.stderr)

@@ -1,0 +1,281 @@
+"""``tracer-pl report``: one Markdown table and PNG plots for any set of run directories.
+
+A run directory is a ``--trainer.default_root_dir`` of ``tracer-pl fit`` and/or ``tracer-pl test``. The report
+reads, from each one,
+
+* the newest ``test_metrics.json`` (written by ``tracer-pl test``) and the ``test_records_<dataset>.jsonl``
+  beside it (the number of problems);
+* the newest ``metrics.csv`` with training rows (``CSVLogger``), for the regret and speak-rate plots fed by
+  :class:`~tracer_pl.callbacks.ControllerMonitor`.
+
+It writes ``report.md`` (accuracy with a 95% Wilson interval, tokens and calls per problem, correction and
+preservation per method and dataset), ``results.json`` (the same rows), ``accuracy_vs_tokens.png`` and, per
+trained run, ``<run>_regret.png`` (average regret of every controller state against its visits M, with the
+regret-matching bound 2·sqrt(2/M) for values in [-1, 1]) and ``<run>_speak_rates.png`` (each state's
+average-strategy speaking probability over training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tracer_pl.errors import DataError
+
+COLUMNS = ("accuracy", "tokens_per_problem", "calls_per_problem", "correction", "preservation")
+
+
+@dataclass
+class Row:
+    """One method on one dataset."""
+
+    method: str
+    dataset: str
+    problems: int | None
+    accuracy: float
+    ci_low: float | None
+    ci_high: float | None
+    tokens_per_problem: float
+    calls_per_problem: float
+    correction: float
+    preservation: float
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% for the default ``z``)."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def regret_bound(visits: int) -> float:
+    """Regret matching's bound on the average regret after ``visits`` updates with values in [-1, 1]."""
+    return 2 * math.sqrt(2 / visits)
+
+
+# ---------------------------------------------------------------------- reading runs
+def newest(directory: Path, pattern: str) -> Path | None:
+    """The most recently modified file matching ``pattern`` anywhere under ``directory``."""
+    found = sorted(directory.rglob(pattern), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def test_rows(run: Path) -> list[Row]:
+    """The rows of a run's newest ``test_metrics.json`` (one per dataset, and per extra protocol)."""
+    path = newest(run, "test_metrics.json")
+    if path is None:
+        return []
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+    by_dataset: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "test":
+            by_dataset.setdefault(parts[1], {})[parts[2]] = float(value)
+    rows = []
+    for dataset, values in sorted(by_dataset.items()):
+        missing = [c for c in COLUMNS if c not in values]
+        if missing:
+            raise DataError(f"{path}: dataset {dataset!r} lacks the metrics {missing}")
+        records = path.parent / f"test_records_{dataset}.jsonl"
+        n = sum(1 for line in records.open() if line.strip()) if records.exists() else None
+        low, high = wilson_interval(values["accuracy"] * n, n) if n else (None, None)
+        base, _, protocol = dataset.partition("@")
+        method = f"{run.name} ({protocol})" if protocol else run.name
+        rows.append(Row(method, base, n, values["accuracy"], low, high,
+                        *(values[c] for c in COLUMNS[1:])))
+    return rows
+
+
+def training_log(run: Path) -> list[dict[str, float]]:
+    """The training rows (with a ``step``) of the run's newest ``metrics.csv`` that has any, as floats."""
+    candidates = sorted(run.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        with path.open(newline="") as handle:
+            rows = [
+                {k: float(v) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(handle)
+            ]
+        rows = [r for r in rows if any(k.startswith(("train/", "controller/")) for k in r)]
+        if rows:
+            return rows
+    return []
+
+
+def state_series(log: Sequence[dict[str, float]], quantity: str) -> dict[tuple[str, str], list[tuple[float, ...]]]:
+    """Per (controller, state): ``(step, visits, value)`` of ``controller/<c>/<state>/<quantity>`` over training."""
+    series: dict[tuple[str, str], list[tuple[float, ...]]] = {}
+    for row in log:
+        for key, value in row.items():
+            parts = key.split("/")
+            if len(parts) < 4 or parts[0] != "controller" or parts[-1] != quantity:
+                continue
+            controller, state = parts[1], "/".join(parts[2:-1])
+            visits = row.get(f"controller/{controller}/{state}/visits", float("nan"))
+            series.setdefault((controller, state), []).append((row.get("step", len(series)), visits, value))
+    return series
+
+
+# ---------------------------------------------------------------------- writing
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The rows as a Markdown table."""
+    lines = [
+        "| method | dataset | problems | accuracy (95% CI) | tokens/problem | calls/problem | correction "
+        "| preservation |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ci = f" ({r.ci_low:.3f}-{r.ci_high:.3f})" if r.ci_low is not None else ""
+        n = str(r.problems) if r.problems is not None else "?"
+        lines.append(f"| {r.method} | {r.dataset} | {n} | {r.accuracy:.3f}{ci} | {r.tokens_per_problem:.0f} | "
+                     f"{r.calls_per_problem:.1f} | {r.correction:.3f} | {r.preservation:.3f} |")
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path) -> None:
+    """Accuracy (with its interval) against tokens per problem, one panel per dataset."""
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r.dataset for r in rows})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        mine = [r for r in rows if r.dataset == dataset]
+        for r in mine:
+            err = None
+            if r.ci_low is not None and r.ci_high is not None:
+                err = [[r.accuracy - r.ci_low], [r.ci_high - r.accuracy]]
+            ax.errorbar(r.tokens_per_problem, r.accuracy, yerr=err, fmt="o", capsize=3)
+            ax.annotate(r.method, (r.tokens_per_problem, r.accuracy), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens per problem (prompt + completion, every call)")
+        ax.set_ylabel("accuracy (95% Wilson interval)")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_regret(log: Sequence[dict[str, float]], title: str, path: Path) -> bool:
+    """Average regret against visits per controller state, with the bound. False when nothing to plot."""
+    import matplotlib.pyplot as plt
+
+    series = state_series(log, "avg_regret")
+    controllers = sorted({c for c, _ in series})
+    if not controllers:
+        return False
+    fig, axes = plt.subplots(1, len(controllers), figsize=(6 * len(controllers), 4.5), squeeze=False)
+    for ax, controller in zip(axes[0], controllers):
+        top = 1
+        for (c, state), points in sorted(series.items()):
+            points = [(m, v) for _, m, v in points if m >= 1]
+            if c != controller or not points:
+                continue
+            visits, values = zip(*points)
+            top = max(top, *visits)
+            ax.plot(visits, [max(v, 1e-4) for v in values], marker=".", label=state)
+        grid = [m / 10 for m in range(10, int(top * 10) + 1)]
+        ax.plot(grid, [regret_bound(m) for m in grid], "k--", label="2·sqrt(2/M) bound")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("visits M of the state")
+        ax.set_ylabel("average regret (floored at 1e-4)")
+        ax.set_title(f"{title}: {controller} controller")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_speak_rates(log: Sequence[dict[str, float]], title: str, path: Path) -> bool:
+    """Average-strategy speaking probability per state over training steps. False when nothing to plot."""
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple[str, str], list[tuple[float, ...]]] = {}
+    for quantity in ("avg_p_refresh", "avg_p_speak"):
+        series.update(state_series(log, quantity))
+    controllers = sorted({c for c, _ in series})
+    if not controllers:
+        return False
+    fig, axes = plt.subplots(1, len(controllers), figsize=(6 * len(controllers), 4.5), squeeze=False)
+    for ax, controller in zip(axes[0], controllers):
+        for (c, state), points in sorted(series.items()):
+            if c == controller:
+                ax.plot([p[0] for p in points], [p[2] for p in points], marker=".", label=state)
+        action = "refresh" if controller == "proposer" else "speak"
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"average-strategy P({action})")
+        ax.set_title(f"{title}: {controller} controller")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "tracer-pl report",
+                 command: str | None = None) -> Path:
+    """Write ``report.md``, ``results.json`` and the plots for ``runs`` into ``out``; return the Markdown path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_paths = [Path(r) for r in runs]
+    for run in run_paths:
+        if not run.is_dir():
+            raise DataError(f"{run}: not a directory (expected a run directory of tracer-pl fit/test)")
+    rows = [row for run in run_paths for row in test_rows(run)]
+    if not rows and not any(training_log(run) for run in run_paths):
+        raise DataError(f"no test_metrics.json and no training metrics.csv under {', '.join(map(str, run_paths))}")
+    sections = [f"# {title}", ""]
+    if command:
+        sections += ["Produced by:", "", "```bash", command, "```", ""]
+    if rows:
+        sections += ["## Results", "", markdown_table(rows), ""]
+        plot_accuracy_vs_tokens(rows, out / "accuracy_vs_tokens.png")
+        sections += ["![accuracy against tokens per problem](accuracy_vs_tokens.png)", ""]
+    for run in run_paths:
+        log = training_log(run)
+        if not log:
+            continue
+        plots = [(f"{run.name}_regret.png", plot_regret), (f"{run.name}_speak_rates.png", plot_speak_rates)]
+        drawn = [name for name, plot in plots if plot(log, run.name, out / name)]
+        if drawn:
+            sections += [f"## Training: {run.name}", ""] + [f"![{name}]({name})" for name in drawn] + [""]
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    path = out / "report.md"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``tracer-pl report RUN_DIR ... [--out DIR] [--title T] [--command C]``."""
+    parser = argparse.ArgumentParser(
+        prog="tracer-pl report",
+        description="Markdown table and PNG plots (accuracy vs tokens, regret convergence, speak rates) "
+                    "for run directories of tracer-pl fit/test.",
+    )
+    parser.add_argument("runs", nargs="+", help="run directories (--trainer.default_root_dir of each run)")
+    parser.add_argument("--out", default="report", help="output directory (default: report)")
+    parser.add_argument("--title", default="tracer-pl report", help="title of report.md")
+    parser.add_argument("--command", default=None, help="the command that produced the runs, quoted in report.md")
+    args = parser.parse_args(argv)
+    path = write_report(args.runs, args.out, title=args.title, command=args.command)
+    print(path.read_text().split("## Training", 1)[0].rstrip())
+    print(f"\nreport: {path}")

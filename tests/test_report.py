@@ -1,0 +1,101 @@
+"""``tracer-pl report`` on run directories built by hand, with the numbers worked out here."""
+
+import csv
+import json
+import math
+import sys
+
+import pytest
+
+from tracer_pl.cli import main
+from tracer_pl.errors import DataError
+from tracer_pl.report import regret_bound, wilson_interval, write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_wilson_interval_matches_published_values():
+    # 8 of 10 and 0 of 10 at 95%: the textbook Wilson intervals (0.490, 0.943) and (0, 0.278)
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=5e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=5e-4)
+    with pytest.raises(ValueError, match="n must be positive"):
+        wilson_interval(0, 0)
+
+
+def test_regret_bound():
+    assert regret_bound(8) == pytest.approx(1.0)  # 2 * sqrt(2 / 8)
+    assert regret_bound(200) == pytest.approx(0.2)
+
+
+def make_run(root, name, metrics, records=None, train_rows=None):
+    run = root / name
+    version = run / "logs" / "version_0"
+    version.mkdir(parents=True)
+    (version / "test_metrics.json").write_text(json.dumps(metrics))
+    for dataset, n in (records or {}).items():
+        (version / f"test_records_{dataset}.jsonl").write_text("".join(json.dumps({"i": i}) + "\n" for i in range(n)))
+    if train_rows:
+        keys = sorted({k for row in train_rows for k in row})
+        with (version / "metrics.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(train_rows)
+    return run
+
+
+def metric_set(prefix, accuracy, tokens, calls, correction=0.1, preservation=0.2):
+    return {f"{prefix}/accuracy": accuracy, f"{prefix}/tokens_per_problem": tokens,
+            f"{prefix}/calls_per_problem": calls, f"{prefix}/correction": correction,
+            f"{prefix}/preservation": preservation, f"{prefix}/accuracy_round1": 0.0,
+            f"{prefix}/proposer/p_refresh/+1/last": 0.5}
+
+
+def test_report_table_plots_and_json(tmp_path):
+    train = [
+        {"step": s, "train/accuracy_batch": 0.5, "controller/proposer/-1/last/visits": m,
+         "controller/proposer/-1/last/avg_regret": 1 / m, "controller/proposer/-1/last/avg_p_refresh": 0.5 + s / 10,
+         "controller/reviewer/none/visits": m, "controller/reviewer/none/avg_regret": 0.0,
+         "controller/reviewer/none/avg_p_speak": 0.5}
+        for s, m in enumerate([1, 2, 4])
+    ]
+    tracer = make_run(tmp_path, "tracer", {**metric_set("test/arith", 0.8, 900.0, 7.5),
+                                           **metric_set("test/arith@argmax", 0.7, 800.0, 6.0)},
+                      records={"arith": 10, "arith@argmax": 10}, train_rows=train)
+    cot = make_run(tmp_path, "cot", metric_set("test/arith", 0.5, 150.0, 1.0), records={"arith": 10})
+    out = tmp_path / "report"
+    path = write_report([tracer, cot], out, command="bash run.sh")
+    text = path.read_text()
+    low, high = wilson_interval(8, 10)
+    assert f"| tracer | arith | 10 | 0.800 ({low:.3f}-{high:.3f}) | 900 | 7.5 | 0.100 | 0.200 |" in text
+    assert "| tracer (argmax) | arith | 10 | 0.700" in text
+    assert "| cot | arith | 10 | 0.500" in text and "bash run.sh" in text
+    for name in ("accuracy_vs_tokens.png", "tracer_regret.png", "tracer_speak_rates.png"):
+        assert (out / name).read_bytes()[:8] == PNG and f"]({name})" in text
+    assert not (out / "cot_regret.png").exists()  # nothing trained there
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["accuracy"], r["problems"]) for r in rows] == [
+        ("tracer", 0.8, 10), ("tracer (argmax)", 0.7, 10), ("cot", 0.5, 10)]
+    assert rows[0]["ci_low"] == pytest.approx(low) and not math.isnan(rows[0]["ci_high"])
+
+
+def test_report_errors_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match="not a directory"):
+        write_report([tmp_path / "missing"], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no test_metrics.json"):
+        write_report([tmp_path / "empty"], tmp_path / "out")
+    broken = make_run(tmp_path, "broken", {"test/arith/accuracy": 0.5})
+    with pytest.raises(DataError, match=r"lacks the metrics \['tokens_per_problem'"):
+        write_report([broken], tmp_path / "out")
+
+
+def test_console_command_dispatches_report(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path, "cot", metric_set("test/arith", 0.25, 100.0, 1.0), records={"arith": 4})
+    monkeypatch.setattr(sys, "argv", ["tracer-pl", "report", str(run), "--out", str(tmp_path / "r")])
+    main()
+    out = capsys.readouterr().out
+    assert "| cot | arith | 4 | 0.250" in out and (tmp_path / "r" / "report.md").exists()
+    monkeypatch.setattr(sys, "argv", ["tracer-pl", "report", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and "not a directory" in capsys.readouterr().err
