@@ -172,3 +172,15 @@ def test_eval_generator_makes_sampling_reproducible():
 
     assert run(0) == run(0)
     assert set(run(0)) == {"skip", "speak"}
+
+
+def test_learn_runs_every_round_even_without_speakers_and_rounds_are_announced():
+    # under DDP every process must join every GSPO step, so a role's learn runs in each of its rounds
+    agent = ScriptedAgent(proposer=[A42], reviewer=[])
+    pc, rc = ProposerController(), ReviewerController(fixed_action="skip")
+    seen, ended = [], []
+    run_dialogues([P42], agent, proposer=Proposer(), reviewer=Reviewer(), proposer_controller=pc,
+                  reviewer_controller=rc, config=DialogueConfig(rounds=2), training=True,
+                  learn={"reviewer": lambda groups: seen.append(list(groups))}, on_round_end=ended.append)
+    assert seen == [[]] and ended == [1, 2]
+    assert [c["role"] for c in agent.calls] == ["proposer"]  # no reviewer generation happened

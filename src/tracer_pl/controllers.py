@@ -11,6 +11,7 @@ off for the paper's ablations, and a controller can be frozen (no updates) or fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +21,9 @@ from tracer_pl.regret import RegretMatcher
 
 ControllerState = tuple[str, ...]
 """A controller state: ``(vote_bucket, time_bucket)`` with the switched-off parts left out."""
+
+Update = tuple[ControllerState, torch.Tensor, torch.Tensor]
+"""A recorded regret update: ``(state, instantaneous regrets, strategy played)``."""
 
 EvalProtocol = Literal["sample", "argmax"]
 """How the average strategy acts in evaluation: sample from it (the authors' main protocol) or take argmax."""
@@ -115,6 +119,7 @@ class Controller:
         self.fixed_action = fixed_action
         self.matcher = RegretMatcher(num_actions=2, plus=plus)
         self.generator = torch.Generator().manual_seed(seed)
+        self._deferred: list[Update] | None = None
 
     @property
     def learns(self) -> bool:
@@ -147,9 +152,40 @@ class Controller:
         return int(torch.multinomial(strategy.float(), 1, generator=generator).item()), strategy
 
     def update(self, state: ControllerState, values: tuple[float, float], strategy: torch.Tensor) -> None:
-        """One regret update with the values of (silent, speaking) action, against the strategy played."""
-        if self.learns:
+        """One regret update with the values of (silent, speaking) action, against the strategy played.
+
+        While :meth:`defer` is on, the update is only recorded; :meth:`flush` applies it.
+        """
+        if not self.learns:
+            return
+        if self._deferred is None:
             self.matcher.update(state, values, strategy=strategy)
+        else:
+            played = strategy.double()
+            self._deferred.append((state, self.matcher.instant_regrets(values, played), played))
+
+    def defer(self) -> None:
+        """Record updates instead of applying them, until :meth:`flush` (data-parallel training)."""
+        if self._deferred is None:
+            self._deferred = []
+
+    def flush(self, gather: Callable[[list[Update]], list[list[Update]]] | None = None) -> int:
+        """Apply the recorded updates of every process, in process order; return how many were applied.
+
+        Args:
+            gather: Collects this process's recorded updates from every process (``all_gather_object``), so
+                every process replays the same updates in the same order and the tables stay identical. None
+                applies only the local ones.
+        """
+        if self._deferred is None:
+            return 0
+        local, self._deferred = self._deferred, []
+        applied = 0
+        for updates in gather(local) if gather is not None else [local]:
+            for state, regrets, played in updates:
+                self.matcher.apply(state, regrets, played)
+                applied += 1
+        return applied
 
     def state_dict(self) -> dict[str, Any]:
         """Regret tables, strategy sums, visits and the RNG state."""

@@ -153,7 +153,9 @@ class CandidateGroup:
 
 
 LearnFn = Callable[[list[CandidateGroup]], None]
-"""A role's GSPO step, called with the round's candidate groups before the fresh utterances are sampled."""
+"""A role's GSPO step, called with the round's candidate groups before the fresh utterances are sampled.
+
+It is called in every round the role could speak in, with an empty list when nobody speaks."""
 
 
 @dataclass
@@ -186,6 +188,7 @@ def run_dialogues(
     learn: Mapping[str, LearnFn] | None = None,
     eval_generator: torch.Generator | None = None,
     eval_protocol: EvalProtocol = "sample",
+    on_round_end: Callable[[int], None] | None = None,
 ) -> DialogueResult:
     """Play the dialogue for ``problems`` in lockstep.
 
@@ -202,6 +205,8 @@ def run_dialogues(
             candidate groups. Ignored in evaluation.
         eval_generator: RNG for sampling average strategies in evaluation.
         eval_protocol: How controllers act in evaluation: ``sample`` from or ``argmax`` of the average strategy.
+        on_round_end: Called with the round index after every round (data-parallel training synchronises the
+            controllers there).
     """
     config = config or DialogueConfig()
     if config.rounds < 1:
@@ -216,6 +221,8 @@ def run_dialogues(
             game.review_round(records, round_index)
         for record in records:
             record.correct_after_round.append(record.pending_correct)
+        if on_round_end is not None:
+            on_round_end(round_index)
     return DialogueResult(records=records, groups=game.groups)
 
 
@@ -299,7 +306,7 @@ class _Game:
         speakers = [d for d in decisions if d.action == 1]
         prompts = {d.index: role.messages(records[d.index].view(round_index)) for d in decisions}
         learn = (self.learn or {}).get(role.name) if self.training else None
-        if learn is not None and speakers:
+        if learn is not None:  # also without speakers: under DDP every process joins every step
             self._train_role(role, learn, records, speakers, prompts, turns, round_index)
         wanted = [
             (d, 1 if d.action == 1 or (self.config.counterfactual and self._values_wanted(controller, d)) else 0)
@@ -327,6 +334,9 @@ class _Game:
                     prompts: dict[int, Messages], turns: list[Turn], round_index: int) -> None:
         """Sample G candidates per speaking context, score them, and run the role's GSPO step."""
         G = self.config.group_size
+        if not speakers:
+            learn([])
+            return
         candidates = self.agent.generate(role.name, [prompts[d.index] for d in speakers], G, greedy=False)
         groups = []
         for d, completions in zip(speakers, candidates):

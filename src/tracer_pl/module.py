@@ -25,6 +25,13 @@ from torchmetrics.aggregation import MeanMetric
 from tracer_pl.baselines import chain_of_thought, debate, majority_vote, single_agent_rollouts
 from tracer_pl.controllers import Controller, ControllerConfig, EvalProtocol, is_proposal_round, state_label
 from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueRecord, DialogueResult, run_dialogues
+from tracer_pl.distributed import (
+    TracerDDPStrategy,
+    all_reduce_sum,
+    gather_objects,
+    is_distributed,
+    weighted_gradient_mean,
+)
 from tracer_pl.errors import ConfigError
 from tracer_pl.gspo import GSPOConfig, clip_fraction, grpo_loss, gspo_loss, token_clip_fraction
 from tracer_pl.metrics import problem_metrics, record_json
@@ -185,6 +192,11 @@ class TracerModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Transformers loads models in eval mode; training forwards run in train mode (generation switches)."""
+        if self.trainer.world_size > 1 and not isinstance(self.trainer.strategy, TracerDDPStrategy):
+            raise ConfigError(
+                f"--trainer.strategy: {type(self.trainer.strategy).__name__} cannot train TracerModule on "
+                f"{self.trainer.world_size} processes; use --trainer.strategy tracer_ddp (see tracer_pl.distributed)"
+            )
         self.backbone.train()
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -206,41 +218,58 @@ class TracerModule(L.LightningModule):
             result = self._play(batch, training=True, learn=learners)
         self._log_training(result)
 
+    def _sync_controllers(self, round_index: int) -> None:
+        """Apply every process's controller updates of the round, in process order (data parallelism)."""
+        for controller in self.controllers:
+            controller.flush(gather_objects)
+
     def _gspo_step(self, role: str, groups: list[CandidateGroup]) -> None:
-        """GSPO (or GRPO) on the role's adapter for the groups with signal; ``steps_per_group`` optimizer steps."""
+        """GSPO (or GRPO) on the role's adapter for the groups with signal; ``steps_per_group`` optimizer steps.
+
+        Under data parallelism every process runs this collectively, also with nothing to train on, and the
+        gradients are averaged over all processes' candidates before the step (:mod:`tracer_pl.distributed`).
+        """
         broken = sum(not torch.isfinite(g.rewards).all() for g in groups)
         if broken:  # group_advantages already refused them; count them so they show in the logs
             self._count(f"gspo/{role}/skipped_nonfinite", float(broken))
         live = [g for g in groups if g.has_signal]
-        if not live:
+        distributed = is_distributed()
+        if not live and not distributed:
             return
         optimizer = self._optimizer(role)
+        parameters = self.backbone.role_parameters(role)
         completions = [c for g in live for c in g.completions]
-        advantages = torch.cat([g.advantages for g in live]).to(self.device)  # type: ignore[misc]
-        cfg = self.gspo_config
+        advantages = torch.cat([g.advantages for g in live]).to(self.device) if live else None  # type: ignore[misc]
         old_logp = None
-        for _ in range(cfg.steps_per_group):
-            token_logp, mask = self.backbone.token_logprobs(role, completions)
-            if old_logp is None:  # the candidates were sampled by this very policy: ratio 1, no extra forward
-                old_logp = token_logp.detach()
-            loss, clip_frac = self._policy_loss(token_logp, old_logp, mask, advantages)
-            if not torch.isfinite(loss):
-                self._count(f"gspo/{role}/skipped_nonfinite", 1.0)
-                break
+        for _ in range(self.gspo_config.steps_per_group):
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            grad_norm = _grad_norm(self.backbone.role_parameters(role))
+            loss, clip_frac, finite = None, None, True
+            if live:
+                token_logp, mask = self.backbone.token_logprobs(role, completions)
+                if old_logp is None:  # the candidates were sampled by this very policy: ratio 1, no extra forward
+                    old_logp = token_logp.detach()
+                loss, clip_frac = self._policy_loss(token_logp, old_logp, mask, advantages)
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    self.manual_backward(loss)
+            if distributed:
+                finite = not all_reduce_sum(torch.tensor([0.0 if finite else 1.0])).item()
+                if finite and not weighted_gradient_mean(parameters, len(completions) if live else 0.0):
+                    break  # no process had anything to train on
+            grad_norm = _grad_norm(parameters) if finite else math.nan
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 self._count(f"gspo/{role}/skipped_nonfinite", 1.0)
                 break
+            cfg = self.gspo_config
             if cfg.max_grad_norm:
                 self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
             self._count(f"gspo/{role}/steps", 1.0)
-            self._step_stats[f"gspo/{role}/loss"] = loss.item()
             self._step_stats[f"gspo/{role}/grad_norm"] = grad_norm
-            self._step_stats[f"gspo/{role}/clip_frac"] = clip_frac()
+            if loss is not None and clip_frac is not None:
+                self._step_stats[f"gspo/{role}/loss"] = loss.item()
+                self._step_stats[f"gspo/{role}/clip_frac"] = clip_frac()
 
     def _policy_loss(self, token_logp: torch.Tensor, old_token_logp: torch.Tensor, mask: torch.Tensor,
                      advantages: torch.Tensor) -> tuple[torch.Tensor, Callable[[], float]]:
@@ -359,17 +388,23 @@ class TracerModule(L.LightningModule):
     def _play(self, batch: Sequence[Problem], *, training: bool, learn: Any, protocol: EvalProtocol = "sample"
               ) -> DialogueResult:
         generators = getattr(self, "_eval_generators", {})
+        sync = None
+        if training and is_distributed():
+            for controller in self.controllers:
+                controller.defer()
+            sync = self._sync_controllers
         return run_dialogues(
             list(batch), self.backbone, proposer=self.proposer, reviewer=self.reviewer,
             proposer_controller=self.proposer_controller, reviewer_controller=self.reviewer_controller,
             config=self.dialogue_config, training=training, learn=learn,
             eval_generator=None if training else generators.get(protocol), eval_protocol=protocol,
+            on_round_end=sync,
         )
 
     def on_train_end(self) -> None:
         """Export each role's adapter in the peft format to ``<log_dir>/adapters/<role>``."""
+        directory = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapters"  # collective: all ranks
         if self.trainer.is_global_zero:
-            directory = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapters"
             self.exported_adapters = self.backbone.save_adapters(directory)
 
     # ------------------------------------------------------------------ checkpoints

@@ -132,15 +132,19 @@ class RegretMatcher:
         Returns:
             The instantaneous regrets ``re`` (float64).
         """
+        played = self.strategy(state) if strategy is None else strategy.double()
+        regrets = self.instant_regrets(values, played)
+        self.apply(state, regrets, played)
+        return regrets
+
+    def instant_regrets(self, values: Sequence[float] | torch.Tensor, played: torch.Tensor) -> torch.Tensor:
+        """``v(a) - sum_b played(b) v(b)`` for every action ``a`` (float64); checks shape and finiteness."""
         v = torch.as_tensor(values, dtype=torch.float64).flatten()
         if v.numel() != self.num_actions:
             raise ValueError(f"expected {self.num_actions} action values, got {v.numel()}")
         if not torch.isfinite(v).all():
             raise ValueError(f"action values must be finite, got {v.tolist()}")
-        played = self.strategy(state) if strategy is None else strategy.double()
-        regrets = v - (played * v).sum()
-        self.apply(state, regrets, played)
-        return regrets
+        return v - (played.double() * v).sum()
 
     def apply(self, state: State, regrets: torch.Tensor, played: torch.Tensor) -> None:
         """Add precomputed regret and strategy increments (used to replay increments gathered from DDP ranks)."""

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import torch
 
 from tracer_pl.agent import Agent
+from tracer_pl.baselines.inference import speaking_turn
 from tracer_pl.dialogue import CandidateGroup, DialogueRecord, DialogueResult
 from tracer_pl.gspo import ZERO_SIGNAL_STD, group_advantages
 from tracer_pl.problem import Problem
-from tracer_pl.baselines.inference import speaking_turn
 from tracer_pl.roles import DialogueView, Role, is_correct
 
 

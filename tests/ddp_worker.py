@@ -1,0 +1,64 @@
+"""Two-process (gloo) TRACER training on the tiny model; each rank dumps its final state for test_ddp.py.
+
+Run as ``python tests/ddp_worker.py OUT_DIR``; Lightning starts rank 1 by running the same command again.
+"""
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from roles_for_tests import ByteSumProposer  # noqa: E402
+from tracer_pl.controllers import Controller  # noqa: E402
+from tracer_pl.data import ReasoningDataModule  # noqa: E402
+from tracer_pl.dialogue import DialogueConfig  # noqa: E402
+from tracer_pl.gspo import GSPOConfig  # noqa: E402
+from tracer_pl.module import BackboneConfig, TracerModule  # noqa: E402
+
+LOCAL_UPDATES = []
+_update = Controller.update
+
+
+def counting_update(self, state, values, strategy):
+    if self.learns:
+        LOCAL_UPDATES.append(self.name)
+    _update(self, state, values, strategy)
+
+
+Controller.update = counting_update
+
+
+class Dump(L.Callback):
+    def __init__(self, out: Path) -> None:
+        self.out, self.seen = out, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen += [p.question for p in batch]
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({
+            "controllers": {c.name: c.matcher.state_dict() for c in pl_module.controllers},
+            "adapters": {n: p.detach().clone() for n, p in pl_module.backbone.model.named_parameters() if "lora_" in n},
+            "local_updates": len(LOCAL_UPDATES),
+            "seen": self.seen,
+            "steps": {k: v for k, v in pl_module._step_stats.items() if k.endswith("/steps")},
+        }, self.out / f"rank{trainer.global_rank}.pt")
+
+
+def main(out: Path) -> None:
+    L.seed_everything(0)
+    module = TracerModule(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=8), proposer=ByteSumProposer(),
+                          dialogue=DialogueConfig(rounds=5, group_size=4), gspo=GSPOConfig(lr=1e-2))
+    data = ReasoningDataModule(train="reasoning_gym:basic_arithmetic?size=32&max_terms=2&max_digits=2",
+                               batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="tracer_ddp", max_epochs=1, limit_train_batches=3,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Dump(out)], default_root_dir=str(out))
+    trainer.fit(module, data)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
