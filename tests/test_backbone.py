@@ -96,6 +96,26 @@ def test_sampling_ignores_the_models_top_k_default(backbone):
     assert len({tuple(s) for s in samples}) > 1
 
 
+@pytest.mark.parametrize("greedy", [True, False])
+def test_shared_prompt_cache_gives_the_same_samples(backbone, greedy):
+    set_lora_b(backbone, "proposer", 0.01)
+    counts = [3, 0, 2]
+
+    def run(share):
+        backbone.share_prompt_cache = share
+        torch.manual_seed(7)
+        return backbone.generate("proposer", PROMPTS, counts, greedy=greedy)
+
+    plain, shared = run(False), run(True)
+    assert [len(g) for g in shared] == counts
+    for a, b in zip(plain, shared):
+        assert [c.payload[1].tolist() for c in a] == [c.payload[1].tolist() for c in b]
+        assert [c.payload[0].tolist() for c in a] == [c.payload[0].tolist() for c in b]
+        assert [c.prompt_tokens for c in a] == [c.prompt_tokens for c in b]
+    if not greedy:  # sampling really differs across a prompt's samples, so rows were not merely copied
+        assert len({tuple(c.payload[1].tolist()) for c in shared[0]}) > 1
+
+
 def test_generate_restores_training_mode(backbone):
     backbone.train()
     backbone.generate("proposer", PROMPTS[:1], 1)

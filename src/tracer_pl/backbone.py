@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import (
@@ -96,6 +97,7 @@ class Backbone(torch.nn.Module):
         max_new_tokens: int = 256,
         temperature: float = 0.3,
         top_p: float = 1.0,
+        share_prompt_cache: bool = True,
     ) -> None:
         super().__init__()
         missing = [role for role in roles if role not in model.peft_config]
@@ -110,6 +112,7 @@ class Backbone(torch.nn.Module):
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
+        self.share_prompt_cache = share_prompt_cache
         self.stop_token_ids = _stop_token_ids(model, tokenizer)
         self._mark_adapters_trainable()
 
@@ -131,6 +134,7 @@ class Backbone(torch.nn.Module):
         top_p: float = 1.0,
         device: str | torch.device | None = None,
         adapter_seed: int = 0,
+        share_prompt_cache: bool = True,
     ) -> Backbone:
         """Load the base (:func:`tracer_pl.models.load_base_model`) and add one fresh LoRA adapter per role.
 
@@ -152,6 +156,8 @@ class Backbone(torch.nn.Module):
             adapter_seed: Seed of the LoRA initialisation (role ``i`` uses ``adapter_seed + i``), so the same
                 arguments give the same initial adapters whatever ran before; the global random state is
                 left untouched.
+            share_prompt_cache: When a prompt gets several samples, compute its KV cache once and copy it to
+                every sample (see :meth:`generate`).
 
         Raises:
             ConfigError: Empty or repeated role names, or target modules that cannot be inferred.
@@ -184,7 +190,8 @@ class Backbone(torch.nn.Module):
                 torch.manual_seed(adapter_seed + index)
                 model.add_adapter(role, config)
         return cls(
-            model, tokenizer, roles, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+            model, tokenizer, roles, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            share_prompt_cache=share_prompt_cache,
         )
 
     # ------------------------------------------------------------------ adapters
@@ -285,25 +292,50 @@ class Backbone(torch.nn.Module):
         Each :class:`~tracer_pl.agent.Completion` has ``payload = (prompt_ids, completion_ids)``, 1-D CPU
         LongTensors without padding; ``completion_ids`` ends with the stop token unless ``truncated``.
 
+        With :attr:`share_prompt_cache` and several samples of a prompt, the prompt is encoded once: one forward
+        pass over the distinct prompts (all but their last token) fills a KV cache whose rows are then copied
+        to the prompt's samples, and ``generate`` continues from it. The samples are the same as without
+        sharing (up to float rounding); the prompt's compute is paid once instead of ``num_samples`` times.
+
         Raises:
             ValueError: ``num_samples`` has the wrong length or a negative count.
         """
         counts = _sample_counts(num_samples, len(prompts))
-        texts = [self.render(prompt) for prompt, n in zip(prompts, counts) for _ in range(n)]
-        if not texts:
+        live = [i for i, n in enumerate(counts) if n]
+        if not live:
             return [[] for _ in prompts]
         self.use(role)
+        shared = self.share_prompt_cache and any(counts[i] > 1 for i in live)
+        texts = [self.render(prompts[i]) for i in live for _ in range(1 if shared else counts[i])]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
             self.device
         )
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        cache = {}
         with torch.no_grad(), _eval_mode(self.model):
-            output = self.model.generate(**batch, **self._decoding(greedy))
-        completions = self._completions(batch["input_ids"], batch["attention_mask"], output)
+            if shared:
+                sizes = torch.tensor([counts[i] for i in live])
+                rows = torch.repeat_interleave(torch.arange(len(live)), sizes).to(self.device)
+                if ids.shape[1] > 1:  # a one-token prompt has nothing to cache
+                    cache["past_key_values"] = self._prompt_cache(ids, mask, rows)
+                ids, mask = ids[rows], mask[rows]
+            output = self.model.generate(input_ids=ids, attention_mask=mask, **cache, **self._decoding(greedy))
+        completions = self._completions(ids, mask, output)
         grouped, start = [], 0
         for n in counts:
             grouped.append(completions[start : start + n])
             start += n
         return grouped
+
+    def _prompt_cache(self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> Any:
+        """KV cache of every prompt but its last token, with row ``rows[j]`` of the batch copied to row ``j``."""
+        head, head_mask = ids[:, :-1], mask[:, :-1]
+        positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_select_indices(rows)
+        return cache
 
     def _decoding(self, greedy: bool) -> dict:
         """``generate`` options; they override whatever the model's own generation config says."""

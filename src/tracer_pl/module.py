@@ -59,6 +59,8 @@ class BackboneConfig:
         temperature: Sampling temperature in training.
         top_p: Nucleus sampling in training.
         adapter_seed: Seed of the adapters' random initialisation (independent of the global RNG).
+        share_prompt_cache: Encode a prompt once for all its samples (the G candidates of a GSPO group) and copy
+            its KV cache, instead of encoding it G times.
     """
 
     name: str = "tiny-qwen2"
@@ -73,6 +75,7 @@ class BackboneConfig:
     temperature: float = 0.3
     top_p: float = 1.0
     adapter_seed: int = 0
+    share_prompt_cache: bool = True
 
 
 @dataclass
@@ -172,6 +175,7 @@ class TracerModule(L.LightningModule):
             lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
             gradient_checkpointing=cfg.gradient_checkpointing, max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature, top_p=cfg.top_p, adapter_seed=cfg.adapter_seed,
+            share_prompt_cache=cfg.share_prompt_cache,
         )
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
