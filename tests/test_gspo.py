@@ -77,6 +77,11 @@ def test_group_advantages(rewards, expected):
         assert adv.tolist() == pytest.approx(expected, abs=1e-6)
 
 
+def test_equal_rewards_have_no_signal_even_with_min_std_zero():
+    assert group_advantages(torch.tensor([1.0, 1.0, 1.0]), min_std=0.0) is None
+    assert group_advantages(torch.tensor([1.0, -1.0]), min_std=0.0).tolist() == [1.0, -1.0]
+
+
 def test_grpo_on_policy_gradient_matches_gspo():
     # ratio 1 on every token: d/dlogp_t = -A_i / (N |y_i|) on real tokens, 0 on padding -- the same gradient
     # GSPO puts on the summed log-prob of sequence i.

@@ -24,13 +24,13 @@ def group_advantages(rewards: torch.Tensor, min_std: float = ZERO_SIGNAL_STD) ->
         min_std: Below this std the group is skipped (all candidates scored alike).
 
     Returns:
-        Advantages (same shape, float32) or None when ``std < min_std`` or any reward is not finite.
+        Advantages (same shape, float32) or None when ``std < min_std``, ``std == 0`` or any reward is not finite.
     """
     rewards = rewards.double()
     if rewards.numel() < 2 or not torch.isfinite(rewards).all():
         return None
     std = rewards.std(unbiased=False)
-    if std < min_std:
+    if std < min_std or std == 0:  # equal rewards carry no signal even when min_std is 0
         return None
     return ((rewards - rewards.mean()) / std).float()
 

@@ -1,0 +1,54 @@
+"""Shared helpers of the benchmarks: machine facts, peak memory, child processes that report JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PACKAGES = ("torch", "transformers", "peft", "lightning", "trl", "bitsandbytes", "tracer-pl")
+
+
+def machine() -> dict[str, Any]:
+    """CPU/GPU, core count and the versions of the packages that matter."""
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpu": gpu,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "versions": versions}
+
+
+def peak_memory_gb() -> float:
+    """Peak GPU memory allocated on CUDA, else the process's peak resident memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_child(script: str, *args: str, timeout: float = 7200) -> dict[str, Any]:
+    """Run ``python benchmarks/<script> *args`` in a fresh process; return the JSON on its last output line."""
+    command = [sys.executable, str(HERE / script), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the result as one JSON object on the last line."""
+    print(json.dumps(result))
