@@ -43,3 +43,18 @@ def test_without_defer_updates_apply_at_once_and_flush_is_a_no_op():
     controller = ProposerController()
     controller.update(STATES[0], (1.0, -1.0), torch.tensor([0.5, 0.5], dtype=torch.float64))
     assert controller.matcher.visits(STATES[0]) == 1 and controller.flush() == 0
+
+
+def test_plain_ddp_is_refused_with_the_strategy_to_use():
+    from types import SimpleNamespace
+
+    import pytest
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from tracer_pl.errors import ConfigError
+    from tracer_pl.module import TracerModule
+
+    module = TracerModule()
+    module._trainer = SimpleNamespace(world_size=2, strategy=DDPStrategy())
+    with pytest.raises(ConfigError, match="--trainer.strategy tracer_ddp"):
+        module.on_fit_start()
