@@ -177,20 +177,20 @@ def plot_regret(log: Sequence[dict[str, float]], title: str, path: Path) -> bool
         return False
     fig, axes = plt.subplots(1, len(controllers), figsize=(6 * len(controllers), 4.5), squeeze=False)
     for ax, controller in zip(axes[0], controllers):
-        top = 1
+        most_visits, highest = 1.0, 0.0
         for (c, state), points in sorted(series.items()):
             points = [(m, v) for _, m, v in points if m >= 1]
             if c != controller or not points:
                 continue
             visits, values = zip(*points)
-            top = max(top, *visits)
-            ax.plot(visits, [max(v, 1e-4) for v in values], marker=".", label=state)
-        grid = [m / 10 for m in range(10, int(top * 10) + 1)]
+            most_visits, highest = max(most_visits, *visits), max(highest, *values)
+            ax.plot(visits, values, marker=".", label=state)
+        grid = [1 + (most_visits - 1) * k / 200 for k in range(201)]
         ax.plot(grid, [regret_bound(m) for m in grid], "k--", label="2·sqrt(2/M) bound")
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_ylim(0, max(1.3 * highest, 1.3 * regret_bound(most_visits), 0.1))
         ax.set_xlabel("visits M of the state")
-        ax.set_ylabel("average regret (floored at 1e-4)")
+        ax.set_ylabel("average regret")
         ax.set_title(f"{title}: {controller} controller")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
