@@ -335,7 +335,8 @@ class TracerModule(L.LightningModule):
         rows = [problem_metrics(r) for r in records]
         values = {f"{stage}/{name}/{metric}": [row[metric] for row in rows] for metric in rows[0]}
         for key, rates in state_decisions(records, self.controllers).items():
-            values[f"{stage}/{name}/{key}"] = rates
+            count = self._state_counts.setdefault(f"{stage}/{name}/{key}", [0.0, 0])
+            count[0], count[1] = count[0] + sum(rates), count[1] + len(rates)
         for key, samples in values.items():
             if key not in self.eval_metrics:
                 self.eval_metrics[key] = MeanMetric().to(self.device)
@@ -354,12 +355,29 @@ class TracerModule(L.LightningModule):
         # one RNG per protocol, so adding a protocol never changes what another one samples
         self._eval_generators = {p: torch.Generator().manual_seed(self.eval_seed) for p in ("sample", "argmax")}
         self._eval_records: dict[str, list[dict[str, Any]]] = {}
+        self._state_counts: dict[str, list[float]] = {}
 
     def on_test_epoch_end(self) -> None:
+        self._log_state_rates()
         self._write_records("test")
 
     def on_validation_epoch_end(self) -> None:
+        self._log_state_rates()
         self._write_records("val")
+
+    def _log_state_rates(self) -> None:
+        """Speak/refresh rate per controller state over the epoch, pooled over all processes.
+
+        States visited differ between processes, so these are gathered once at the end (one collective every
+        process joins) rather than synchronised per key.
+        """
+        pooled: dict[str, list[float]] = {}
+        for counts in gather_objects(self._state_counts):
+            for key, (speaking, total) in counts.items():
+                entry = pooled.setdefault(key, [0.0, 0])
+                entry[0], entry[1] = entry[0] + speaking, entry[1] + total
+        for key, (speaking, total) in sorted(pooled.items()):
+            self.log(key, speaking / total, add_dataloader_idx=False, rank_zero_only=True)
 
     def _write_records(self, stage: str) -> None:
         """Per-problem records (question, gold, every turn, final answer, tokens) as JSONL in the log directory."""
