@@ -162,9 +162,7 @@ def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path) -> None:
         ax.set_ylabel("accuracy (95% Wilson interval)")
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_regret(log: Sequence[dict[str, float]], title: str, path: Path) -> bool:
@@ -191,12 +189,8 @@ def plot_regret(log: Sequence[dict[str, float]], title: str, path: Path) -> bool
         ax.set_ylim(0, max(1.3 * highest, 1.3 * regret_bound(most_visits), 0.1))
         ax.set_xlabel("visits M of the state")
         ax.set_ylabel("average regret")
-        ax.set_title(f"{title}: {controller} controller")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        _label_panel(ax, f"{title}: {controller} controller")
+    _save(fig, path)
     return True
 
 
@@ -219,13 +213,23 @@ def plot_speak_rates(log: Sequence[dict[str, float]], title: str, path: Path) ->
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"average-strategy P({action})")
-        ax.set_title(f"{title}: {controller} controller")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        _label_panel(ax, f"{title}: {controller} controller")
+    _save(fig, path)
+    return True
+
+
+def _label_panel(ax, title: str) -> None:
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return True
 
 
 def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "tracer-pl report",
