@@ -303,6 +303,7 @@ class TracerModule(L.LightningModule):
             metrics.update(decision_metrics(records, self.controllers))
         metrics["train/accuracy_batch"] = sum(r.correct for r in records) / len(records)
         metrics["train/tokens_per_problem"] = sum(r.tokens for r in records) / len(records)
+        metrics["train/completion_tokens_per_problem"] = sum(r.completion_tokens for r in records) / len(records)
         metrics["train/calls_per_problem"] = sum(r.calls for r in records) / len(records)
         for controller in self.controllers if self.algorithm == "tracer" else ():
             metrics[f"controller/{controller.name}/avg_regret"] = worst_average_regret(controller)
