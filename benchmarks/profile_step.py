@@ -80,7 +80,8 @@ def profile(config: str, batches: int) -> dict:
     steps = Steps()
     cli = build_cli(["-c", config, f"--trainer.limit_train_batches={batches}",
                      f"--trainer.default_root_dir={tempfile.mkdtemp()}", "--trainer.logger=false",
-                     "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false"], run=False)
+                     "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", "--trainer.accelerator=auto"],
+                    run=False)
     cli.trainer.callbacks.append(steps)
     cli.trainer.fit(cli.model, cli.datamodule)
     steady = steps.rows[1:] or steps.rows
