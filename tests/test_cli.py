@@ -62,6 +62,22 @@ def test_a_subclassed_role_is_selected_from_yaml(tmp_path):
     assert module.backbone.roles == ["proposer", "verifier"]  # its own adapter
     assert "train/verifier/reward" in cli.trainer.logged_metrics
     assert (tmp_path / "runs/tiny/logs/version_0/adapters/verifier/adapter_config.json").exists()
+    checkpoint = "--ckpt_path=runs/tiny/checkpoints/last.ckpt"
+    tested = build_cli(["test", "-c", TINY, "-c", str(config), "--data.test_limit=2", checkpoint])
+    assert type(tested.model.reviewer).__name__ == "Verifier"
+    with pytest.raises(ConfigError, match=r"adapters for the roles \['proposer', 'verifier'\], this run has "
+                                          r"\['proposer', 'reviewer'\]"):
+        build_cli(["test", "-c", TINY, "--data.test_limit=2", checkpoint])
+
+
+def test_settings_given_at_test_time_win_over_the_checkpoint(tmp_path):
+    build_cli(["fit", "-c", TINY, "--trainer.limit_train_batches=1"])
+    checkpoint = "--ckpt_path=runs/tiny/checkpoints/last.ckpt"
+    build_cli(["test", "-c", TINY, "--data.test_limit=2", "--model.evaluation.method=cot", checkpoint])
+    metrics = json.loads((tmp_path / "runs/tiny/logs/version_1/test_metrics.json").read_text())
+    assert metrics["test/basic_arithmetic/calls_per_problem"] == 1.0  # CoT, not the trained TRACER dialogue
+    with pytest.raises(ConfigError, match="--model.backbone.lora_r: the checkpoint was trained with 8, this run has 4"):
+        build_cli(["test", "-c", TINY, "--data.test_limit=2", "--model.backbone.lora_r=4", checkpoint])
 
 
 def test_print_config_shows_every_field(capsys):

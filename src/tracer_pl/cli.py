@@ -26,6 +26,15 @@ from tracer_pl.module import TracerModule
 class TracerCLI(LightningCLI):
     """LightningCLI that, after each run, tells where its checkpoints, adapters and metrics are."""
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the configured settings when ``--ckpt_path`` is given.
+
+        Lightning would replace the parsed model settings with the hyperparameters stored in the checkpoint,
+        so ``test --ckpt_path ... --model.evaluation.method cot`` would silently run TRACER. Here the config and
+        the command line define the run, and :meth:`TracerModule.on_load_checkpoint` refuses a checkpoint whose
+        adapters do not fit the configured backbone.
+        """
+
     def after_fit(self) -> None:
         trainer = self.trainer
         lines = [f"log directory:  {trainer.log_dir}"]

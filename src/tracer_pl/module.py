@@ -441,12 +441,37 @@ class TracerModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check that the checkpoint's adapters fit this backbone, then restore controllers and the RNG.
+
+        The run's settings come from its config and command line, not from the checkpoint, so a checkpoint
+        trained with another base model, LoRA shape or set of roles is refused here, naming the difference.
+        """
+        self._check_compatible(checkpoint)
         tracer = checkpoint.get("tracer")
         if tracer is None:
             return
         for controller in self.controllers:
             controller.load_state_dict(tracer["controllers"][controller.name])
         self._pending_rng = (tracer["torch_rng"], tracer.get("cuda_rng"))
+
+    def _check_compatible(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("backbone", {})
+        current = asdict(self.backbone_config)
+        for field_name in ("name", "lora_r", "lora_alpha", "target_modules"):
+            if field_name in saved and saved[field_name] != current[field_name]:
+                raise ConfigError(
+                    f"--model.backbone.{field_name}: the checkpoint was trained with {saved[field_name]!r}, this "
+                    f"run has {current[field_name]!r}; use the config the checkpoint was trained with"
+                )
+        if self.backbone is None:
+            return
+        adapters = {k for k in checkpoint.get("state_dict", {}) if "lora_" in k}
+        expected = {k for k in self.state_dict() if "lora_" in k}
+        if adapters and adapters != expected:
+            raise ConfigError(
+                f"--model.proposer/--model.reviewer: the checkpoint holds adapters for the roles "
+                f"{_adapter_roles(adapters)}, this run has {_adapter_roles(expected)}; use the roles it was trained on"
+            )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Restore the sampling RNG of a resumed run right before its first batch.
@@ -513,6 +538,11 @@ def worst_average_regret(controller: Controller) -> float:
     """The largest average external regret over the controller's visited states (0 before any visit)."""
     matcher = controller.matcher
     return max((matcher.average_regret(s) for s in matcher.states()), default=0.0)
+
+
+def _adapter_roles(keys: set[str]) -> list[str]:
+    """Role names in LoRA parameter names (``....lora_A.<role>.weight``)."""
+    return sorted({key.split("lora_", 1)[1].split(".")[1] for key in keys})
 
 
 def _is_saved(key: str) -> bool:
