@@ -147,21 +147,22 @@ def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted({r.dataset for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(10 * len(datasets), 5.5), squeeze=False)
+    markers = "osD^vP*Xhp<>"
     for ax, dataset in zip(axes[0], datasets):
         mine = [r for r in rows if r.dataset == dataset]
         for r in mine:
             err = None
             if r.ci_low is not None and r.ci_high is not None:
                 err = [[r.accuracy - r.ci_low], [r.ci_high - r.accuracy]]
-            ax.errorbar(r.tokens_per_problem, r.accuracy, yerr=err, fmt="o", capsize=3)
-            ax.annotate(r.method, (r.tokens_per_problem, r.accuracy), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+            ax.errorbar(r.tokens_per_problem, r.accuracy, yerr=err, fmt=markers[mine.index(r) % len(markers)],
+                        capsize=3, label=r.method)
         ax.set_xscale("log")
         ax.set_xlabel("tokens per problem (prompt + completion, every call)")
         ax.set_ylabel("accuracy (95% Wilson interval)")
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, path)
 
 
