@@ -70,12 +70,8 @@ def gspo_loss(
     Returns:
         A scalar tensor.
     """
-    high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(sequence_log_ratio(logp, old_logp.detach(), num_tokens, log_ratio_clamp))
-    advantages = advantages.to(ratio.dtype)
-    unclipped = ratio * advantages
-    clipped = ratio.clamp(1.0 - epsilon, 1.0 + high) * advantages
-    return -torch.minimum(unclipped, clipped).mean()
+    return -_surrogate(ratio, advantages.to(ratio.dtype), epsilon, epsilon_high).mean()
 
 
 def clip_fraction(
@@ -88,12 +84,9 @@ def clip_fraction(
     log_ratio_clamp: float | None = 2.0,
 ) -> float:
     """Fraction of candidates whose clipped term is the active one in :func:`gspo_loss` (no gradient flows)."""
-    high = epsilon if epsilon_high is None else epsilon_high
     with torch.no_grad():
         ratio = torch.exp(sequence_log_ratio(logp, old_logp, num_tokens, log_ratio_clamp))
-        low_clip = (ratio < 1.0 - epsilon) & (advantages < 0)
-        high_clip = (ratio > 1.0 + high) & (advantages > 0)
-        return float((low_clip | high_clip).float().mean())
+        return float(_clip_active(ratio, advantages, epsilon, epsilon_high).float().mean())
 
 
 def grpo_loss(
@@ -121,9 +114,7 @@ def grpo_loss(
         log_ratio_clamp: Clamp of the token log ratio before exponentiation; None disables it.
     """
     ratio, mask = _token_ratio(token_logp, old_token_logp.detach(), mask, log_ratio_clamp)
-    high = epsilon if epsilon_high is None else epsilon_high
-    advantages = advantages.to(ratio.dtype).unsqueeze(-1)
-    terms = torch.minimum(ratio * advantages, ratio.clamp(1.0 - epsilon, 1.0 + high) * advantages)
+    terms = _surrogate(ratio, advantages.to(ratio.dtype).unsqueeze(-1), epsilon, epsilon_high)
     per_sequence = (terms * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     return -per_sequence.mean()
 
@@ -138,12 +129,24 @@ def token_clip_fraction(
     log_ratio_clamp: float | None = 2.0,
 ) -> float:
     """Fraction of real tokens whose clipped term is the active one in :func:`grpo_loss`."""
-    high = epsilon if epsilon_high is None else epsilon_high
     with torch.no_grad():
         ratio, mask = _token_ratio(token_logp, old_token_logp, mask, log_ratio_clamp)
-        advantages = advantages.to(ratio.dtype).unsqueeze(-1)
-        clipped = ((ratio < 1.0 - epsilon) & (advantages < 0)) | ((ratio > 1.0 + high) & (advantages > 0))
+        clipped = _clip_active(ratio, advantages.to(ratio.dtype).unsqueeze(-1), epsilon, epsilon_high)
         return float((clipped * mask).sum() / mask.sum().clamp(min=1))
+
+
+def _surrogate(ratio: torch.Tensor, advantages: torch.Tensor, epsilon: float, epsilon_high: float | None
+               ) -> torch.Tensor:
+    """Elementwise ``min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A)``."""
+    high = epsilon if epsilon_high is None else epsilon_high
+    return torch.minimum(ratio * advantages, ratio.clamp(1.0 - epsilon, 1.0 + high) * advantages)
+
+
+def _clip_active(ratio: torch.Tensor, advantages: torch.Tensor, epsilon: float, epsilon_high: float | None
+                 ) -> torch.Tensor:
+    """Where the clipped term of :func:`_surrogate` is the smaller one (and so no gradient flows)."""
+    high = epsilon if epsilon_high is None else epsilon_high
+    return ((ratio < 1.0 - epsilon) & (advantages < 0)) | ((ratio > 1.0 + high) & (advantages > 0))
 
 
 def _token_ratio(token_logp: torch.Tensor, old_token_logp: torch.Tensor, mask: torch.Tensor,
