@@ -36,7 +36,7 @@ def majority_vote(problems: Sequence[Problem], agent: Agent, proposer: Role, *, 
     for record, completions in zip(records, outputs):
         answers = [proposer.parse(c.text, record.view(1)) for c in completions]
         record.turns.append(speaking_turn(1, proposer.name, completions, " | ".join(c.text for c in completions)))
-        _settle(record, answers, winner=_plurality(answers, record.problem))
+        settle(record, answers, winner=_plurality(answers, record.problem))
         record.correct_after_round.append(record.pending_correct)
     return records
 
@@ -63,7 +63,7 @@ def debate(problems: Sequence[Problem], agent: Agent, proposer: Role, *, agents:
             latest[i] = [c.text for c in mine]
             answers = [proposer.parse(c.text, record.view(round_index)) for c in mine]
             record.turns.append(speaking_turn(round_index, proposer.name, mine, "\n---\n".join(latest[i])))
-            _settle(record, answers, winner=_plurality(answers, record.problem))
+            settle(record, answers, winner=_plurality(answers, record.problem))
             record.correct_after_round.append(record.pending_correct)
     return records
 
@@ -98,7 +98,8 @@ def _plurality(answers: Sequence[str | None], problem: Problem) -> str | None:
     return max(groups, key=lambda g: g[1])[0] if groups else None
 
 
-def _settle(record: DialogueRecord, answers: Sequence[str | None], winner: str | None) -> None:
+def settle(record: DialogueRecord, answers: Sequence[str | None], winner: str | None) -> None:
+    """Make ``winner`` the record's answer; the first parseable of ``answers`` is its first answer (once)."""
     if record.first_answer is None:
         first = next((a for a in answers if a is not None), None)
         if first is not None:

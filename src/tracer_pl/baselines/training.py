@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import torch
 
 from tracer_pl.agent import Agent
-from tracer_pl.baselines.inference import speaking_turn
+from tracer_pl.baselines.inference import settle, speaking_turn
 from tracer_pl.dialogue import CandidateGroup, DialogueRecord, DialogueResult
 from tracer_pl.gspo import ZERO_SIGNAL_STD, group_advantages
 from tracer_pl.problem import Problem
-from tracer_pl.roles import DialogueView, Role, is_correct
+from tracer_pl.roles import DialogueView, Role
 
 
 def single_agent_rollouts(problems: Sequence[Problem], agent: Agent, proposer: Role, *, group_size: int,
@@ -38,10 +38,7 @@ def single_agent_rollouts(problems: Sequence[Problem], agent: Agent, proposer: R
                                      advantages=group_advantages(rewards, min_reward_std)))
         record = DialogueRecord(problem=view.problem)
         answer = proposer.parse(texts[0], view) if texts else None
-        record.pending_text, record.pending_answer = (texts[0] if texts else None), answer
-        record.pending_correct = is_correct(answer, view.problem)
-        if answer is not None:
-            record.first_answer, record.first_correct = answer, record.pending_correct
+        settle(record, [answer], winner=answer)
         record.turns.append(speaking_turn(1, proposer.name, completions, texts[0] if texts else ""))
         record.correct_after_round.append(record.pending_correct)
         records.append(record)
