@@ -466,7 +466,7 @@ class TracerModule(L.LightningModule):
         if self.backbone is None:
             return
         adapters = {k for k in checkpoint.get("state_dict", {}) if "lora_" in k}
-        expected = {k for k in self.state_dict() if "lora_" in k}
+        expected = {name for name, _ in self.named_parameters() if "lora_" in name}
         if adapters and adapters != expected:
             raise ConfigError(
                 f"--model.proposer/--model.reviewer: the checkpoint holds adapters for the roles "
