@@ -246,7 +246,8 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
         if not run.is_dir():
             raise DataError(f"{run}: not a directory (expected a run directory of tracer-pl fit/test)")
     rows = [row for run in run_paths for row in test_rows(run)]
-    if not rows and not any(training_log(run) for run in run_paths):
+    logs = {run: training_log(run) for run in run_paths}
+    if not rows and not any(logs.values()):
         raise DataError(f"no test_metrics.json and no training metrics.csv under {', '.join(map(str, run_paths))}")
     sections = [f"# {title}", ""]
     if command:
@@ -255,8 +256,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
         sections += ["## Results", "", markdown_table(rows), ""]
         plot_accuracy_vs_tokens(rows, out / "accuracy_vs_tokens.png")
         sections += ["![accuracy against tokens per problem](accuracy_vs_tokens.png)", ""]
-    for run in run_paths:
-        log = training_log(run)
+    for run, log in logs.items():
         if not log:
             continue
         plots = [(f"{run.name}_regret.png", plot_regret), (f"{run.name}_speak_rates.png", plot_speak_rates)]
