@@ -16,7 +16,13 @@ MATH = Problem(question="Compute 1/2 + 1/4.", gold="\\frac{3}{4}", dataset="math
         ("**WRONG**\nreason", WRONG),  # markdown emphasis
         ("\n\n  Correct\nok", RIGHT),  # leading blank lines; 'correct' counts as RIGHT
         ("Incorrect: off by one", WRONG),
-        ("The answer is RIGHT", None),  # the verdict must open the first line
+        ("The answer is RIGHT", RIGHT),  # a verdict stated in a sentence
+        ("The final answer of 7 is indeed correct.", RIGHT),
+        ("The proposed solution is incorrect.", WRONG),
+        ("The answer is not correct, it is 9.", WRONG),  # 'not' flips the first stated verdict
+        ("The proposed solution is correct, but it's not the correct answer.", RIGHT),  # the first one counts
+        ("The final answer is 7.\nIt is wrong.", None),  # only the first line is read
+        ("The correct answer is 7.", None),  # 'correct' qualifies a noun: no verdict
         ("Rightly so", None),  # a word boundary is required
         ("", None),
     ],

@@ -172,6 +172,8 @@ class Proposer(Role):
 class Reviewer(Role):
     """Judges the pending answer: first line ``RIGHT`` or ``WRONG``, second line one short reason.
 
+    The verdict is read with :func:`parse_verdict`.
+
     Rewarded +1 when the verdict is right about the pending answer, -1 when wrong, 0 when the verdict is
     unparseable or nothing parseable is pending.
     """
@@ -198,15 +200,29 @@ class Reviewer(Role):
 
 
 _VERDICT = re.compile(r"^[\s*#>_`\"'(\[]*(right|wrong|correct|incorrect)\b", re.IGNORECASE)
+# "The final answer of 7 is indeed correct.", "The proposed solution is not right."
+_STATED_VERDICT = re.compile(
+    r"\b(?:is|was|looks|seems)\s+(not\s+)?(?:indeed\s+|actually\s+|definitely\s+)?(right|wrong|correct|incorrect)\b",
+    re.IGNORECASE,
+)
 
 
 def parse_verdict(text: str) -> str | None:
-    """``RIGHT``/``WRONG`` from the first non-empty line (markdown emphasis and ``correct``/``incorrect`` too)."""
+    """``RIGHT``/``WRONG`` from the first non-empty line, or ``None`` when it holds no verdict.
+
+    The line may open with the verdict word (``RIGHT``, ``WRONG``, ``correct``, ``incorrect``, markdown emphasis
+    allowed), as the prompt asks. Small models more often state it in a sentence, so the first
+    ``is [not] [indeed] correct/incorrect/right/wrong`` of the line counts too; ``not`` flips it.
+    """
     first = next((line for line in text.splitlines() if line.strip()), "")
     match = _VERDICT.match(first)
-    if match is None:
+    if match is not None:
+        return RIGHT if match.group(1).lower() in ("right", "correct") else WRONG
+    stated = _STATED_VERDICT.search(first)
+    if stated is None:
         return None
-    return RIGHT if match.group(1).lower() in ("right", "correct") else WRONG
+    positive = stated.group(2).lower() in ("right", "correct")
+    return RIGHT if positive != bool(stated.group(1)) else WRONG
 
 
 def _completion_text(completion: Any) -> str:
