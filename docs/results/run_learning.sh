@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Does TRACER learn on the quickstart model? Held-out accuracy before and after training, single-agent GSPO
+# trained on the same problems with as many generated tokens, the inference baselines at TRACER's cost, and
+# four ablations. Two queues run side by side, one CPU thread each (about 95 minutes on a 2-core CPU).
+#
+#   bash docs/results/run_learning.sh [OUT]        # OUT defaults to runs/learning
+#   tracer-pl report OUT/* --out docs/results/learning
+#
+# A run whose directory holds a `.done` file is skipped, so the script continues where it stopped.
+set -euo pipefail
+OUT=${1:-runs/learning}
+OPTIONS='min_terms=3&max_terms=3&max_digits=1&allow_negation=false&allow_parentheses=false&operators=+,-'
+TRAIN_PROBLEMS=80   # one epoch: 40 batches of 2
+TEST_PROBLEMS=200
+TRAIN="reasoning_gym:basic_arithmetic?size=$TRAIN_PROBLEMS&$OPTIONS"
+TEST="reasoning_gym:basic_arithmetic?size=$TEST_PROBLEMS&$OPTIONS"
+BASE=(-c configs/quickstart.yaml --data.train "$TRAIN" --data.test "$TEST" --data.eval_batch_size 20
+      --trainer.limit_train_batches null --model.backbone.max_new_tokens 48 --model.gspo.lr 1.0e-4
+      --model.evaluation.protocols '[sample]')
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+mkdir -p "$OUT"
+
+stamp() { echo "$(date -u +%FT%TZ) $*" | tee -a "$OUT/timings.txt"; }
+done_() { [[ -f "$OUT/$1/.done" ]]; }
+mark() { touch "$OUT/$1/.done"; stamp "done $1"; }
+metrics() { ls -t "$OUT/$1"/logs/version_*/test_metrics.json | head -1; }
+wait_for() { until done_ "$1"; do sleep 20; done; }
+
+evaluate() {  # name, extra args...: the untrained adapters and uniform controllers, i.e. the base model
+  local name=$1; shift
+  done_ "$name" && return 0
+  stamp "test $name"
+  tracer-pl test "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+  mark "$name"
+}
+
+train() {  # name, extra args...
+  local name=$1; shift
+  done_ "$name" && return 0
+  stamp "fit $name"
+  tracer-pl fit "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+  stamp "test $name"
+  tracer-pl test "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" \
+    --ckpt_path "$OUT/$name/checkpoints/last.ckpt" >> "$OUT/$name.log" 2>&1
+  mark "$name"
+}
+
+queue_a() {
+  evaluate before_tracer
+  train tracer
+  train ablation_no_counterfactual -c configs/ablations/no_counterfactual.yaml
+  train ablation_no_vote_state -c configs/ablations/no_vote_state.yaml
+}
+
+queue_b() {
+  evaluate before_cot -c configs/baselines/cot.yaml
+  train ablation_no_reviewer -c configs/ablations/no_reviewer.yaml
+  train ablation_no_proposer_controller -c configs/ablations/no_proposer_controller.yaml
+  wait_for tracer
+  # single-agent GSPO: the same 80 problems, for as many epochs as it takes to generate TRACER's training tokens
+  local epochs
+  epochs=$(python - "$OUT" "$TRAIN_PROBLEMS" <<'PY'
+import csv, glob, json, sys
+out, problems = sys.argv[1], int(sys.argv[2])
+rows = [r for f in glob.glob(f"{out}/tracer/logs/version_*/metrics.csv") for r in csv.DictReader(open(f))
+        if r.get("train/completion_tokens_per_problem")]
+tracer_tokens = sum(float(r["train/completion_tokens_per_problem"]) * 2 for r in rows)  # batch_size 2
+records = sorted(glob.glob(f"{out}/before_cot/logs/version_*/test_records_*.jsonl"))[-1]
+lengths = [json.loads(line)["completion_tokens"] for line in open(records)]
+per_epoch = problems * 4 * sum(lengths) / len(lengths)  # G = 4 samples of CoT length per problem
+print(max(1, round(tracer_tokens / per_epoch)))
+PY
+)
+  stamp "single-agent GSPO epochs for TRACER's generated tokens: $epochs"
+  train single_agent_gspo -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$epochs"
+  local k
+  k=$(python - "$(metrics tracer)" "$(metrics before_cot)" <<'PY'
+import json, sys
+from tracer_pl.baselines import budget_matched_samples
+tracer, cot = (json.load(open(p)) for p in sys.argv[1:])
+pick = lambda m: next(v for k, v in m.items() if k.endswith("/tokens_per_problem") and "@" not in k)
+print(budget_matched_samples(pick(tracer), pick(cot)))
+PY
+)
+  evaluate "majority_vote_k$k" -c configs/baselines/majority_vote.yaml --model.evaluation.samples "$k"
+  evaluate debate -c configs/baselines/debate.yaml
+}
+
+stamp "start $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+queue_a & a=$!
+queue_b & b=$!
+wait "$a" && wait "$b"
+stamp "all done"
