@@ -9,7 +9,7 @@
 # A run whose directory holds a `.done` file is skipped, so the script continues where it stopped.
 set -euo pipefail
 OUT=${1:-runs/learning}
-OPTIONS='min_terms=3&max_terms=3&max_digits=1&allow_negation=false&allow_parentheses=false&operators=+,-'
+OPTIONS='max_terms=2&max_digits=1&allow_negation=false&allow_parentheses=false&operators=+,-'
 TRAIN_PROBLEMS=80   # one epoch: 40 batches of 2
 TEST_PROBLEMS=200
 TRAIN="reasoning_gym:basic_arithmetic?size=$TRAIN_PROBLEMS&$OPTIONS"
