@@ -9,7 +9,7 @@ import pytest
 
 from tracer_pl.cli import main
 from tracer_pl.errors import DataError
-from tracer_pl.report import regret_bound, wilson_interval, write_report
+from tracer_pl.report import regret_bound, regret_slope, wilson_interval, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -72,10 +72,21 @@ def test_report_table_plots_and_json(tmp_path):
     for name in ("accuracy_vs_tokens.png", "tracer_regret.png", "tracer_speak_rates.png"):
         assert (out / name).read_bytes()[:8] == PNG and f"]({name})" in text
     assert not (out / "cot_regret.png").exists()  # nothing trained there
+    # the controller table: proposer state -1/last ends at M = 4 with average regret 1/4 and P(refresh) 0.7;
+    # its regret fell like 1/M (slope -1); the reviewer's regret stayed 0 (no slope)
+    assert ("| proposer | -1/last | 4 | 0.2500 | 1.414 | -1.00 | 0.700 | — |") in text
+    assert "| reviewer | none | 4 | 0.0000 | 1.414 | — | 0.500 | — |" in text
     rows = json.loads((out / "results.json").read_text())
     assert [(r["method"], r["accuracy"], r["problems"]) for r in rows] == [
         ("tracer", 0.8, 10), ("tracer (argmax)", 0.7, 10), ("cot", 0.5, 10)]
     assert rows[0]["ci_low"] == pytest.approx(low) and not math.isnan(rows[0]["ci_high"])
+
+
+def test_regret_slope_of_power_laws():
+    assert regret_slope([(m, 3 * m ** -0.5) for m in (1, 4, 16, 64)]) == pytest.approx(-0.5)
+    assert regret_slope([(m, m ** -1.0) for m in (2, 8, 32)]) == pytest.approx(-1.0)
+    assert regret_slope([(1, 0.5), (4, 0.0), (16, 0.0)]) is None  # zeros are unusable: fewer than 3 points
+    assert regret_slope([(4, 0.5), (4, 0.4), (4, 0.3)]) is None  # one visit count: no slope
 
 
 def test_report_errors_name_the_problem(tmp_path):

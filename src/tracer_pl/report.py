@@ -12,7 +12,9 @@ It writes ``report.md`` (accuracy with a 95% Wilson interval, tokens and calls p
 preservation per method and dataset), ``results.json`` (the same rows), ``accuracy_vs_tokens.png`` and, per
 trained run, ``<run>_regret.png`` (average regret of every controller state against its visits M, with the
 regret-matching bound 2·sqrt(2/M) for values in [-1, 1]) and ``<run>_speak_rates.png`` (each state's
-average-strategy speaking probability over training).
+average-strategy speaking probability over training), with a table of every controller state at the end of
+training (visits, average regret against the bound, the log-log slope of average regret against visits, and
+both strategies).
 """
 
 from __future__ import annotations
@@ -126,6 +128,59 @@ def state_series(log: Sequence[dict[str, float]], quantity: str) -> dict[tuple[s
     return series
 
 
+@dataclass
+class StateSummary:
+    """One controller state at the end of training."""
+
+    controller: str
+    state: str
+    visits: int
+    avg_regret: float
+    bound: float
+    slope: float | None
+    avg_p: float | None
+    p: float | None
+
+
+def regret_slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log(average regret) against log(visits), over points with both positive.
+
+    Regret matching's average regret falls at least like M^-1/2, so a slope of about -0.5 or steeper is the
+    expected shape. None with fewer than three usable points or a single visit count.
+    """
+    usable = [(math.log(m), math.log(r)) for m, r in points if m >= 1 and r > 0]
+    if len(usable) < 3:
+        return None
+    mean_x = sum(x for x, _ in usable) / len(usable)
+    mean_y = sum(y for _, y in usable) / len(usable)
+    spread = sum((x - mean_x) ** 2 for x, _ in usable)
+    if spread == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in usable) / spread
+
+
+def controller_summary(log: Sequence[dict[str, float]]) -> list[StateSummary]:
+    """The last logged value of every controller state, with the bound at its visits and its regret slope."""
+    regret = state_series(log, "avg_regret")
+    probabilities = {quantity: state_series(log, quantity)
+                     for quantity in ("avg_p_refresh", "avg_p_speak", "p_refresh", "p_speak")}
+
+    def last(quantity: str, key: tuple[str, str]) -> float | None:
+        series = probabilities[quantity].get(key)
+        return series[-1][2] if series else None
+
+    summary = []
+    for key, points in sorted(regret.items()):
+        visits = int(points[-1][1]) if not math.isnan(points[-1][1]) else 0
+        action = "refresh" if key[0] == "proposer" else "speak"
+        summary.append(StateSummary(
+            controller=key[0], state=key[1], visits=visits, avg_regret=points[-1][2],
+            bound=regret_bound(visits) if visits else float("inf"),
+            slope=regret_slope([(m, r) for _, m, r in points]),
+            avg_p=last(f"avg_p_{action}", key), p=last(f"p_{action}", key)))
+    return summary
+
+
 # ---------------------------------------------------------------------- writing
 def markdown_table(rows: Sequence[Row]) -> str:
     """The rows as a Markdown table."""
@@ -139,6 +194,23 @@ def markdown_table(rows: Sequence[Row]) -> str:
         n = str(r.problems) if r.problems is not None else "?"
         lines.append(f"| {r.method} | {r.dataset} | {n} | {r.accuracy:.3f}{ci} | {r.tokens_per_problem:.0f} | "
                      f"{r.calls_per_problem:.1f} | {r.correction:.3f} | {r.preservation:.3f} |")
+    return "\n".join(lines)
+
+
+def controller_markdown(summary: Sequence[StateSummary]) -> str:
+    """The controller states as a Markdown table."""
+    lines = [
+        "| controller | state | visits M | avg regret | bound 2·sqrt(2/M) | log-log slope | avg P(speak/refresh) "
+        "| current P |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def number(value: float | None, digits: int = 3) -> str:
+        return "—" if value is None else f"{value:.{digits}f}"
+
+    for s in summary:
+        lines.append(f"| {s.controller} | {s.state} | {s.visits} | {s.avg_regret:.4f} | {s.bound:.3f} | "
+                     f"{number(s.slope, 2)} | {number(s.avg_p)} | {number(s.p)} |")
     return "\n".join(lines)
 
 
@@ -263,6 +335,10 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
         drawn = [name for name, plot in plots if plot(log, run.name, out / name)]
         if drawn:
             sections += [f"## Training: {run.name}", ""] + [f"![{name}]({name})" for name in drawn] + [""]
+        summary = controller_summary(log)
+        if summary:
+            sections += [f"Controller states of {run.name} at the end of training:", "",
+                         controller_markdown(summary), ""]
     (out / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     path = out / "report.md"
     path.write_text("\n".join(sections))
