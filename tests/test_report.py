@@ -9,7 +9,7 @@ import pytest
 
 from tracer_pl.cli import main
 from tracer_pl.errors import DataError
-from tracer_pl.report import regret_bound, regret_slope, wilson_interval, write_report
+from tracer_pl.report import mcnemar_p, regret_bound, regret_slope, wilson_interval, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -87,6 +87,43 @@ def test_regret_slope_of_power_laws():
     assert regret_slope([(m, m ** -1.0) for m in (2, 8, 32)]) == pytest.approx(-1.0)
     assert regret_slope([(1, 0.5), (4, 0.0), (16, 0.0)]) is None  # zeros are unusable: fewer than 3 points
     assert regret_slope([(4, 0.5), (4, 0.4), (4, 0.3)]) is None  # one visit count: no slope
+
+
+def test_mcnemar_exact_p_values():
+    assert mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 2 * P(X <= 2), X ~ Bin(12, 1/2)
+    assert mcnemar_p(2, 10) == mcnemar_p(10, 2)
+    assert mcnemar_p(5, 5) == 1.0 and mcnemar_p(0, 0) == 1.0
+
+
+def write_records(run, dataset, correct):
+    version = run / "logs" / "version_0"
+    (version / f"test_records_{dataset}.jsonl").write_text(
+        "".join(json.dumps({"uid": f"u{i}", "correct": ok}) + "\n" for i, ok in enumerate(correct)))
+
+
+def test_paired_comparison_against_a_reference(tmp_path):
+    base = make_run(tmp_path, "base", metric_set("test/arith", 0.5, 80.0, 1.0))
+    trained = make_run(tmp_path, "trained", {**metric_set("test/arith", 0.7, 300.0, 3.0),
+                                             **metric_set("test/arith@argmax", 0.5, 300.0, 3.0)})
+    write_records(base, "arith", [i < 5 for i in range(10)])  # u0-u4 right
+    write_records(trained, "arith", [2 <= i <= 8 for i in range(10)])  # u2-u8 right
+    write_records(trained, "arith@argmax", [i < 5 for i in range(10)])  # the same answers as the reference
+    out = tmp_path / "report"
+    text = write_report([base, trained], out, paired="base").read_text()
+    # 4 problems only the trained run gets (u5-u8), 2 only the base gets (u0, u1): difference 0.2,
+    # se = sqrt(6 - 2**2 / 10) / 10, McNemar p = 2 * (1 + 6 + 15) / 2**6
+    half = 1.959964 * math.sqrt(6 - 0.4) / 10
+    assert (f"| trained | base | arith | 10 | 0.700 | 0.500 | +0.200 ({0.2 - half:+.3f} to {0.2 + half:+.3f}) "
+            f"| 4 | 2 | {44 / 64:.3f} |") in text
+    assert "| trained (argmax) | base | arith | 10 | 0.500 | 0.500 | +0.000 (+0.000 to +0.000) | 0 | 0 | 1.000 |" in text
+    pairs = json.loads((out / "paired.json").read_text())
+    assert [(p["method"], p["only_method_right"], p["only_reference_right"]) for p in pairs] == [
+        ("trained", 4, 2), ("trained (argmax)", 0, 0)]
+    with pytest.raises(DataError, match="--paired nothing: not one of the run directories"):
+        write_report([base, trained], out, paired="nothing")
+    (trained / "logs" / "version_0" / "test_records_arith.jsonl").write_text('{"uid": "u0"}\n')
+    with pytest.raises(DataError, match="test_records_arith.jsonl, line 1: expected a JSON record with 'uid' and"):
+        write_report([base, trained], out, paired=str(base))
 
 
 def test_report_errors_name_the_problem(tmp_path):

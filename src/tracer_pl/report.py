@@ -15,6 +15,11 @@ regret-matching bound 2·sqrt(2/M) for values in [-1, 1]) and ``<run>_speak_rate
 average-strategy speaking probability over training), with a table of every controller state at the end of
 training (visits, average regret against the bound, the log-log slope of average regret against visits, and
 both strategies).
+
+With ``--paired REF`` (one of the run directories), every other run is also compared with ``REF`` problem by
+problem (matched by ``uid``): the accuracy difference with a 95% interval and the exact McNemar p-value, also
+written to ``paired.json``. Paired on the same problems, this separates smaller differences than two overlapping
+Wilson intervals can.
 """
 
 from __future__ import annotations
@@ -181,6 +186,82 @@ def controller_summary(log: Sequence[dict[str, float]]) -> list[StateSummary]:
     return summary
 
 
+@dataclass
+class Paired:
+    """One run against the reference run on the same problems of one dataset."""
+
+    method: str
+    reference: str
+    dataset: str
+    problems: int
+    accuracy: float
+    reference_accuracy: float
+    difference: float
+    diff_low: float
+    diff_high: float
+    only_method_right: int
+    only_reference_right: int
+    p_value: float
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value of ``b`` and ``c`` discordant pairs: 2·P(X <= min(b, c)), X ~ Bin(b + c, 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n)
+
+
+def correctness(run: Path) -> dict[str, dict[str, bool]]:
+    """Per dataset key (``<dataset>`` or ``<dataset>@<protocol>``) of the newest test: ``uid -> correct``."""
+    path = newest(run, "test_metrics.json")
+    if path is None:
+        return {}
+    found = {}
+    for records in sorted(path.parent.glob("test_records_*.jsonl")):
+        outcome = {}
+        for number, line in enumerate(records.open(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                outcome[row["uid"]] = bool(row["correct"])
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise DataError(f"{records}, line {number}: expected a JSON record with 'uid' and 'correct' "
+                                f"({error!r})") from None
+        found[records.name.removeprefix("test_records_").removesuffix(".jsonl")] = outcome
+    return found
+
+
+def paired_rows(runs: Sequence[Path], reference: Path, z: float = 1.959964) -> list[Paired]:
+    """Every run but ``reference`` against it, per shared dataset key, on the problems both answered."""
+    mine = correctness(reference)
+    if not mine:
+        raise DataError(f"{reference}: no test_records_<dataset>.jsonl to pair against (run tracer-pl test first)")
+    rows = []
+    for run in runs:
+        if run.resolve() == reference.resolve():
+            continue
+        for key, theirs in sorted(correctness(run).items()):
+            ref = mine.get(key) or mine.get(key.partition("@")[0])
+            shared = sorted(ref.keys() & theirs.keys()) if ref else []
+            if not shared:
+                continue
+            n = len(shared)
+            b = sum(theirs[u] and not ref[u] for u in shared)
+            c = sum(ref[u] and not theirs[u] for u in shared)
+            difference = (b - c) / n
+            se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+            base, _, protocol = key.partition("@")
+            rows.append(Paired(
+                method=f"{run.name} ({protocol})" if protocol else run.name, reference=reference.name,
+                dataset=base, problems=n, accuracy=sum(theirs[u] for u in shared) / n,
+                reference_accuracy=sum(ref[u] for u in shared) / n, difference=difference,
+                diff_low=difference - z * se, diff_high=difference + z * se,
+                only_method_right=b, only_reference_right=c, p_value=mcnemar_p(b, c)))
+    return rows
+
+
 # ---------------------------------------------------------------------- writing
 def markdown_table(rows: Sequence[Row]) -> str:
     """The rows as a Markdown table."""
@@ -194,6 +275,20 @@ def markdown_table(rows: Sequence[Row]) -> str:
         n = str(r.problems) if r.problems is not None else "?"
         lines.append(f"| {r.method} | {r.dataset} | {n} | {r.accuracy:.3f}{ci} | {r.tokens_per_problem:.0f} | "
                      f"{r.calls_per_problem:.1f} | {r.correction:.3f} | {r.preservation:.3f} |")
+    return "\n".join(lines)
+
+
+def paired_markdown(rows: Sequence[Paired]) -> str:
+    """The paired comparisons as a Markdown table."""
+    lines = [
+        "| method | reference | dataset | problems | accuracy | reference accuracy | difference (95% CI) "
+        "| only method right | only reference right | McNemar p |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.method} | {r.reference} | {r.dataset} | {r.problems} | {r.accuracy:.3f} | "
+                     f"{r.reference_accuracy:.3f} | {r.difference:+.3f} ({r.diff_low:+.3f} to {r.diff_high:+.3f}) | "
+                     f"{r.only_method_right} | {r.only_reference_right} | {r.p_value:.3f} |")
     return "\n".join(lines)
 
 
@@ -306,8 +401,12 @@ def _save(fig, path: Path) -> None:
 
 
 def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "tracer-pl report",
-                 command: str | None = None) -> Path:
-    """Write ``report.md``, ``results.json`` and the plots for ``runs`` into ``out``; return the Markdown path."""
+                 command: str | None = None, paired: str | Path | None = None) -> Path:
+    """Write ``report.md``, ``results.json`` and the plots for ``runs`` into ``out``; return the Markdown path.
+
+    ``paired`` names one of ``runs`` (its path or directory name) to compare every other run with, problem by
+    problem.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -321,6 +420,11 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
     logs = {run: training_log(run) for run in run_paths}
     if not rows and not any(logs.values()):
         raise DataError(f"no test_metrics.json and no training metrics.csv under {', '.join(map(str, run_paths))}")
+    reference = None
+    if paired is not None:
+        reference = next((r for r in run_paths if str(paired) in (str(r), r.name)), None)
+        if reference is None:
+            raise DataError(f"--paired {paired}: not one of the run directories ({', '.join(r.name for r in run_paths)})")
     sections = [f"# {title}", ""]
     if command:
         sections += ["Produced by:", "", "```bash", command, "```", ""]
@@ -328,6 +432,12 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
         sections += ["## Results", "", markdown_table(rows), ""]
         plot_accuracy_vs_tokens(rows, out / "accuracy_vs_tokens.png")
         sections += ["![accuracy against tokens per problem](accuracy_vs_tokens.png)", ""]
+    pairs = paired_rows(run_paths, reference) if reference is not None else []
+    if pairs:
+        sections += [f"## Paired against {reference.name}", "",
+                     "Problem by problem on the same held-out set: the difference of accuracies with a 95% "
+                     "interval and the exact McNemar test on the problems only one of the two got right.", "",
+                     paired_markdown(pairs), ""]
     for run, log in logs.items():
         if not log:
             continue
@@ -340,6 +450,8 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
             sections += [f"Controller states of {run.name} at the end of training:", "",
                          controller_markdown(summary), ""]
     (out / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    if pairs:
+        (out / "paired.json").write_text(json.dumps([asdict(p) for p in pairs], indent=2) + "\n")
     path = out / "report.md"
     path.write_text("\n".join(sections))
     return path
@@ -356,7 +468,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default="report", help="output directory (default: report)")
     parser.add_argument("--title", default="tracer-pl report", help="title of report.md")
     parser.add_argument("--command", default=None, help="the command that produced the runs, quoted in report.md")
+    parser.add_argument("--paired", default=None, metavar="RUN",
+                        help="compare every other run with this one problem by problem (McNemar test)")
     args = parser.parse_args(argv)
-    path = write_report(args.runs, args.out, title=args.title, command=args.command)
+    path = write_report(args.runs, args.out, title=args.title, command=args.command, paired=args.paired)
     print(path.read_text().split("## Training", 1)[0].rstrip())
     print(f"\nreport: {path}")
