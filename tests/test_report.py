@@ -119,6 +119,9 @@ def test_paired_comparison_against_a_reference(tmp_path):
     pairs = json.loads((out / "paired.json").read_text())
     assert [(p["method"], p["only_method_right"], p["only_reference_right"]) for p in pairs] == [
         ("trained", 4, 2), ("trained (argmax)", 0, 0)]
+    both = write_report([base, trained], out, paired=["base", str(trained)]).read_text()
+    assert "## Paired against base" in both and "## Paired against trained" in both
+    assert f"| base | trained | arith | 10 | 0.500 | 0.700 | -0.200 ({-0.2 - half:+.3f} to {-0.2 + half:+.3f}) " in both
     with pytest.raises(DataError, match="--paired nothing: not one of the run directories"):
         write_report([base, trained], out, paired="nothing")
     (trained / "logs" / "version_0" / "test_records_arith.jsonl").write_text('{"uid": "u0"}\n')

@@ -16,8 +16,8 @@ average-strategy speaking probability over training), with a table of every cont
 training (visits, average regret against the bound, the log-log slope of average regret against visits, and
 both strategies).
 
-With ``--paired REF`` (one of the run directories), every other run is also compared with ``REF`` problem by
-problem (matched by ``uid``): the accuracy difference with a 95% interval and the exact McNemar p-value, also
+With ``--paired REF`` (one of the run directories; repeat it for several references), every other run is also
+compared with ``REF`` problem by problem (matched by ``uid``): the accuracy difference with a 95% interval and the exact McNemar p-value, also
 written to ``paired.json``. Paired on the same problems, this separates smaller differences than two overlapping
 Wilson intervals can.
 """
@@ -401,11 +401,11 @@ def _save(fig, path: Path) -> None:
 
 
 def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "tracer-pl report",
-                 command: str | None = None, paired: str | Path | None = None) -> Path:
+                 command: str | None = None, paired: str | Path | Sequence[str | Path] = ()) -> Path:
     """Write ``report.md``, ``results.json`` and the plots for ``runs`` into ``out``; return the Markdown path.
 
-    ``paired`` names one of ``runs`` (its path or directory name) to compare every other run with, problem by
-    problem.
+    ``paired`` names one or more of ``runs`` (path or directory name) to compare every other run with, problem
+    by problem.
     """
     import matplotlib
 
@@ -420,11 +420,12 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
     logs = {run: training_log(run) for run in run_paths}
     if not rows and not any(logs.values()):
         raise DataError(f"no test_metrics.json and no training metrics.csv under {', '.join(map(str, run_paths))}")
-    reference = None
-    if paired is not None:
-        reference = next((r for r in run_paths if str(paired) in (str(r), r.name)), None)
+    references = []
+    for name in [paired] if isinstance(paired, (str, Path)) else paired:
+        reference = next((r for r in run_paths if str(name) in (str(r), r.name)), None)
         if reference is None:
-            raise DataError(f"--paired {paired}: not one of the run directories ({', '.join(r.name for r in run_paths)})")
+            raise DataError(f"--paired {name}: not one of the run directories ({', '.join(r.name for r in run_paths)})")
+        references.append(reference)
     sections = [f"# {title}", ""]
     if command:
         sections += ["Produced by:", "", "```bash", command, "```", ""]
@@ -432,12 +433,14 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
         sections += ["## Results", "", markdown_table(rows), ""]
         plot_accuracy_vs_tokens(rows, out / "accuracy_vs_tokens.png")
         sections += ["![accuracy against tokens per problem](accuracy_vs_tokens.png)", ""]
-    pairs = paired_rows(run_paths, reference) if reference is not None else []
-    if pairs:
+    pairs = []
+    for reference in references:
+        mine = paired_rows(run_paths, reference)
+        pairs += mine
         sections += [f"## Paired against {reference.name}", "",
-                     "Problem by problem on the same held-out set: the difference of accuracies with a 95% "
-                     "interval and the exact McNemar test on the problems only one of the two got right.", "",
-                     paired_markdown(pairs), ""]
+                     "Problem by problem on the same held-out set: the difference of accuracies (method minus "
+                     "reference) with a 95% interval, and the exact McNemar test on the problems only one of the "
+                     "two got right.", "", paired_markdown(mine), ""]
     for run, log in logs.items():
         if not log:
             continue
@@ -468,8 +471,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default="report", help="output directory (default: report)")
     parser.add_argument("--title", default="tracer-pl report", help="title of report.md")
     parser.add_argument("--command", default=None, help="the command that produced the runs, quoted in report.md")
-    parser.add_argument("--paired", default=None, metavar="RUN",
-                        help="compare every other run with this one problem by problem (McNemar test)")
+    parser.add_argument("--paired", action="append", default=[], metavar="RUN",
+                        help="compare every other run with this one problem by problem (McNemar test); repeatable")
     args = parser.parse_args(argv)
     path = write_report(args.runs, args.out, title=args.title, command=args.command, paired=args.paired)
     print(path.read_text().split("## Training", 1)[0].rstrip())
