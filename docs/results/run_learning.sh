@@ -3,12 +3,13 @@
 # trained on the same problems with as many generated tokens, the inference baselines at TRACER's cost, and
 # four ablations. Two queues run side by side, one CPU thread each (about 95 minutes on a 2-core CPU).
 #
-#   bash docs/results/run_learning.sh [OUT]        # OUT defaults to runs/learning
-#   tracer-pl report OUT/* --out docs/results/learning
+#   bash docs/results/run_learning.sh [OUT] [REPORT]   # defaults: runs/learning, docs/results/learning
 #
+# The report (tables, paired tests, plots) goes to REPORT; docs/results/learning.md discusses it.
 # A run whose directory holds a `.done` file is skipped, so the script continues where it stopped.
 set -euo pipefail
 OUT=${1:-runs/learning}
+REPORT=${2:-docs/results/learning}
 OPTIONS='max_terms=2&max_digits=1&allow_negation=false&allow_parentheses=false&operators=+,-'
 TRAIN_PROBLEMS=80   # one epoch: 40 batches of 2
 TEST_PROBLEMS=200
@@ -91,3 +92,6 @@ queue_a & a=$!
 queue_b & b=$!
 wait "$a" && wait "$b"
 stamp "all done"
+tracer-pl report "$OUT"/{before_tracer,tracer,before_cot,single_agent_gspo} "$OUT"/majority_vote_k*/ "$OUT"/debate \
+  "$OUT"/ablation_*/ --paired tracer --paired before_cot --out "$REPORT" \
+  --title "Does TRACER learn? SmolLM2-135M on two-term arithmetic" --command "bash docs/results/run_learning.sh $*"
