@@ -73,9 +73,10 @@ def test_report_table_plots_and_json(tmp_path):
         assert (out / name).read_bytes()[:8] == PNG and f"]({name})" in text
     assert not (out / "cot_regret.png").exists()  # nothing trained there
     # the controller table: proposer state -1/last ends at M = 4 with average regret 1/4 and P(refresh) 0.7;
-    # its regret fell like 1/M (slope -1); the reviewer's regret stayed 0 (no slope)
-    assert ("| proposer | -1/last | 4 | 0.2500 | 1.414 | -1.00 | 0.700 | — |") in text
-    assert "| reviewer | none | 4 | 0.0000 | 1.414 | — | 0.500 | — |" in text
+    # its regret fell like 1/M (slope -1); over the last quarter (step 1.5 to 2) P(refresh) went 0.6 -> 0.7;
+    # the reviewer's regret stayed 0 (no slope) and its strategy at 0.5
+    assert ("| proposer | -1/last | 4 | 0.2500 | 1.414 | -1.00 | 0.700 | +0.100 | — |") in text
+    assert "| reviewer | none | 4 | 0.0000 | 1.414 | — | 0.500 | +0.000 | — |" in text
     rows = json.loads((out / "results.json").read_text())
     assert [(r["method"], r["accuracy"], r["problems"]) for r in rows] == [
         ("tracer", 0.8, 10), ("tracer (argmax)", 0.7, 10), ("cot", 0.5, 10)]

@@ -13,8 +13,8 @@ preservation per method and dataset), ``results.json`` (the same rows), ``accura
 trained run, ``<run>_regret.png`` (average regret of every controller state against its visits M, with the
 regret-matching bound 2·sqrt(2/M) for values in [-1, 1]) and ``<run>_speak_rates.png`` (each state's
 average-strategy speaking probability over training), with a table of every controller state at the end of
-training (visits, average regret against the bound, the log-log slope of average regret against visits, and
-both strategies).
+training (visits, average regret against the bound, the log-log slope of average regret against visits, both
+strategies, and how far the average strategy still moved over the last quarter of training).
 
 With ``--paired REF`` (one of the run directories; repeat it for several references), every other run is also
 compared with ``REF`` problem by problem (matched by ``uid``): the accuracy difference with a 95% interval and the exact McNemar p-value, also
@@ -144,6 +144,7 @@ class StateSummary:
     bound: float
     slope: float | None
     avg_p: float | None
+    avg_p_change: float | None
     p: float | None
 
 
@@ -174,6 +175,14 @@ def controller_summary(log: Sequence[dict[str, float]]) -> list[StateSummary]:
         series = probabilities[quantity].get(key)
         return series[-1][2] if series else None
 
+    def last_quarter_change(quantity: str, key: tuple[str, str]) -> float | None:
+        """The value at the end minus the value at 3/4 of the training steps (how far it still moves)."""
+        series = probabilities[quantity].get(key)
+        if not series:
+            return None
+        before = [value for step, _, value in series if step <= 0.75 * series[-1][0]]
+        return series[-1][2] - before[-1] if before else None
+
     summary = []
     for key, points in sorted(regret.items()):
         visits = int(points[-1][1]) if not math.isnan(points[-1][1]) else 0
@@ -182,7 +191,8 @@ def controller_summary(log: Sequence[dict[str, float]]) -> list[StateSummary]:
             controller=key[0], state=key[1], visits=visits, avg_regret=points[-1][2],
             bound=regret_bound(visits) if visits else float("inf"),
             slope=regret_slope([(m, r) for _, m, r in points]),
-            avg_p=last(f"avg_p_{action}", key), p=last(f"p_{action}", key)))
+            avg_p=last(f"avg_p_{action}", key), avg_p_change=last_quarter_change(f"avg_p_{action}", key),
+            p=last(f"p_{action}", key)))
     return summary
 
 
@@ -296,16 +306,19 @@ def controller_markdown(summary: Sequence[StateSummary]) -> str:
     """The controller states as a Markdown table."""
     lines = [
         "| controller | state | visits M | avg regret | bound 2·sqrt(2/M) | log-log slope | avg P(speak/refresh) "
-        "| current P |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| its change over the last quarter | current P |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def number(value: float | None, digits: int = 3) -> str:
         return "—" if value is None else f"{value:.{digits}f}"
 
+    def signed(value: float | None) -> str:
+        return "—" if value is None else f"{value:+.3f}"
+
     for s in summary:
         lines.append(f"| {s.controller} | {s.state} | {s.visits} | {s.avg_regret:.4f} | {s.bound:.3f} | "
-                     f"{number(s.slope, 2)} | {number(s.avg_p)} | {number(s.p)} |")
+                     f"{number(s.slope, 2)} | {number(s.avg_p)} | {signed(s.avg_p_change)} | {number(s.p)} |")
     return "\n".join(lines)
 
 
