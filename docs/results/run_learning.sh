@@ -74,6 +74,8 @@ PY
 )
   stamp "single-agent GSPO epochs for TRACER's generated tokens: $epochs"
   train single_agent_gspo -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$epochs"
+  # and for one epoch: as many optimizer steps and problems as TRACER, far fewer generated tokens
+  train single_agent_gspo_1epoch -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs 1
   local k
   k=$(python - "$(metrics tracer)" "$(metrics before_cot)" <<'PY'
 import json, sys
@@ -92,6 +94,6 @@ queue_a & a=$!
 queue_b & b=$!
 wait "$a" && wait "$b"
 stamp "all done"
-tracer-pl report "$OUT"/{before_tracer,tracer,before_cot,single_agent_gspo} "$OUT"/majority_vote_k*/ "$OUT"/debate \
+tracer-pl report "$OUT"/{before_tracer,tracer,before_cot,single_agent_gspo,single_agent_gspo_1epoch} "$OUT"/majority_vote_k*/ "$OUT"/debate \
   "$OUT"/ablation_*/ --paired tracer --paired before_cot --out "$REPORT" \
   --title "Does TRACER learn? SmolLM2-135M on two-term arithmetic" --command "bash docs/results/run_learning.sh $*"
