@@ -9,7 +9,7 @@ import pytest
 
 from tracer_pl.cli import main
 from tracer_pl.errors import DataError
-from tracer_pl.report import mcnemar_p, regret_bound, regret_slope, wilson_interval, write_report
+from tracer_pl.report import clopper_pearson, mcnemar_p, regret_bound, regret_slope, wilson_interval, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -96,6 +96,15 @@ def test_mcnemar_exact_p_values():
     assert mcnemar_p(5, 5) == 1.0 and mcnemar_p(0, 0) == 1.0
 
 
+def test_clopper_pearson_matches_published_values():
+    assert clopper_pearson(5, 10) == pytest.approx((0.1871, 0.8129), abs=5e-5)
+    assert clopper_pearson(4, 6) == pytest.approx((0.2228, 0.9567), abs=5e-5)
+    assert clopper_pearson(0, 10) == pytest.approx((0.0, 1 - 0.025 ** 0.1))  # closed form at the edges
+    assert clopper_pearson(10, 10) == pytest.approx((0.025 ** 0.1, 1.0))
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        clopper_pearson(3, 2)
+
+
 def write_records(run, dataset, correct):
     version = run / "logs" / "version_0"
     (version / f"test_records_{dataset}.jsonl").write_text(
@@ -111,18 +120,17 @@ def test_paired_comparison_against_a_reference(tmp_path):
     write_records(trained, "arith@argmax", [i < 5 for i in range(10)])  # the same answers as the reference
     out = tmp_path / "report"
     text = write_report([base, trained], out, paired="base").read_text()
-    # 4 problems only the trained run gets (u5-u8), 2 only the base gets (u0, u1): difference 0.2,
-    # se = sqrt(6 - 2**2 / 10) / 10, McNemar p = 2 * (1 + 6 + 15) / 2**6
-    half = 1.959964 * math.sqrt(6 - 0.4) / 10
-    assert (f"| trained | base | arith | 10 | 0.700 | 0.500 | +0.200 ({0.2 - half:+.3f} to {0.2 + half:+.3f}) "
-            f"| 4 | 2 | {44 / 64:.3f} |") in text
+    # 4 problems only the trained run gets (u5-u8), 2 only the base gets (u0, u1): difference 0.2; the
+    # Clopper-Pearson interval of 4/6 is (0.2228, 0.9567), so the difference lies in 6 * (2q - 1) / 10 =
+    # (-0.333, +0.548); McNemar p = 2 * (1 + 6 + 15) / 2**6
+    assert f"| trained | base | arith | 10 | 0.700 | 0.500 | +0.200 (-0.333 to +0.548) | 4 | 2 | {44 / 64:.3f} |" in text
     assert "| trained (argmax) | base | arith | 10 | 0.500 | 0.500 | +0.000 (+0.000 to +0.000) | 0 | 0 | 1.000 |" in text
     pairs = json.loads((out / "paired.json").read_text())
     assert [(p["method"], p["only_method_right"], p["only_reference_right"]) for p in pairs] == [
         ("trained", 4, 2), ("trained (argmax)", 0, 0)]
     both = write_report([base, trained], out, paired=["base", str(trained)]).read_text()
     assert "## Paired against base" in both and "## Paired against trained" in both
-    assert f"| base | trained | arith | 10 | 0.500 | 0.700 | -0.200 ({-0.2 - half:+.3f} to {-0.2 + half:+.3f}) " in both
+    assert "| base | trained | arith | 10 | 0.500 | 0.700 | -0.200 (-0.548 to +0.333) | 2 | 4 |" in both
     with pytest.raises(DataError, match="--paired nothing: not one of the run directories"):
         write_report([base, trained], out, paired="nothing")
     (trained / "logs" / "version_0" / "test_records_arith.jsonl").write_text('{"uid": "u0"}\n')

@@ -17,9 +17,9 @@ training (visits, average regret against the bound, the log-log slope of average
 strategies, and how far the average strategy still moved over the last quarter of training).
 
 With ``--paired REF`` (one of the run directories; repeat it for several references), every other run is also
-compared with ``REF`` problem by problem (matched by ``uid``): the accuracy difference with a 95% interval and the exact McNemar p-value, also
-written to ``paired.json``. Paired on the same problems, this separates smaller differences than two overlapping
-Wilson intervals can.
+compared with ``REF`` problem by problem (matched by ``uid``): the accuracy difference with a 95% interval (exact
+given the discordant problems) and the exact McNemar p-value, also written to ``paired.json``. Paired on the same
+problems, this separates smaller differences than two overlapping Wilson intervals can.
 """
 
 from __future__ import annotations
@@ -222,6 +222,42 @@ def mcnemar_p(b: int, c: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n)
 
 
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p)."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a binomial proportion k/n, by bisection on the binomial tails."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+
+    def solve(falling, target: float) -> float:  # the p in [0, 1] where the falling function meets target
+        low, high = 0.0, 1.0
+        for _ in range(60):
+            middle = (low + high) / 2
+            low, high = (middle, high) if falling(middle) > target else (low, middle)
+        return (low + high) / 2
+
+    # lower: P(X >= k | p) = alpha/2 (it rises with p); upper: P(X <= k | p) = alpha/2 (it falls with p)
+    lower = 0.0 if k == 0 else solve(lambda p: binomial_cdf(k - 1, n, p), 1 - alpha / 2)
+    upper = 1.0 if k == n else solve(lambda p: binomial_cdf(k, n, p), alpha / 2)
+    return lower, upper
+
+
+def paired_difference_interval(b: int, c: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Interval of the paired accuracy difference (b - c) / n, exact given the b + c discordant pairs.
+
+    Conditional on the discordant pairs, b ~ Binomial(b + c, q) and the difference is (b + c)(2q - 1) / n; the
+    Clopper-Pearson interval of q is mapped through that line. It agrees with the exact McNemar test, where a
+    Wald interval is too narrow with few discordant pairs.
+    """
+    if b + c == 0:
+        return 0.0, 0.0
+    low, high = clopper_pearson(b, b + c, alpha)
+    return (b + c) * (2 * low - 1) / n, (b + c) * (2 * high - 1) / n
+
+
 def correctness(run: Path) -> dict[str, dict[str, bool]]:
     """Per dataset key (``<dataset>`` or ``<dataset>@<protocol>``) of the newest test: ``uid -> correct``."""
     path = newest(run, "test_metrics.json")
@@ -243,7 +279,7 @@ def correctness(run: Path) -> dict[str, dict[str, bool]]:
     return found
 
 
-def paired_rows(runs: Sequence[Path], reference: Path, z: float = 1.959964) -> list[Paired]:
+def paired_rows(runs: Sequence[Path], reference: Path) -> list[Paired]:
     """Every run but ``reference`` against it, per shared dataset key, on the problems both answered."""
     mine = correctness(reference)
     if not mine:
@@ -260,14 +296,13 @@ def paired_rows(runs: Sequence[Path], reference: Path, z: float = 1.959964) -> l
             n = len(shared)
             b = sum(theirs[u] and not ref[u] for u in shared)
             c = sum(ref[u] and not theirs[u] for u in shared)
-            difference = (b - c) / n
-            se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+            low, high = paired_difference_interval(b, c, n)
             base, _, protocol = key.partition("@")
             rows.append(Paired(
                 method=f"{run.name} ({protocol})" if protocol else run.name, reference=reference.name,
                 dataset=base, problems=n, accuracy=sum(theirs[u] for u in shared) / n,
-                reference_accuracy=sum(ref[u] for u in shared) / n, difference=difference,
-                diff_low=difference - z * se, diff_high=difference + z * se,
+                reference_accuracy=sum(ref[u] for u in shared) / n, difference=(b - c) / n,
+                diff_low=low, diff_high=high,
                 only_method_right=b, only_reference_right=c, p_value=mcnemar_p(b, c)))
     return rows
 
@@ -298,7 +333,8 @@ def paired_markdown(rows: Sequence[Paired]) -> str:
     for r in rows:
         lines.append(f"| {r.method} | {r.reference} | {r.dataset} | {r.problems} | {r.accuracy:.3f} | "
                      f"{r.reference_accuracy:.3f} | {r.difference:+.3f} ({r.diff_low:+.3f} to {r.diff_high:+.3f}) | "
-                     f"{r.only_method_right} | {r.only_reference_right} | {r.p_value:.3f} |")
+                     f"{r.only_method_right} | {r.only_reference_right} | "
+                     f"{'<0.001' if r.p_value < 0.001 else f'{r.p_value:.3f}'} |")
     return "\n".join(lines)
 
 
@@ -452,8 +488,8 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
         pairs += mine
         sections += [f"## Paired against {reference.name}", "",
                      "Problem by problem on the same held-out set: the difference of accuracies (method minus "
-                     "reference) with a 95% interval, and the exact McNemar test on the problems only one of the "
-                     "two got right.", "", paired_markdown(mine), ""]
+                     "reference) with a 95% interval (Clopper-Pearson on the problems only one of the two got "
+                     "right), and the exact McNemar test on those problems.", "", paired_markdown(mine), ""]
     for run, log in logs.items():
         if not log:
             continue
