@@ -308,54 +308,53 @@ def paired_rows(runs: Sequence[Path], reference: Path) -> list[Paired]:
 
 
 # ---------------------------------------------------------------------- writing
+def _markdown(header: Sequence[str], align: str, cells: Sequence[Sequence[str]]) -> str:
+    """A Markdown table; ``align`` has one letter per column, ``l`` or ``r``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
     """The rows as a Markdown table."""
-    lines = [
-        "| method | dataset | problems | accuracy (95% CI) | tokens/problem | calls/problem | correction "
-        "| preservation |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
+    header = ("method", "dataset", "problems", "accuracy (95% CI)", "tokens/problem", "calls/problem", "correction",
+              "preservation")
+    cells = [
+        (r.method, r.dataset, str(r.problems) if r.problems is not None else "?",
+         f"{r.accuracy:.3f}" + (f" ({r.ci_low:.3f}-{r.ci_high:.3f})" if r.ci_low is not None else ""),
+         f"{r.tokens_per_problem:.0f}", f"{r.calls_per_problem:.1f}", f"{r.correction:.3f}", f"{r.preservation:.3f}")
+        for r in rows
     ]
-    for r in rows:
-        ci = f" ({r.ci_low:.3f}-{r.ci_high:.3f})" if r.ci_low is not None else ""
-        n = str(r.problems) if r.problems is not None else "?"
-        lines.append(f"| {r.method} | {r.dataset} | {n} | {r.accuracy:.3f}{ci} | {r.tokens_per_problem:.0f} | "
-                     f"{r.calls_per_problem:.1f} | {r.correction:.3f} | {r.preservation:.3f} |")
-    return "\n".join(lines)
+    return _markdown(header, "llrlrrrr", cells)
 
 
 def paired_markdown(rows: Sequence[Paired]) -> str:
     """The paired comparisons as a Markdown table."""
-    lines = [
-        "| method | reference | dataset | problems | accuracy | reference accuracy | difference (95% CI) "
-        "| only method right | only reference right | McNemar p |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
+    header = ("method", "reference", "dataset", "problems", "accuracy", "reference accuracy", "difference (95% CI)",
+              "only method right", "only reference right", "McNemar p")
+    cells = [
+        (r.method, r.reference, r.dataset, str(r.problems), f"{r.accuracy:.3f}", f"{r.reference_accuracy:.3f}",
+         f"{r.difference:+.3f} ({r.diff_low:+.3f} to {r.diff_high:+.3f})", str(r.only_method_right),
+         str(r.only_reference_right), "<0.001" if r.p_value < 0.001 else f"{r.p_value:.3f}")
+        for r in rows
     ]
-    for r in rows:
-        lines.append(f"| {r.method} | {r.reference} | {r.dataset} | {r.problems} | {r.accuracy:.3f} | "
-                     f"{r.reference_accuracy:.3f} | {r.difference:+.3f} ({r.diff_low:+.3f} to {r.diff_high:+.3f}) | "
-                     f"{r.only_method_right} | {r.only_reference_right} | "
-                     f"{'<0.001' if r.p_value < 0.001 else f'{r.p_value:.3f}'} |")
-    return "\n".join(lines)
+    return _markdown(header, "lllrrrlrrr", cells)
 
 
 def controller_markdown(summary: Sequence[StateSummary]) -> str:
     """The controller states as a Markdown table."""
-    lines = [
-        "| controller | state | visits M | avg regret | bound 2·sqrt(2/M) | log-log slope | avg P(speak/refresh) "
-        "| its change over the last quarter | current P |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    header = ("controller", "state", "visits M", "avg regret", "bound 2·sqrt(2/M)", "log-log slope",
+              "avg P(speak/refresh)", "its change over the last quarter", "current P")
+    cells = [
+        (s.controller, s.state, str(s.visits), f"{s.avg_regret:.4f}", f"{s.bound:.3f}", _number(s.slope, ".2f"),
+         _number(s.avg_p), _number(s.avg_p_change, "+.3f"), _number(s.p))
+        for s in summary
     ]
-
-    def number(value: float | None, digits: int = 3) -> str:
-        return "—" if value is None else f"{value:.{digits}f}"
-
-    def signed(value: float | None) -> str:
-        return "—" if value is None else f"{value:+.3f}"
-
-    for s in summary:
-        lines.append(f"| {s.controller} | {s.state} | {s.visits} | {s.avg_regret:.4f} | {s.bound:.3f} | "
-                     f"{number(s.slope, 2)} | {number(s.avg_p)} | {signed(s.avg_p_change)} | {number(s.p)} |")
-    return "\n".join(lines)
+    return _markdown(header, "llrrrrrrr", cells)
 
 
 def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path) -> None:
