@@ -9,7 +9,7 @@ import pytest
 
 from tracer_pl.cli import main
 from tracer_pl.errors import DataError
-from tracer_pl.report import clopper_pearson, mcnemar_p, regret_bound, regret_slope, wilson_interval, write_report
+from tracer_pl.report import mcnemar_p, paired_difference_interval, regret_bound, regret_slope, wilson_interval, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -96,13 +96,14 @@ def test_mcnemar_exact_p_values():
     assert mcnemar_p(5, 5) == 1.0 and mcnemar_p(0, 0) == 1.0
 
 
-def test_clopper_pearson_matches_published_values():
-    assert clopper_pearson(5, 10) == pytest.approx((0.1871, 0.8129), abs=5e-5)
-    assert clopper_pearson(4, 6) == pytest.approx((0.2228, 0.9567), abs=5e-5)
-    assert clopper_pearson(0, 10) == pytest.approx((0.0, 1 - 0.025 ** 0.1))  # closed form at the edges
-    assert clopper_pearson(10, 10) == pytest.approx((0.025 ** 0.1, 1.0))
-    with pytest.raises(ValueError, match="0 <= k <= n"):
-        clopper_pearson(3, 2)
+def test_bonett_price_interval_by_hand():
+    # b = 4, c = 2 of n = 10: (4+1)/12 - (2+1)/12 = 1/6, se = sqrt((8/12 - 1/36) / 12)
+    half = 1.959964 * math.sqrt((8 / 12 - 1 / 36) / 12)
+    assert paired_difference_interval(4, 2, 10) == pytest.approx((1 / 6 - half, 1 / 6 + half))
+    # no discordant pair still leaves uncertainty: +-1.96 * sqrt((2/12) / 12)
+    assert paired_difference_interval(0, 0, 10) == pytest.approx((-0.230984, 0.230984), abs=1e-6)
+    with pytest.raises(ValueError, match="b \\+ c <= n"):
+        paired_difference_interval(8, 5, 10)
 
 
 def write_records(run, dataset, correct):
@@ -120,17 +121,16 @@ def test_paired_comparison_against_a_reference(tmp_path):
     write_records(trained, "arith@argmax", [i < 5 for i in range(10)])  # the same answers as the reference
     out = tmp_path / "report"
     text = write_report([base, trained], out, paired="base").read_text()
-    # 4 problems only the trained run gets (u5-u8), 2 only the base gets (u0, u1): difference 0.2; the
-    # Clopper-Pearson interval of 4/6 is (0.2228, 0.9567), so the difference lies in 6 * (2q - 1) / 10 =
-    # (-0.333, +0.548); McNemar p = 2 * (1 + 6 + 15) / 2**6
-    assert f"| trained | base | arith | 10 | 0.700 | 0.500 | +0.200 (-0.333 to +0.548) | 4 | 2 | {44 / 64:.3f} |" in text
-    assert "| trained (argmax) | base | arith | 10 | 0.500 | 0.500 | +0.000 (+0.000 to +0.000) | 0 | 0 | 1.000 |" in text
+    # 4 problems only the trained run gets (u5-u8), 2 only the base gets (u0, u1): difference 0.2, the
+    # Bonett-Price interval 1/6 +- 0.452 = (-0.286, +0.619); McNemar p = 2 * (1 + 6 + 15) / 2**6
+    assert f"| trained | base | arith | 10 | 0.700 | 0.500 | +0.200 (-0.286 to +0.619) | 4 | 2 | {44 / 64:.3f} |" in text
+    assert "| trained (argmax) | base | arith | 10 | 0.500 | 0.500 | +0.000 (-0.231 to +0.231) | 0 | 0 | 1.000 |" in text
     pairs = json.loads((out / "paired.json").read_text())
     assert [(p["method"], p["only_method_right"], p["only_reference_right"]) for p in pairs] == [
         ("trained", 4, 2), ("trained (argmax)", 0, 0)]
     both = write_report([base, trained], out, paired=["base", str(trained)]).read_text()
     assert "## Paired against base" in both and "## Paired against trained" in both
-    assert "| base | trained | arith | 10 | 0.500 | 0.700 | -0.200 (-0.548 to +0.333) | 2 | 4 |" in both
+    assert "| base | trained | arith | 10 | 0.500 | 0.700 | -0.200 (-0.619 to +0.286) | 2 | 4 |" in both
     with pytest.raises(DataError, match="--paired nothing: not one of the run directories"):
         write_report([base, trained], out, paired="nothing")
     (trained / "logs" / "version_0" / "test_records_arith.jsonl").write_text('{"uid": "u0"}\n')
