@@ -33,6 +33,7 @@ def stats(run: Path) -> dict[str, int]:
             if turn["role"] == "reviewer" and turn["parsed"] is not None and pending_correct is not None:
                 counts[f"verdict {turn['parsed']}"] += 1
                 counts["verdict right"] += (turn["parsed"] == "RIGHT") == pending_correct
+                counts["verdict on a right answer"] += pending_correct  # what always saying RIGHT would get
         if len(set(answers)) > 1:
             counts["answer changed"] += 1
             counts["answer changed, final right" if record["correct"] else "answer changed, final wrong"] += 1
