@@ -9,7 +9,14 @@ import pytest
 
 from tracer_pl.cli import main
 from tracer_pl.errors import DataError
-from tracer_pl.report import mcnemar_p, paired_difference_interval, regret_bound, regret_slope, wilson_interval, write_report
+from tracer_pl.report import (
+    mcnemar_p,
+    paired_difference_interval,
+    regret_bound,
+    regret_slope,
+    wilson_interval,
+    write_report,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -123,8 +130,10 @@ def test_paired_comparison_against_a_reference(tmp_path):
     text = write_report([base, trained], out, paired="base").read_text()
     # 4 problems only the trained run gets (u5-u8), 2 only the base gets (u0, u1): difference 0.2, the
     # Bonett-Price interval 1/6 +- 0.452 = (-0.286, +0.619); McNemar p = 2 * (1 + 6 + 15) / 2**6
-    assert f"| trained | base | arith | 10 | 0.700 | 0.500 | +0.200 (-0.286 to +0.619) | 4 | 2 | {44 / 64:.3f} |" in text
-    assert "| trained (argmax) | base | arith | 10 | 0.500 | 0.500 | +0.000 (-0.231 to +0.231) | 0 | 0 | 1.000 |" in text
+    assert f"| trained | base | arith | 10 | 0.700 | 0.500 | +0.200 (-0.286 to +0.619) | 4 | 2 | {44 / 64:.3f} |" \
+        in text
+    assert "| trained (argmax) | base | arith | 10 | 0.500 | 0.500 | +0.000 (-0.231 to +0.231) | 0 | 0 | 1.000 |" \
+        in text
     pairs = json.loads((out / "paired.json").read_text())
     assert [(p["method"], p["only_method_right"], p["only_reference_right"]) for p in pairs] == [
         ("trained", 4, 2), ("trained (argmax)", 0, 0)]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 
 def stats(run: Path) -> dict[str, int]:
+    """Counts over the run's newest records file without a protocol suffix."""
     files = [p for p in run.rglob("test_records_*.jsonl") if "@" not in p.name]
     if not files:
         raise SystemExit(f"{run}: no test_records_<dataset>.jsonl")

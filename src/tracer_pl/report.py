@@ -17,9 +17,9 @@ training (visits, average regret against the bound, the log-log slope of average
 strategies, and how far the average strategy still moved over the last quarter of training).
 
 With ``--paired REF`` (one of the run directories; repeat it for several references), every other run is also
-compared with ``REF`` problem by problem (matched by ``uid``): the accuracy difference with a 95% interval
-(Bonett-Price) and the exact McNemar p-value, also written to ``paired.json``. Paired on the same
-problems, this separates smaller differences than two overlapping Wilson intervals can.
+compared with ``REF`` problem by problem (matched by ``uid``): the accuracy difference with a 95% Bonett-Price
+interval and the exact McNemar p-value, also written to ``paired.json``. Paired on the same problems, this
+separates smaller differences than two overlapping Wilson intervals can.
 """
 
 from __future__ import annotations
@@ -215,7 +215,10 @@ class Paired:
 
 
 def mcnemar_p(b: int, c: int) -> float:
-    """Exact two-sided McNemar p-value of ``b`` and ``c`` discordant pairs: 2·P(X <= min(b, c)), X ~ Bin(b + c, 1/2)."""
+    """Exact two-sided McNemar p-value of ``b`` and ``c`` discordant pairs.
+
+    That is 2·P(X <= min(b, c)) for X ~ Binomial(b + c, 1/2), capped at 1.
+    """
     n = b + c
     if n == 0:
         return 1.0
