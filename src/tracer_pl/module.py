@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -505,15 +505,24 @@ def group_metrics(groups: Sequence[CandidateGroup], roles: Sequence[str]) -> dic
     return metrics
 
 
+def free_turns(records: Sequence[Any], controllers: Sequence[Controller]) -> Iterator[tuple[Controller, Any]]:
+    """Each turn a controller decided (not forced), with that controller: the proposer's in proposal rounds."""
+    proposer_controller, reviewer_controller = controllers
+    for record in records:
+        for turn in record.turns:
+            if not turn.forced:
+                yield (proposer_controller if is_proposal_round(turn.round) else reviewer_controller), turn
+
+
 def decision_metrics(records: Sequence[Any], controllers: Sequence[Controller]) -> dict[str, float]:
     """Rate of the speaking action (refresh/speak) among free decisions, per controller."""
-    metrics: dict[str, float] = {}
-    for controller in controllers:
-        acts = [t.action for r in records for t in r.turns if not t.forced and t.action in controller.actions]
-        if acts:
-            speaking = controller.actions[1]
-            metrics[f"controller/{controller.name}/p_{speaking}"] = acts.count(speaking) / len(acts)
-    return metrics
+    counts: dict[str, list[int]] = {}
+    for controller, turn in free_turns(records, controllers):
+        speaking = controller.actions[1]
+        seen = counts.setdefault(f"controller/{controller.name}/p_{speaking}", [0, 0])
+        seen[0] += turn.action == speaking
+        seen[1] += 1
+    return {key: spoke / total for key, (spoke, total) in counts.items()}
 
 
 def state_decisions(records: Sequence[Any], controllers: Sequence[Controller]) -> dict[str, list[float]]:
@@ -521,16 +530,13 @@ def state_decisions(records: Sequence[Any], controllers: Sequence[Controller]) -
 
     Averaging each list gives the speak (or refresh) rate of the controller in that state.
     """
-    proposer_controller, reviewer_controller = controllers
     decisions: dict[str, list[float]] = {}
-    for record in records:
-        for turn in record.turns:
-            if turn.forced or turn.state is None:
-                continue
-            controller = proposer_controller if is_proposal_round(turn.round) else reviewer_controller
-            speaking = controller.actions[1]
-            key = f"{controller.name}/p_{speaking}/{state_label(turn.state)}"
-            decisions.setdefault(key, []).append(float(turn.action == speaking))
+    for controller, turn in free_turns(records, controllers):
+        if turn.state is None:
+            continue
+        speaking = controller.actions[1]
+        key = f"{controller.name}/p_{speaking}/{state_label(turn.state)}"
+        decisions.setdefault(key, []).append(float(turn.action == speaking))
     return decisions
 
 
