@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Does TRACER learn on the quickstart model? Held-out accuracy before and after training, single-agent GSPO
 # trained on the same problems with as many generated tokens, the inference baselines at TRACER's cost, and
-# four ablations. Two queues run side by side, one CPU thread each (about 95 minutes on a 2-core CPU).
+# four ablations. Two queues run side by side, one CPU thread each (about 100 minutes on a 2-core CPU).
 #
 #   bash docs/results/run_learning.sh [OUT] [REPORT]   # defaults: runs/learning, docs/results/learning
 #
