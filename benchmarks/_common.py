@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -14,6 +15,17 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PACKAGES = ("torch", "transformers", "peft", "lightning", "trl", "bitsandbytes", "tracer-pl")
+MODEL = "smollm2-135m-instruct"
+
+
+def benchmark_parser(doc: str, quick: str, model: bool = True) -> argparse.ArgumentParser:
+    """The options every benchmark shares: the first paragraph of ``doc`` as description, ``--quick`` (help
+    ``quick``) and, for benchmarks of one model, ``--model``."""
+    made = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    made.add_argument("--quick", action="store_true", help=quick)
+    if model:
+        made.add_argument("--model", default=MODEL)
+    return made
 
 
 def machine() -> dict[str, Any]:

@@ -9,12 +9,11 @@ batch 1. One process, one model; a warm-up dialogue runs first. The last output 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
-from _common import emit, machine, peak_memory_gb
+from _common import benchmark_parser, emit, machine, peak_memory_gb
 
 from tracer_pl.backbone import Backbone
 from tracer_pl.controllers import ControllerConfig
@@ -38,9 +37,7 @@ def rollout(backbone, problems, rounds: int, seed: int) -> tuple[float, int, int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="batches 1 and 4, 3 rounds, 32 new tokens")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser = benchmark_parser(__doc__, "batches 1 and 4, 3 rounds, 32 new tokens")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=64)

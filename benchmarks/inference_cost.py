@@ -11,12 +11,11 @@ last output line is JSON.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
-from _common import emit, machine
+from _common import benchmark_parser, emit, machine
 
 from tracer_pl.baselines import budget_matched_samples
 from tracer_pl.metrics import mean_metrics
@@ -39,9 +38,7 @@ def measure(module: TracerModule, problems, batch: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="8 problems, 32 new tokens")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser = benchmark_parser(__doc__, "8 problems, 32 new tokens")
     parser.add_argument("--ckpt", default=None, help="a tracer-pl checkpoint whose adapters to use")
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)

@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from functools import wraps
 
-from _common import emit, machine, peak_memory_gb, run_child
+from _common import benchmark_parser, emit, machine, peak_memory_gb, run_child
 
 TOTALS: dict[str, float] = defaultdict(float)
 ACTIVE: set[str] = set()
@@ -94,8 +94,7 @@ def profile(config: str, batches: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 tiny batches and 2 quickstart batches")
+    parser = benchmark_parser(__doc__, "3 tiny batches and 2 quickstart batches", model=False)
     parser.add_argument("--configs", nargs="+", default=["configs/tiny.yaml", "configs/quickstart.yaml"])
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -9,12 +9,11 @@ The last output line is JSON.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
-from _common import emit, machine
+from _common import benchmark_parser, emit, machine
 
 from tracer_pl.backbone import Backbone
 from tracer_pl.roles import DialogueView, Proposer
@@ -24,9 +23,7 @@ SOURCE = "reasoning_gym:basic_arithmetic?size=16&max_terms=2&max_digits=2"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 repeats of 16 new tokens")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser = benchmark_parser(__doc__, "2 repeats of 16 new tokens")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)

@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from _common import emit, machine, peak_memory_gb, run_child
+from _common import benchmark_parser, emit, machine, peak_memory_gb, run_child
 
 
 def held_bytes(modules) -> int:
@@ -53,9 +53,7 @@ def load(layout: str, model: str, roles: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two roles only")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser = benchmark_parser(__doc__, "two roles only")
     parser.add_argument("--roles", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--child", nargs=2, metavar=("LAYOUT", "ROLES"), help=argparse.SUPPRESS)
     args = parser.parse_args()

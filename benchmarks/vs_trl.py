@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from _common import emit, machine, peak_memory_gb, run_child
+from _common import benchmark_parser, emit, machine, peak_memory_gb, run_child
 
 SOURCE = "reasoning_gym:basic_arithmetic?size=64&max_terms=2&max_digits=2&allow_negation=false" \
          "&allow_parentheses=false&operators=+,-"
@@ -132,10 +132,8 @@ def summarize(times: list[float], tokens: list[float]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 timed steps of 32 new tokens (under 2 minutes)")
+    parser = benchmark_parser(__doc__, "3 timed steps of 32 new tokens (under 2 minutes)")
     parser.add_argument("--side", choices=["tracer", "trl"], help=argparse.SUPPRESS)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--problems", type=int, default=2, help="problems per step")
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=96)
