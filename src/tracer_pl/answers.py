@@ -219,7 +219,7 @@ _LETTER_STATEMENTS = [  # how a final-answer statement starts when it gives a le
 ]
 _LETTER_PATTERNS = [  # without a marker, from the most to the least explicit; the last match of each counts
     re.compile(r"(?i:option|choice)\s+\(?([A-D])\)?\s+(?i:is\s+(?:the\s+)?(?:correct|right|best))"),
-    re.compile(r"(?i:(?:correct|right|best)\s+(?:option|choice)\s+is)\s*:?\s*\(?([A-D])\b"),
+    re.compile(r"(?i:(?:correct|right|best)\s+(?:option|choice)\s+is)\s*:?\s*(\([A-Da-d]\)|[A-D]\b)"),
     re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*\(?([A-D])\)?"),
     re.compile(r"^\s*\(?([A-D])[).]?\s*$", re.MULTILINE),  # a line holding only the letter
     re.compile(r"\(([A-D])\)"),
@@ -256,7 +256,7 @@ class ChoiceFormat(AnswerFormat):
         for pattern in _LETTER_PATTERNS:
             matches = pattern.findall(text)
             if matches:
-                return matches[-1].upper()
+                return matches[-1].strip("()").upper()
         return None
 
     def equivalent(self, prediction: str, gold: str) -> bool:
