@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\s*")
 _FINAL_LINE = re.compile(
-    r"(?:\bfinal\s+answer\b|\banswer\s+is\b|\banswer(?=\s*[:=])|####)"  # the marker phrase
+    r"(?:\bfinal\s+answer\b|\banswer\s+is\b|\banswer(?=\s*[:=])|^[ \t]*#+[ \t]*answer\b|####)"  # the marker
     r"(?:\s*(?:is\b|:|=))*"  # its separators, all optional: "The final answer is: 5", "Answer = 5"
     r"\s*(.+)",  # the value, up to the end of its line; a leading "-" is a minus sign, never a separator
-    re.IGNORECASE,
+    re.IGNORECASE | re.MULTILINE,
 )
 _DASH_MINUS = re.compile(r"(?<![\w.)])[\u2212\u2012\u2013](?=\s*\d)")  # "−5", "–5" (not "10–12")
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
@@ -106,6 +106,7 @@ def first_sentence(text: str) -> str:
 
 
 _TRAILING_UNIT = re.compile(r"(?<=\S)(?:\s|\\[ ,;!])*\\(?:text|mbox|mathrm)\{\s*[A-Za-z][A-Za-z .]*\}\s*$")
+_UNICODE_ROOT = re.compile(r"√\s*(\d+|[A-Za-z])")
 _MATH_WORDS = {"sqrt", "pi", "infty", "inf", "sin", "cos", "tan", "log", "ln", "exp"}
 _PROSE = re.compile(r"[A-Za-z]{2,}[.,;:!?]*")
 
@@ -126,7 +127,8 @@ def stated_expression(value: str) -> str | None:
         answer = _leading_math(sentence)
         if not answer and re.fullmatch(r"[A-Z][a-z]+", sentence.strip()):
             answer = sentence.strip()
-    answer = _TRAILING_UNIT.sub("", answer.replace("\\$", "").replace("°", "^\\circ"))
+    answer = _UNICODE_ROOT.sub(r"\\sqrt{\1}", answer.replace("\\$", "").replace("°", "^\\circ"))
+    answer = _TRAILING_UNIT.sub("", answer.replace("π", "\\pi"))
     return answer.strip().rstrip(".,;:").strip() or None
 
 

@@ -85,9 +85,9 @@ def stated_number(value: str) -> str | None:
     boxed = last_boxed(value)
     if boxed is not None:
         return normalize_number(boxed) or last_number(boxed)
-    sentence = first_sentence(_plain(clean_text(value)))
-    for part in (without_parentheticals(sentence), sentence):
-        numbers = _NUMBER.findall(part.rsplit("=", 1)[-1])
+    plain = _plain(clean_text(value))
+    for part in (without_parentheticals(plain), plain):
+        numbers = _NUMBER.findall(first_sentence(part).rsplit("=", 1)[-1])
         if numbers:
             return _canonical(numbers[0])
     return None
