@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\s*")
+_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _FINAL_LINE = re.compile(
     r"(?:\bfinal\s+answer\b|\banswer\s+is\b|\banswer(?=\s*[:=])|^[ \t]*#+[ \t]*answer\b|####)"  # the marker
     r"(?:\s*(?:is\b|:|=))*"  # its separators, all optional: "The final answer is: 5", "Answer = 5"
@@ -20,6 +20,11 @@ _FINAL_LINE = re.compile(
 )
 _DASH_MINUS = re.compile(r"(?<![\w.)])[\u2212\u2012\u2013](?=\s*\d)")  # "−5", "–5" (not "10–12")
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|\.\s|[;!?]\s|,\s*but\b|\n")  # not a decimal point
+_TRAILING_UNIT = re.compile(r"(?<=\S)(?:\s|\\[ ,;!])*\\(?:text|mbox|mathrm)\{\s*[A-Za-z][A-Za-z .]*\}\s*$")
+_UNICODE_ROOT = re.compile(r"√\s*(\d+|[A-Za-z])")
+_MATH_WORDS = {"sqrt", "pi", "infty", "inf", "sin", "cos", "tan", "log", "ln", "exp"}  # words that are math
+_PROSE = re.compile(r"[A-Za-z]{2,}[.,;:!?]*")
 
 
 def clean_text(text: str) -> str:
@@ -30,34 +35,30 @@ def clean_text(text: str) -> str:
 
 def last_boxed(text: str) -> str | None:
     r"""Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces; None if there is none."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    while start != -1:
-        brace = text.find("{", start)
-        if brace != -1 and _BOX_COMMAND.fullmatch(text[start:brace]):
-            content = _balanced(text, brace)
-            if content is not None:
-                return content
-        start = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
+    closing = _matching_braces(text)
+    for match in reversed(list(_BOX_START.finditer(text))):
+        open_index = match.end() - 1
+        if open_index in closing:
+            return text[open_index + 1 : closing[open_index]]
     return None
 
 
-def _balanced(text: str, open_index: int) -> str | None:
-    depth = 0
-    for i in range(open_index, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_index + 1 : i]
-    return None
+def _matching_braces(text: str) -> dict[int, int]:
+    """Index of each ``{`` that is closed -> index of its ``}``; one pass, so nested boxes stay linear."""
+    closing, stack = {}, []
+    for i, char in enumerate(text):
+        if char == "{":
+            stack.append(i)
+        elif char == "}" and stack:
+            closing[stack.pop()] = i
+    return closing
 
 
 def marked_values(text: str) -> Iterator[str]:
     r"""What follows each final-answer marker, up to the end of its line, the last marker first.
 
-    Markers: "final answer", "... answer is", "answer:" / "answer =", "####"; separators after them
-    (``is``, ``:``, ``=``) are dropped, and the value may start on the next line ("Final answer:\\n42").
+    Markers: "final answer", "... answer is", "answer:" / "answer =", a "### Answer" heading, "####"; separators
+    after them (``is``, ``:``, ``=``) are dropped, and the value may start on the next line ("Final answer:\\n42").
     Callers take the first value they can read, so "Final answer: 18. I hope this answer is right." reads 18.
     """
     for match in reversed(list(_FINAL_LINE.finditer(text))):
@@ -93,22 +94,13 @@ def without_parentheticals(text: str) -> str:
 
 def answer_region(text: str) -> str:
     """The part of ``text`` after a reasoning model's last ``</think>`` (all of it when there is none)."""
-    head, sep, tail = text.rpartition("</think>")
+    _, sep, tail = text.rpartition("</think>")
     return tail if sep and tail.strip() else text
-
-
-_SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|\.\s|[;!?]\s|,\s*but\b|\n")
 
 
 def first_sentence(text: str) -> str:
     """``text`` up to its first sentence end (not a decimal point), line break or ", but" (a hedge)."""
     return _SENTENCE_END.split(text, maxsplit=1)[0]
-
-
-_TRAILING_UNIT = re.compile(r"(?<=\S)(?:\s|\\[ ,;!])*\\(?:text|mbox|mathrm)\{\s*[A-Za-z][A-Za-z .]*\}\s*$")
-_UNICODE_ROOT = re.compile(r"√\s*(\d+|[A-Za-z])")
-_MATH_WORDS = {"sqrt", "pi", "infty", "inf", "sin", "cos", "tan", "log", "ln", "exp"}
-_PROSE = re.compile(r"[A-Za-z]{2,}[.,;:!?]*")
 
 
 def stated_expression(value: str) -> str | None:
@@ -123,7 +115,7 @@ def stated_expression(value: str) -> str | None:
         return boxed.strip() or None
     answer = first_math_span(value)
     if answer is None:
-        sentence = first_sentence(value).replace("$", "")
+        sentence = first_sentence(value).replace("\\$", "").replace("$", "")  # LaTeX "\$18" or plain "$18.50"
         answer = _leading_math(sentence)
         if not answer and re.fullmatch(r"[A-Z][a-z]+", sentence.strip()):
             answer = sentence.strip()
