@@ -46,6 +46,7 @@ __all__ = [  # the text and number helpers live in answer_text.py and numbers.py
     "normalize_number",
     "register_answer_format",
     "shuffle_choices",
+    "stated_letter",
 ]
 
 # ---------------------------------------------------------------------- formats
