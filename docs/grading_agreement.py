@@ -1,4 +1,7 @@
-"""How often answer graders read the answer a text intends, on the corpus in tests/corpus.
+"""How often answer graders read the answer a text intends, on the corpora in tests/corpus.
+
+Two corpora: the development corpus (``tests/corpus``, written beside the extraction code) and the held-out one
+(``tests/corpus/heldout``, written by an author who never saw that code); each gets its own tables.
 
 Graders: tracer_pl (``extract_answer`` + ``is_equivalent``); for GSM8K, lm-evaluation-harness's two filters
 of ``lm_eval/tasks/gsm8k/gsm8k.yaml`` (``strict-match`` and ``flexible-extract``, each a ``regex`` filter then
@@ -31,7 +34,10 @@ from tracer_pl.answers import extract_answer, is_equivalent  # noqa: E402
 
 CORPUS = ROOT / "tests" / "corpus"
 DOC = ROOT / "docs" / "grading.md"
-START, END = "<!-- agreement: start (generated) -->", "<!-- agreement: end -->"
+CORPORA = {  # corpus folder -> the markers around its generated tables in docs/grading.md
+    CORPUS: ("<!-- agreement: start (generated) -->", "<!-- agreement: end -->"),
+    CORPUS / "heldout": ("<!-- held-out agreement: start (generated) -->", "<!-- held-out agreement: end -->"),
+}
 DATASETS = {"gsm8k": "gsm8k", "math500": "math500", "gpqa": "gpqa_diamond"}
 
 # lm_eval/tasks/gsm8k/gsm8k.yaml (metadata version 3.0)
@@ -116,9 +122,9 @@ def judge(grader: Grader, row: dict[str, Any]) -> dict[str, Any]:
     return {"shown": shown, "reads_intended": reads_intended, "grade_ok": graded_right == row["correct"]}
 
 
-def rows_of(name: str) -> list[dict[str, Any]]:
-    """The corpus rows of benchmark ``name``."""
-    return [json.loads(line) for line in (CORPUS / f"{name}.jsonl").read_text().splitlines()]
+def rows_of(corpus: Path, name: str) -> list[dict[str, Any]]:
+    """The rows of benchmark ``name`` in the corpus folder ``corpus``."""
+    return [json.loads(line) for line in (corpus / f"{name}.jsonl").read_text().splitlines()]
 
 
 def cell(text: str | None, limit: int = 0) -> str:
@@ -131,15 +137,15 @@ def cell(text: str | None, limit: int = 0) -> str:
     return text
 
 
-def report() -> str:
-    """The summary table and one table of disagreements per benchmark, between the markers."""
+def report(corpus: Path) -> str:
+    """The summary table and one table of disagreements per benchmark of ``corpus``, between its markers."""
     summary = [
         "| benchmark | grader | reads the intended answer | grades right/wrong as intended |",
         "|---|---|---:|---:|",
     ]
     details = []
     for name in DATASETS:
-        rows, judges = rows_of(name), graders(name)
+        rows, judges = rows_of(corpus, name), graders(name)
         results = [[judge(grader, row) for grader in judges] for row in rows]
         for k, grader in enumerate(judges):
             read = sum(result[k]["reads_intended"] for result in results)
@@ -165,7 +171,8 @@ def report() -> str:
                 + " | ".join(reads)
                 + " |"
             )
-    return "\n".join([START, "", *summary, *details, "", END])
+    start, end = CORPORA[corpus]
+    return "\n".join([start, "", *summary, *details, "", end])
 
 
 def main() -> None:
@@ -173,16 +180,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--print", action="store_true", help="print the tables instead of writing docs/grading.md")
     args = parser.parse_args()
-    tables = report()
-    if args.print:
-        print(tables)
-        return
     doc = DOC.read_text()
-    if START not in doc or END not in doc:
-        raise SystemExit(f"{DOC}: expected the markers {START!r} and {END!r} around the generated tables")
-    head, rest = doc.split(START, 1)
-    DOC.write_text(head + tables + rest.split(END, 1)[1])
-    print(f"wrote the agreement tables into {DOC.relative_to(ROOT)}")
+    for corpus, (start, end) in CORPORA.items():
+        tables = report(corpus)
+        if args.print:
+            print(tables)
+            continue
+        if start not in doc or end not in doc:
+            raise SystemExit(f"{DOC}: expected the markers {start!r} and {end!r} around the generated tables")
+        head, rest = doc.split(start, 1)
+        doc = head + tables + rest.split(end, 1)[1]
+    if not args.print:
+        DOC.write_text(doc)
+        print(f"wrote the agreement tables into {DOC.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

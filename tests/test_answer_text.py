@@ -3,6 +3,7 @@ import pytest
 from tracer_pl.answer_text import (
     answer_region,
     clean_text,
+    ends_unfinished,
     first_math_span,
     first_sentence,
     last_boxed,
@@ -10,6 +11,21 @@ from tracer_pl.answer_text import (
     stated_expression,
     without_parentheticals,
 )
+
+
+@pytest.mark.parametrize(
+    ("text", "unfinished"),
+    [
+        ("So 16 - 3 - 4 =", True),
+        ("The product is $u_1u_2u_3 = $", True),
+        ("5 +", True),
+        ("The total is 5.", False),
+        ("The total is *5*", False),  # markdown italics, not a multiplication
+        ("Total: 5\n---", False),  # a markdown rule
+    ],
+)
+def test_ends_unfinished(text, unfinished):
+    assert ends_unfinished(text) is unfinished
 
 
 def test_marked_values_last_marker_first_and_separators_dropped():
@@ -64,7 +80,10 @@ def test_small_helpers():
         ("\\$18.50", "18.50"),
         ("sqrt(117) units", "sqrt(117)"),
         ("Evelyn.", "Evelyn"),
-        ("correct.", None),  # a word is not an answer
+        ("odd", "odd"),  # MATH's word answers (even/odd, east, ellipse) are lower case
+        ("east.", "east"),
+        ("correct.", None),  # a judging word is not an answer ("I hope this answer is correct.")
+        ("right", None),
     ],
 )
 def test_stated_expression(value, expected):

@@ -15,6 +15,9 @@ from tracer_pl.numbers import last_number, normalize_number, stated_number
         ("3, 4 and 5", "3"),
         ("\\frac{3}{4} of a cup", "0.75"),
         ("$\\boxed{18}$ dollars (9 x 2)", "18"),
+        ("12 degrees below zero", "-12"),
+        ("-12 degrees, i.e. below zero", "-12"),  # already negative: not flipped again
+        ("0 below zero", "0"),
         ("no number", None),
     ],
 )

@@ -25,6 +25,15 @@ _TRAILING_UNIT = re.compile(r"(?<=\S)(?:\s|\\[ ,;!])*\\(?:text|mbox|mathrm)\{\s*
 _UNICODE_ROOT = re.compile(r"√\s*(\d+|[A-Za-z])")
 _MATH_WORDS = {"sqrt", "pi", "infty", "inf", "sin", "cos", "tan", "log", "ln", "exp"}  # words that are math
 _PROSE = re.compile(r"[A-Za-z]{2,}[.,;:!?]*")
+_NOT_AN_ANSWER = {"correct", "incorrect", "right", "wrong", "above", "below", "unknown"}  # "this answer is correct"
+
+
+_UNFINISHED = re.compile(r"(?<![-=])[=+\-/×÷]\s*\$?\s*$")  # not "---" (a rule), not "*" (markdown italics)
+
+
+def ends_unfinished(text: str) -> bool:
+    """Whether ``text`` stops at an operator or ``=``: cut off before its result, so it states no answer."""
+    return _UNFINISHED.search(text) is not None
 
 
 def clean_text(text: str) -> str:
@@ -108,7 +117,7 @@ def stated_expression(value: str) -> str | None:
 
     "$\\frac{14}{3}$." -> ``\\frac{14}{3}``; "2000 calories" -> ``2000``; "$5\\text{ cm}$" -> ``5``;
     "30°" -> ``30^\\circ``. Reads a box first, then the first math span, then the leading math of the first
-    sentence (a lone capitalised word such as a name stays an answer).
+    sentence; a lone word (a name, ``even``, ``east``) stays an answer, unless it judges ("... is correct").
     """
     boxed = last_boxed(value)
     if boxed is not None:
@@ -117,8 +126,9 @@ def stated_expression(value: str) -> str | None:
     if answer is None:
         sentence = first_sentence(value).replace("\\$", "").replace("$", "")  # LaTeX "\$18" or plain "$18.50"
         answer = _leading_math(sentence)
-        if not answer and re.fullmatch(r"[A-Z][a-z]+", sentence.strip()):
-            answer = sentence.strip()
+        word = sentence.strip()
+        if not answer and re.fullmatch(r"[A-Za-z]+", word) and word.lower() not in _NOT_AN_ANSWER:
+            answer = word
     answer = _UNICODE_ROOT.sub(r"\\sqrt{\1}", answer.replace("\\$", "").replace("°", "^\\circ"))
     answer = _TRAILING_UNIT.sub("", answer.replace("π", "\\pi"))
     return answer.strip().rstrip(".,;:").strip() or None

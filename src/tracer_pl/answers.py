@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from tracer_pl.answer_text import (
     answer_region,
     clean_text,
+    ends_unfinished,
     final_answer_line,
     last_boxed,
     marked_values,
@@ -182,7 +183,7 @@ _TAIL_CHARS = 1000  # the final expression is near the end; parsing a whole long
 def _final_expression(text: str) -> str | None:
     """The final expression math-verify's default extraction (LaTeX, then plain expressions) finds, or None."""
     tail = text[-_TAIL_CHARS:]
-    if _too_costly(tail):
+    if _too_costly(tail) or ends_unfinished(tail):  # cut off before its result: no answer
         return None
     try:
         from math_verify import parse

@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from tracer_pl.answer_text import clean_text, first_sentence, last_boxed, without_parentheticals
+from tracer_pl.answer_text import clean_text, ends_unfinished, first_sentence, last_boxed, without_parentheticals
 
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _MAX_DIGITS = 40  # longer numbers are not answers anyone means; refusing them keeps Decimal cheap
 _LATEX_NOISE = re.compile(r"\\(?:text|mathrm|mbox)\{[^{}]*\}|\\[,!;: ]|\{,\}|\\\$|\\%|[$€£¥]")
 _LATEX_FRACTION = re.compile(r"\\[dt]?frac\{(-?\d+)\}\{(\d+)\}")
-_CUT_OFF = re.compile(r"[=+\-*/×÷]\s*$")
+_BELOW_ZERO = re.compile(r"\bbelow\s+(?:zero|0)\b", re.IGNORECASE)  # "12 degrees below zero" is -12
 
 
 def _plain(text: str) -> str:
@@ -67,7 +67,7 @@ def last_number(text: str) -> str | None:
     A text that stops at an operator or ``=`` was cut off before its result: it gives no number.
     """
     text = _plain(clean_text(text))
-    if _CUT_OFF.search(text):
+    if ends_unfinished(text):
         return None
     for token in reversed(_NUMBER.findall(text)):
         value = _canonical(token)
@@ -80,16 +80,21 @@ def stated_number(value: str) -> str | None:
     """The number a final-answer statement gives: "18 (9 eggs at $2 each)" -> 18, "5 + 3 = 8 apples" -> 8.
 
     Reads a box in ``value`` if there is one; otherwise the first sentence, ignoring parentheticals: the
-    first number after its last ``=``. A hedge ("12, but it might be 13") reads as the stated 12.
+    first number after its last ``=``. A hedge ("12, but it might be 13") reads as the stated 12, and
+    "12 degrees below zero" as -12.
     """
     boxed = last_boxed(value)
     if boxed is not None:
         return normalize_number(boxed) or last_number(boxed)
     plain = _plain(clean_text(value))
     for part in (without_parentheticals(plain), plain):
-        numbers = _NUMBER.findall(first_sentence(part).rsplit("=", 1)[-1])
+        sentence = first_sentence(part).rsplit("=", 1)[-1]
+        numbers = _NUMBER.findall(sentence)
         if numbers:
-            return _canonical(numbers[0])
+            number = _canonical(numbers[0])
+            if number and _BELOW_ZERO.search(sentence) and not number.startswith("-") and number != "0":
+                number = "-" + number
+            return number
     return None
 
 
