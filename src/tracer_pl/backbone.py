@@ -205,6 +205,9 @@ class Backbone(torch.nn.Module):
             top_k=top_k, repetition_penalty=repetition_penalty, share_prompt_cache=share_prompt_cache,
         )
 
+    def after_optimizer_step(self, role: str) -> None:
+        """Nothing to sync: this one model generates, scores and trains."""
+
     # ------------------------------------------------------------------ adapters
     @property
     def device(self) -> torch.device:
@@ -301,7 +304,7 @@ class Backbone(torch.nn.Module):
         only the temperature). The model runs in eval mode without gradients and gets its previous mode back
         afterwards.
 
-        Each :class:`~tracer_pl.agent.Completion` has ``payload = (prompt_ids, completion_ids)``, 1-D CPU
+        Each :class:`~tracer_pl.agent.Completion` carries its ``prompt_ids`` and ``completion_ids``, 1-D CPU
         LongTensors without padding; ``completion_ids`` ends with the stop token unless ``truncated``.
 
         With :attr:`share_prompt_cache` and several samples of a prompt, the prompt is encoded once: one forward
@@ -394,7 +397,8 @@ class Backbone(torch.nn.Module):
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=length,
                     truncated=not len(ends),
-                    payload=(prompt_ids, completion_ids),
+                    prompt_ids=prompt_ids,
+                    completion_ids=completion_ids,
                 )
             )
         return completions
@@ -407,15 +411,14 @@ class Backbone(torch.nn.Module):
 
         Args:
             role: Whose adapter scores.
-            completions: Completions from :meth:`generate` (their payload holds the token ids).
+            completions: Completions from :meth:`generate` (with their ``prompt_ids`` and ``completion_ids``).
 
         Returns:
             ``(logp, num_tokens)``, both of shape ``[N]`` on :attr:`device`: ``logp`` (fp32) is differentiable
             in the role's LoRA parameters; ``num_tokens`` (long) counts completion tokens, i.e. |y|.
 
         Raises:
-            ValueError: A completion's payload is not ``(prompt_ids, completion_ids)`` with at least one
-                completion token.
+            ValueError: A completion lacks ``prompt_ids``/``completion_ids`` or has no completion token.
         """
         token_logp, mask = self.token_logprobs(role, completions)
         return token_logp.sum(-1), mask.sum(-1)
@@ -467,19 +470,15 @@ class Backbone(torch.nn.Module):
 
 
 def _token_ids(completion: Completion, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    payload = completion.payload
-    if not (
-        isinstance(payload, tuple)
-        and len(payload) == 2
-        and all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in payload)
-    ):
+    ids = (completion.prompt_ids, completion.completion_ids)
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in ids):
         raise ValueError(
-            f"completions[{index}].payload must be (prompt_ids, completion_ids), two 1-D tensors as "
-            f"made by Backbone.generate; got {type(payload).__name__}"
+            f"completions[{index}] needs prompt_ids and completion_ids, two 1-D tensors as made by "
+            f"Backbone.generate; got {type(ids[0]).__name__} and {type(ids[1]).__name__}"
         )
-    if len(payload[1]) == 0:
+    if len(ids[1]) == 0:
         raise ValueError(f"completions[{index}] has no completion tokens; there is nothing to score")
-    return payload[0].long().cpu(), payload[1].long().cpu()
+    return ids[0].long().cpu(), ids[1].long().cpu()
 
 
 def _sample_counts(num_samples: int | Sequence[int], num_prompts: int) -> list[int]:
