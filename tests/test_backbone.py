@@ -149,7 +149,8 @@ def test_sequence_logprobs_equal_unpadded_computation(backbone):
     set_lora_b(backbone, "proposer", 0.01)  # a non-trivial adapter
     answers = [[104, 105, 258], [50, 51, 52, 53, 54, 55, 56], [65]]  # different completion lengths too
     completions = [
-        Completion("", prompt_ids=prompt_ids(backbone, p), completion_ids=torch.tensor(a)) for p, a in zip(PROMPTS, answers)
+        Completion("", prompt_ids=prompt_ids(backbone, p), completion_ids=torch.tensor(a))
+        for p, a in zip(PROMPTS, answers)
     ]
     logp, num_tokens = backbone.sequence_logprobs("proposer", completions)
     assert logp.shape == (3,) and logp.dtype == torch.float32 and logp.requires_grad
@@ -172,7 +173,8 @@ def test_sequence_logprobs_equal_unpadded_computation(backbone):
         backbone.sequence_logprobs("proposer", [Completion("text only")])
     with pytest.raises(ValueError, match=r"completions\[1\] has no completion tokens"):
         backbone.sequence_logprobs(
-            "proposer", [completions[0], Completion("", prompt_ids=torch.tensor([1]), completion_ids=torch.tensor([]))]
+            "proposer",
+            [completions[0], Completion("", prompt_ids=torch.tensor([1]), completion_ids=torch.tensor([]))],
         )
 
 

@@ -603,9 +603,7 @@ def _adapter_roles(keys: set[str]) -> list[str]:
 
 
 def _is_saved(key: str, trainable: set[str]) -> bool:
-    """Checkpoints keep the policy's trainable weights (the adapters) and everything outside the policy, never
-    the frozen base.
-    """
+    """Checkpoints keep the policy's trainable weights (adapters) and all outside the policy, never the base."""
     return not key.startswith("backbone.") or key in trainable
 
 
