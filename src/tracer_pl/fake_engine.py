@@ -11,16 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from tracer_pl.agent import Completion, Messages
-from tracer_pl.engine import Engine, Policy
+from tracer_pl.engine import BackboneConfig, Engine, Policy
 from tracer_pl.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from tracer_pl.module import BackboneConfig
 
 VOCAB = [*"0123456789", "RIGHT", "WRONG", "<eos>"]
 """The fake policy's words; the last one ends a completion."""

