@@ -44,7 +44,7 @@ def child(mode: str, model: str, batch_size: int, batches: int, max_new_tokens: 
         setattr(owner, name, wrapper)
 
     timed(Backbone, "generate", "generate")
-    timed(TracerModule, "_gspo_step", "gspo")
+    timed(TracerModule, "gspo_step", "gspo")
 
     class Steps(L.Callback):
         def __init__(self) -> None:

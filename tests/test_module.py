@@ -76,9 +76,9 @@ def test_checkpoint_holds_adapters_controllers_and_position_not_the_base(tmp_pat
 
 
 def test_nonfinite_loss_skips_the_update(tmp_path, monkeypatch):
-    import tracer_pl.module as module_lib
+    import tracer_pl.gspo_step as gspo_step_lib
 
-    monkeypatch.setattr(module_lib, "gspo_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(gspo_step_lib, "gspo_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     module, trainer = fit(tmp_path, 2)
     assert all(float(v.abs().sum()) == 0 for k, v in lora_state(module).items() if "lora_B" in k)  # untouched
     assert trainer.callback_metrics["gspo/proposer/skipped_nonfinite"] > 0
@@ -150,13 +150,13 @@ def test_gspo_updates_per_group_or_per_round(monkeypatch, update_per, expected):
         module.backbone.version += 1  # the policy moves with every update
 
     monkeypatch.setattr(module, "_gspo_update", update)
-    module._gspo_step("proposer", [_group("a"), _group("b", signal=False), _group("c")])
+    module.gspo_step("proposer", [_group("a"), _group("b", signal=False), _group("c")])
     assert updates == expected
 
 
 def test_per_group_is_the_default_and_counts_one_step_per_group(tmp_path, monkeypatch):
     assert GSPOConfig().update_per == "group"
-    original = TracerModule._gspo_step
+    original = TracerModule.gspo_step
     live_groups = []
 
     def recording(self, role, groups):
@@ -164,7 +164,7 @@ def test_per_group_is_the_default_and_counts_one_step_per_group(tmp_path, monkey
             live_groups.append(sum(g.has_signal for g in groups))
         return original(self, role, groups)
 
-    monkeypatch.setattr(TracerModule, "_gspo_step", recording)
+    monkeypatch.setattr(TracerModule, "gspo_step", recording)
     for mode in ("group", "round"):
         live_groups.clear()
         _, trainer = fit(tmp_path / mode, 1, gspo=GSPOConfig(lr=0.05, steps_per_group=1, update_per=mode))
