@@ -24,7 +24,7 @@ Simplifications, stated once:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -180,6 +180,30 @@ class _Decision:
     strategy: torch.Tensor | None
 
 
+@dataclass
+class Seat:
+    """A place at the table: a role (prompt, parsing, reward, action values) with its controller.
+
+    A proposing seat's utterance becomes the pending answer (its controller chooses keep/refresh); a reviewing
+    seat's verdict moves the vote (skip/speak). The role's ``name`` selects its adapter.
+    """
+
+    role: Role
+    controller: Controller
+    proposes: bool
+
+
+@dataclass
+class Round:
+    """A round in progress: its seat, the decision for every problem, the turns being written, the prompts."""
+
+    index: int
+    seat: Seat
+    decisions: list[_Decision]
+    turns: list[Turn]
+    prompts: dict[int, Messages]
+
+
 def run_dialogues(
     problems: Sequence[Problem],
     agent: Agent,
@@ -213,53 +237,122 @@ def run_dialogues(
         on_round_end: Called with the round index after every round (data-parallel training synchronises the
             controllers there).
     """
-    config = config or DialogueConfig()
-    if config.rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {config.rounds}")
-    game = _Game(agent, proposer, reviewer, proposer_controller, reviewer_controller, config, training, learn,
-                 eval_generator, eval_protocol)
-    records = [DialogueRecord(problem=p) for p in problems]
-    for round_index in range(1, config.rounds + 1):
-        if is_proposal_round(round_index):
-            game.proposal_round(records, round_index)
-        else:
-            game.review_round(records, round_index)
-        for record in records:
-            record.correct_after_round.append(record.pending_correct)
+    dialogue = Dialogue(problems, agent, [Seat(proposer, proposer_controller, proposes=True),
+                                          Seat(reviewer, reviewer_controller, proposes=False)],
+                        config=config, training=training, eval_generator=eval_generator, eval_protocol=eval_protocol)
+    for round_index, seat in dialogue.schedule():
+        current = dialogue.decide(round_index, seat)
+        learn_role = (learn or {}).get(seat.role.name) if training else None
+        if learn_role is not None:  # also without speakers: under DDP every process joins every step
+            learn_role(dialogue.sample_candidates(current))
+        dialogue.speak(current)
+        dialogue.settle(current)
         if on_round_end is not None:
             on_round_end(round_index)
-    return DialogueResult(records=records, groups=game.groups)
+    return dialogue.result()
 
 
-@dataclass
-class _Game:
-    agent: Agent
-    proposer: Role
-    reviewer: Role
-    proposer_controller: Controller
-    reviewer_controller: Controller
-    config: DialogueConfig
-    training: bool
-    learn: Mapping[str, LearnFn] | None
-    eval_generator: torch.Generator | None
-    eval_protocol: EvalProtocol
-    groups: list[CandidateGroup] = field(default_factory=list)
+class Dialogue:
+    """The dialogues of a batch of problems, played round by round through four public phases.
 
-    # ------------------------------------------------------------------ the two kinds of round
-    def proposal_round(self, records: list[DialogueRecord], round_index: int) -> None:
-        self._play_round(self.proposer, self.proposer_controller, records, round_index, self._apply_proposal)
+    Each round: :meth:`decide` (the seat's controller chooses, per problem, whether it speaks), then in training
+    :meth:`sample_candidates` (G candidates per speaking context, scored by the role: what a GSPO step trains
+    on), :meth:`speak` (the fresh utterances, and the counterfactual samples that value the unchosen action) and
+    :meth:`settle` (utterances applied, both actions valued, the controller updated). :func:`run_dialogues`
+    plays them in that order; so does :meth:`tracer_pl.module.TracerModule.training_step`, with the GSPO step
+    between the candidates and the fresh utterances.
 
-    def review_round(self, records: list[DialogueRecord], round_index: int) -> None:
-        self._play_round(self.reviewer, self.reviewer_controller, records, round_index, self._apply_review)
+    Args:
+        problems: The batch.
+        agent: Generates completions per role.
+        seats: The proposing seat, then the reviewing seat; the schedule gives odd rounds to the first and even
+            rounds to the second (TRACER §1).
+        config: Protocol settings.
+        training: Sample current strategies, value both actions and update controllers.
+        eval_generator: RNG for sampling average strategies in evaluation.
+        eval_protocol: How controllers act in evaluation.
+    """
 
-    def _play_round(self, role: Role, controller: Controller, records: list[DialogueRecord], round_index: int,
-                    apply: Callable[[DialogueRecord, Turn], None]) -> None:
-        """Decide, speak, then value both actions of each free decision on the view before the utterance."""
-        decisions = self._decide(controller, records, round_index)
-        turns = self._speak(role, controller, records, decisions, round_index)
-        for d, turn in zip(decisions, turns):
-            record = records[d.index]
-            view = record.view(round_index)
+    def __init__(self, problems: Sequence[Problem], agent: Agent, seats: Sequence[Seat], *,
+                 config: DialogueConfig | None = None, training: bool = False,
+                 eval_generator: torch.Generator | None = None, eval_protocol: EvalProtocol = "sample") -> None:
+        self.config = config or DialogueConfig()
+        if self.config.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.config.rounds}")
+        self.agent = agent
+        self.seats = list(seats)
+        self.training = training
+        self.eval_generator = eval_generator
+        self.eval_protocol = eval_protocol
+        self.records = [DialogueRecord(problem=p) for p in problems]
+        self.groups: list[CandidateGroup] = []
+
+    def schedule(self) -> Iterator[tuple[int, Seat]]:
+        """``(round, seat)`` for every round: the proposing seat in odd rounds, the reviewing one in even rounds."""
+        proposing, reviewing = self.seats
+        for round_index in range(1, self.config.rounds + 1):
+            yield round_index, proposing if is_proposal_round(round_index) else reviewing
+
+    def result(self) -> DialogueResult:
+        return DialogueResult(records=self.records, groups=self.groups)
+
+    # ------------------------------------------------------------------ the four phases of a round
+    def decide(self, round_index: int, seat: Seat) -> Round:
+        """The controller's decision for every problem (forced where there is no choice), and the prompts."""
+        decisions = [self._decide_one(seat, record, i, round_index) for i, record in enumerate(self.records)]
+        turns = [
+            Turn(round=round_index, role=seat.role.name, action=seat.controller.actions[d.action], forced=d.forced,
+                 state=d.state, probabilities=None if d.strategy is None else d.strategy.tolist())
+            for d in decisions
+        ]
+        prompts = {d.index: seat.role.messages(self.records[d.index].view(round_index)) for d in decisions}
+        return Round(round_index, seat, decisions, turns, prompts)
+
+    def sample_candidates(self, current: Round) -> list[CandidateGroup]:
+        """G candidates per speaking context, scored with the role's reward; the groups a GSPO step trains on."""
+        speakers = [d for d in current.decisions if d.action == 1]
+        if not speakers:
+            return []
+        role, G = current.seat.role, self.config.group_size
+        candidates = self.agent.generate(role.name, [current.prompts[d.index] for d in speakers], G, greedy=False)
+        groups = []
+        for d, completions in zip(speakers, candidates):
+            view = self.records[d.index].view(current.index)
+            rewards = torch.tensor(role.score([c.text for c in completions], view), dtype=torch.float32)
+            groups.append(CandidateGroup(role=role.name, round=current.index, problem_index=d.index,
+                                         prompt=current.prompts[d.index], completions=completions, rewards=rewards,
+                                         advantages=group_advantages(rewards, self.config.min_reward_std)))
+            _charge(current.turns[d.index], completions)
+        self.groups.extend(groups)
+        return groups
+
+    def speak(self, current: Round) -> None:
+        """The fresh utterance of every speaker, and one counterfactual sample per valued silent decision."""
+        role, controller = current.seat.role, current.seat.controller
+        wanted = [d for d in current.decisions
+                  if d.action == 1 or (self.config.counterfactual and self._values_wanted(controller, d))]
+        if not wanted:
+            return
+        greedy = not self.training and self.config.eval_greedy
+        outputs = self.agent.generate(role.name, [current.prompts[d.index] for d in wanted], 1, greedy=greedy)
+        for d, (completion,) in zip(wanted, outputs):
+            turn = current.turns[d.index]
+            _charge(turn, [completion])
+            if d.action == 1:
+                view = self.records[d.index].view(current.index)
+                turn.text = completion.text
+                turn.parsed = role.parse(completion.text, view)
+                turn.reward = role.reward(completion.text, view)
+            else:
+                turn.counterfactual_text = completion.text
+
+    def settle(self, current: Round) -> None:
+        """Apply the utterances, value both actions of each free decision on the view before it, update."""
+        role, controller = current.seat.role, current.seat.controller
+        apply = self._apply_proposal if current.seat.proposes else self._apply_review
+        for d, turn in zip(current.decisions, current.turns):
+            record = self.records[d.index]
+            view = record.view(current.index)
             if d.action == 1:
                 apply(record, turn)
             if self._values_wanted(controller, d):
@@ -267,86 +360,27 @@ class _Game:
                 speaking = role.speaking_value(said, view) if said is not None else 0.0  # 0: not drawn (ablation)
                 self._value(controller, d, turn, (role.silent_value(view), speaking))
             record.turns.append(turn)
+            record.correct_after_round.append(record.pending_correct)
 
     # ------------------------------------------------------------------ deciding
-    def _decide(self, controller: Controller, records: list[DialogueRecord], round_index: int) -> list[_Decision]:
-        decisions = []
-        for i, record in enumerate(records):
-            if self._forced(record, round_index):  # forced actions are never valued
-                forced_action = 1 if is_proposal_round(round_index) else 0
-                decisions.append(_Decision(i, forced_action, True, None, None))
-                continue
-            state = controller.state(has_pending=True, pending_parseable=record.pending_answer is not None,
-                                     vote=record.vote, round_index=round_index, rounds=self.config.rounds)
-            action, strategy = controller.act(state, training=self.training, protocol=self.eval_protocol,
-                                              generator=self.eval_generator)
-            decisions.append(_Decision(i, action, False, state, strategy))
-        return decisions
+    def _decide_one(self, seat: Seat, record: DialogueRecord, index: int, round_index: int) -> _Decision:
+        if self._forced(seat, record):  # forced actions are never valued
+            return _Decision(index, 1 if seat.proposes else 0, True, None, None)
+        controller = seat.controller
+        state = controller.state(has_pending=True, pending_parseable=record.pending_answer is not None,
+                                 vote=record.vote, round_index=round_index, rounds=self.config.rounds)
+        action, strategy = controller.act(state, training=self.training, protocol=self.eval_protocol,
+                                          generator=self.eval_generator)
+        return _Decision(index, action, False, state, strategy)
 
-    def _forced(self, record: DialogueRecord, round_index: int) -> bool:
+    def _forced(self, seat: Seat, record: DialogueRecord) -> bool:
         """Nothing pending (round 1, or nothing to review), or an unreadable pending answer to be refreshed."""
         if not record.has_pending:
             return True
-        return (is_proposal_round(round_index) and record.pending_answer is None
-                and self.config.invalid_pending == "refresh")
+        return seat.proposes and record.pending_answer is None and self.config.invalid_pending == "refresh"
 
     def _values_wanted(self, controller: Controller, decision: _Decision) -> bool:
         return self.training and controller.learns and not decision.forced
-
-    # ------------------------------------------------------------------ speaking
-    def _speak(self, role: Role, controller: Controller, records: list[DialogueRecord], decisions: list[_Decision],
-               round_index: int) -> list[Turn]:
-        """Generate for the round: GSPO candidates (training), then fresh utterances and counterfactuals."""
-        turns = [
-            Turn(round=round_index, role=role.name, action=controller.actions[d.action], forced=d.forced,
-                 state=d.state, probabilities=None if d.strategy is None else d.strategy.tolist())
-            for d in decisions
-        ]
-        speakers = [d for d in decisions if d.action == 1]
-        prompts = {d.index: role.messages(records[d.index].view(round_index)) for d in decisions}
-        learn = (self.learn or {}).get(role.name) if self.training else None
-        if learn is not None:  # also without speakers: under DDP every process joins every step
-            self._train_role(role, learn, records, speakers, prompts, turns, round_index)
-        wanted = [
-            (d, 1 if d.action == 1 or (self.config.counterfactual and self._values_wanted(controller, d)) else 0)
-            for d in decisions
-        ]
-        requests = [(d, n) for d, n in wanted if n]
-        if not requests:
-            return turns
-        greedy = not self.training and self.config.eval_greedy
-        outputs = self.agent.generate(role.name, [prompts[d.index] for d, _ in requests], 1, greedy=greedy)
-        for (d, _), completions in zip(requests, outputs):
-            turn = turns[d.index]
-            completion = completions[0]
-            _charge(turn, [completion])
-            if d.action == 1:
-                view = records[d.index].view(round_index)
-                turn.text = completion.text
-                turn.parsed = role.parse(completion.text, view)
-                turn.reward = role.reward(completion.text, view)
-            else:
-                turn.counterfactual_text = completion.text
-        return turns
-
-    def _train_role(self, role: Role, learn: LearnFn, records: list[DialogueRecord], speakers: list[_Decision],
-                    prompts: dict[int, Messages], turns: list[Turn], round_index: int) -> None:
-        """Sample G candidates per speaking context, score them, and run the role's GSPO step."""
-        G = self.config.group_size
-        if not speakers:
-            learn([])
-            return
-        candidates = self.agent.generate(role.name, [prompts[d.index] for d in speakers], G, greedy=False)
-        groups = []
-        for d, completions in zip(speakers, candidates):
-            view = records[d.index].view(round_index)
-            rewards = torch.tensor(role.score([c.text for c in completions], view), dtype=torch.float32)
-            groups.append(CandidateGroup(role=role.name, round=round_index, problem_index=d.index,
-                                         prompt=prompts[d.index], completions=completions, rewards=rewards,
-                                         advantages=group_advantages(rewards, self.config.min_reward_std)))
-            _charge(turns[d.index], completions)
-        learn(groups)
-        self.groups.extend(groups)
 
     # ------------------------------------------------------------------ applying utterances
     @staticmethod

@@ -12,7 +12,6 @@ import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from tracer_pl.baselines import chain_of_thought, debate, majority_vote, single_agent_rollouts
 from tracer_pl.controllers import Controller, ControllerConfig, EvalProtocol
-from tracer_pl.dialogue import DialogueConfig, DialogueRecord, DialogueResult, run_dialogues
+from tracer_pl.dialogue import Dialogue, DialogueConfig, DialogueRecord, DialogueResult, Seat
 from tracer_pl.distributed import (
     TracerDDPStrategy,
     gather_objects,
@@ -172,19 +171,26 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Sequence[Problem], batch_idx: int) -> None:
-        """Play the batch's dialogues; GSPO steps and controller updates happen inside, in TRACER's order."""
-        self._step_stats: dict[str, float] = {}
-        self._step_means: dict[str, list[float]] = {}
+        """TRACER on a batch, round by round in the method's order (§2-§3)."""
+        self._step_stats, self._step_means = {}, {}
         if self.algorithm == "single_agent":
-            result = single_agent_rollouts(batch, self.backbone, self.proposer,
-                                           group_size=self.dialogue_config.group_size,
-                                           min_reward_std=self.dialogue_config.min_reward_std)
-            if self.trained_roles:
-                self.gspo_step(self.proposer.name, result.groups)
-        else:
-            learners = {role: partial(self.gspo_step, role) for role in self.trained_roles}
-            result = self._play(batch, training=True, learn=learners)
-        self._log_training(result)
+            return self._log_training(self._single_agent_step(batch))
+        dialogue = self._dialogue(batch, training=True)
+        for round_index, seat in dialogue.schedule():
+            current = dialogue.decide(round_index, seat)  # the seat's controller: speak or stay silent
+            if seat.role.name in self.trained_roles:  # generation credit: GSPO on G scored candidates per speaker
+                self.gspo_step(seat.role.name, dialogue.sample_candidates(current))
+            dialogue.speak(current)  # fresh utterances from the updated policy (and counterfactual samples)
+            dialogue.settle(current)  # controller credit: both actions valued, regrets updated
+            self._sync_controllers(round_index)
+        self._log_training(dialogue.result())
+
+    def _single_agent_step(self, batch: Sequence[Problem]) -> DialogueResult:
+        """The single-agent baseline: G proposals per problem, one policy update on them."""
+        result = single_agent_rollouts(batch, self.backbone, self.proposer, group_size=self.dialogue_config.group_size,
+                                       min_reward_std=self.dialogue_config.min_reward_std)
+        self.gspo_step(self.proposer.name, result.groups)
+        return result
 
     def _sync_controllers(self, round_index: int) -> None:
         """Apply every process's controller updates of the round, in process order (data parallelism)."""
@@ -234,7 +240,7 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
             self._log_eval(stage, name, self._evaluate(list(batch)))
             return
         for i, protocol in enumerate(self.evaluation.protocols):
-            records = self._play(batch, training=False, learn=None, protocol=protocol).records
+            records = self._play(batch, protocol=protocol).records
             self._log_eval(stage, name if i == 0 else f"{name}@{protocol}", records)
 
     def _log_eval(self, stage: str, name: str, records: list[DialogueRecord]) -> None:
@@ -307,7 +313,7 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
         """Records of the configured evaluation method on ``batch`` (no updates)."""
         e, greedy = self.evaluation, self.dialogue_config.eval_greedy
         methods = {
-            "tracer": lambda: self._play(batch, training=False, learn=None).records,
+            "tracer": lambda: self._play(batch).records,
             "cot": lambda: chain_of_thought(batch, self.backbone, self.proposer, greedy=greedy),
             "majority_vote": lambda: majority_vote(batch, self.backbone, self.proposer, samples=e.samples),
             "debate": lambda: debate(batch, self.backbone, self.proposer, agents=e.debate_agents,
@@ -315,21 +321,29 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
         }
         return methods[e.method]()
 
-    def _play(self, batch: Sequence[Problem], *, training: bool, learn: Any, protocol: EvalProtocol = "sample"
-              ) -> DialogueResult:
-        generators = getattr(self, "_eval_generators", {})
-        sync = None
+    def _dialogue(self, batch: Sequence[Problem], *, training: bool, protocol: EvalProtocol = "sample") -> Dialogue:
+        """A :class:`~tracer_pl.dialogue.Dialogue` of the batch over this module's two seats.
+
+        In data-parallel training the controllers record their updates and apply every process's at the end of
+        each round (:meth:`_sync_controllers`), so the tables stay identical on all processes.
+        """
         if training and is_distributed():
             for controller in self.controllers:
                 controller.defer()
-            sync = self._sync_controllers
-        return run_dialogues(
-            list(batch), self.backbone, proposer=self.proposer, reviewer=self.reviewer,
-            proposer_controller=self.proposer_controller, reviewer_controller=self.reviewer_controller,
-            config=self.dialogue_config, training=training, learn=learn,
-            eval_generator=None if training else generators.get(protocol), eval_protocol=protocol,
-            on_round_end=sync,
-        )
+        generators = getattr(self, "_eval_generators", {})
+        seats = [Seat(self.proposer, self.proposer_controller, proposes=True),
+                 Seat(self.reviewer, self.reviewer_controller, proposes=False)]
+        return Dialogue(list(batch), self.backbone, seats, config=self.dialogue_config, training=training,
+                        eval_generator=None if training else generators.get(protocol), eval_protocol=protocol)
+
+    def _play(self, batch: Sequence[Problem], *, protocol: EvalProtocol = "sample") -> DialogueResult:
+        """The batch's dialogues in evaluation: average-strategy controllers, no updates."""
+        dialogue = self._dialogue(batch, training=False, protocol=protocol)
+        for round_index, seat in dialogue.schedule():
+            current = dialogue.decide(round_index, seat)
+            dialogue.speak(current)
+            dialogue.settle(current)
+        return dialogue.result()
 
     def on_train_end(self) -> None:
         """Export each role's adapter in the peft format to ``<log_dir>/adapters/<role>``."""
