@@ -86,3 +86,22 @@ def test_fake_engine_resumes_exactly(tmp_path):
         assert torch.equal(straight.backbone.logits[role], resumed.backbone.logits[role]), role
     for a, b in zip(straight.controllers, resumed.controllers):
         assert a.matcher.state_dict() == b.matcher.state_dict() and a.matcher.states()
+
+
+def test_evaluate_from_python_writes_what_the_cli_writes(tmp_path):
+    import json
+
+    from tracer_pl.data import ReasoningDataModule
+
+    data_file = tmp_path / "sums.jsonl"
+    data_file.write_text("".join(json.dumps({"question": f"{i} + {4 - i}?", "answer": "so #### 4"}) + "\n"
+                                 for i in range(5)))
+    module = TracerModule(backbone=BackboneConfig(max_new_tokens=1), engine=FakeEngine())
+    trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path / "eval", enable_progress_bar=False,
+                        enable_model_summary=False)
+    metrics = module.evaluate(ReasoningDataModule(test=str(data_file), eval_batch_size=2), trainer=trainer)
+    written = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())
+    assert written == pytest.approx(metrics) and "test/sums/accuracy" in metrics
+    records = [json.loads(line) for line in (tmp_path / "eval" / "test_records_sums.jsonl").read_text().splitlines()]
+    assert len(records) == 5  # the accuracy is the mean of the records' outcomes
+    assert metrics["test/sums/accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 5)

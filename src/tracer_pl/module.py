@@ -345,6 +345,16 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
             dialogue.settle(current)
         return dialogue.result()
 
+    def evaluate(self, datamodule: L.LightningDataModule, *, trainer: L.Trainer | None = None,
+                 stage: Literal["test", "val"] = "test", ckpt_path: str | None = None) -> dict[str, float]:
+        """Evaluate this module on ``datamodule``'s test sets from Python, writing what ``tracer-pl test`` writes.
+
+        See :func:`tracer_pl.evaluation.evaluate`.
+        """
+        from tracer_pl.evaluation import evaluate
+
+        return evaluate(self, datamodule, trainer=trainer, stage=stage, ckpt_path=ckpt_path)
+
     def on_train_end(self) -> None:
         """Export each role's adapter in the peft format to ``<log_dir>/adapters/<role>``."""
         directory = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapters"  # collective: all ranks
