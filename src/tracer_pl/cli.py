@@ -16,11 +16,16 @@ from typing import Any
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from tracer_pl import checkpoints
 from tracer_pl.callbacks import BatchCheckpoint
 from tracer_pl.data import ReasoningDataModule
-from tracer_pl.errors import TracerError
+from tracer_pl.errors import CheckpointError, ConfigError, DataError, PreemptedError, TracerError
 from tracer_pl.module import TracerModule
+
+PREEMPTED_EXIT_CODE = 143
+"""Exit code of a run stopped by SIGTERM after saving (128 + 15, the shell's code for a SIGTERM)."""
 
 
 class TracerCLI(LightningCLI):
@@ -35,8 +40,69 @@ class TracerCLI(LightningCLI):
         adapters do not fit the configured backbone.
         """
 
+    def fit(self, model: TracerModule, datamodule: ReasoningDataModule | None = None, ckpt_path: str | None = None,
+            **kwargs: Any) -> None:
+        """``trainer.fit`` with the checkpoint checked first, ``last`` found, and SIGTERM turned into an exit code.
+
+        ``--ckpt_path last`` resumes from the :class:`BatchCheckpoint`'s ``last.ckpt`` (Lightning alone looks only
+        for ``ModelCheckpoint`` files); when there is none yet, the run starts from the beginning, as a requeued
+        job's first attempt should.
+        """
+        _check_trainer_limits(self.trainer)
+        ckpt_path = self._resolve(ckpt_path)
+        if ckpt_path is not None and ckpt_path.endswith(".ckpt"):  # refuse a changed experiment before loading
+            checkpoint = checkpoints.read(ckpt_path)
+            checkpoints.check_model(checkpoint, model.hparams, resuming=True)
+            checkpoints.check_run(checkpoint, self.trainer)
+            if datamodule is not None and "settings" in checkpoint.get(type(datamodule).__qualname__, {}):
+                saved = checkpoint[type(datamodule).__qualname__]["settings"]
+                checkpoints.check_data(saved, datamodule.resume_settings())
+        kwargs["weights_only"] = True
+        try:
+            self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        except SIGTERMException:
+            raise PreemptedError(self._preempted_message()) from None
+
+    def validate(self, model: TracerModule, datamodule: ReasoningDataModule | None = None,
+                 ckpt_path: str | None = None, **kwargs: Any) -> None:
+        kwargs["weights_only"] = True
+        self.trainer.validate(model, datamodule=datamodule, ckpt_path=self._resolve(ckpt_path), **kwargs)
+
+    def test(self, model: TracerModule, datamodule: ReasoningDataModule | None = None, ckpt_path: str | None = None,
+             **kwargs: Any) -> None:
+        kwargs["weights_only"] = True
+        self.trainer.test(model, datamodule=datamodule, ckpt_path=self._resolve(ckpt_path), **kwargs)
+
+    def _resolve(self, ckpt_path: str | None) -> str | None:
+        """The checkpoint file to use, read and verified (one-line errors for missing, empty or damaged files)."""
+        if ckpt_path == "last":
+            found = [cb.dirpath / "last.ckpt" for cb in self.trainer.callbacks if isinstance(cb, BatchCheckpoint)]
+            existing = [path for path in found if path.exists()]
+            if existing:
+                ckpt_path = str(existing[0])
+            elif found:
+                if self.subcommand != "fit":
+                    raise CheckpointError(f"--ckpt_path last: no checkpoint in {found[0].parent} yet")
+                print(f"tracer-pl: --ckpt_path last: no checkpoint in {found[0].parent} yet; starting from the start")
+                return None
+            else:
+                return ckpt_path  # Lightning's ModelCheckpoint handles "last"
+        if ckpt_path is not None and ckpt_path not in ("best", "hpc", "registry"):
+            checkpoints.read(ckpt_path)
+        return ckpt_path
+
+    def _preempted_message(self) -> str:
+        saved = [cb.last_path for cb in self.trainer.callbacks if isinstance(cb, BatchCheckpoint) and cb.preempted]
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        where = f"saved {saved[0]} after batch {done}" if saved else "no checkpoint was saved (no BatchCheckpoint)"
+        return (f"stopped by SIGTERM: {where}; resume with the same command and --ckpt_path last "
+                f"(exit code {PREEMPTED_EXIT_CODE}, so a scheduler can requeue the job)")
+
     def after_fit(self) -> None:
         trainer = self.trainer
+        if trainer.fit_loop.epoch_loop.batch_progress.total.processed == 0:
+            raise DataError("fit ran no training batch: nothing was trained (check --data.train, "
+                            "--trainer.limit_train_batches and --trainer.max_epochs)")
         lines = [f"log directory:  {trainer.log_dir}"]
         saved = [cb.last_path for cb in trainer.callbacks if isinstance(cb, BatchCheckpoint) and cb.last_path]
         saved += [cb.last_model_path for cb in trainer.checkpoint_callbacks if getattr(cb, "last_model_path", "")]
@@ -44,6 +110,9 @@ class TracerCLI(LightningCLI):
         adapters = getattr(self.model, "exported_adapters", None)
         if adapters:
             lines += [f"{role} adapter:  {path}" for role, path in adapters.items()]
+        skipped = getattr(self.datamodule, "train_skipped", 0)
+        if skipped:
+            lines.append(f"skipped rows:   {skipped} bad training rows per pass ({self.datamodule.bad_rows.summary()})")
         _report("fit finished", lines)
 
     def after_test(self) -> None:
@@ -62,6 +131,14 @@ class TracerCLI(LightningCLI):
         if not metrics:
             lines.insert(0, f"no {stage} batches ran: check --trainer.limit_{stage}_batches (0 in some configs)")
         _report(f"{stage} finished", lines)
+
+
+def _check_trainer_limits(trainer: Any) -> None:
+    """Refuse trainer settings that would make ``fit`` train nothing, before the model loads."""
+    for flag, value in (("limit_train_batches", trainer.limit_train_batches), ("max_epochs", trainer.max_epochs),
+                        ("max_steps", trainer.max_steps)):
+        if value == 0:
+            raise ConfigError(f"--trainer.{flag} is 0: fit would train nothing")
 
 
 def _report(title: str, lines: list[str]) -> None:
@@ -99,6 +176,9 @@ def main() -> None:
             report(sys.argv[2:])
             return
         build_cli()
+    except PreemptedError as stop:
+        print(f"tracer-pl: {stop}", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
     except TracerError as error:
         print(f"tracer-pl: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -22,6 +22,7 @@ import torch
 from jsonargparse import lazy_instance
 from torchmetrics.aggregation import MeanMetric
 
+from tracer_pl import checkpoints
 from tracer_pl.baselines import chain_of_thought, debate, majority_vote, single_agent_rollouts
 from tracer_pl.controllers import Controller, ControllerConfig, EvalProtocol, is_proposal_round, state_label
 from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueRecord, DialogueResult, run_dialogues
@@ -439,6 +440,8 @@ class TracerModule(L.LightningModule):
             "torch_rng": torch.random.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
+        checkpoint[checkpoints.RUN_KEY] = checkpoints.run_settings(self.trainer)
+        checkpoints.seal(checkpoint)  # last: the checksum covers everything above
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint's adapters fit this backbone, then restore controllers and the RNG.
@@ -446,6 +449,7 @@ class TracerModule(L.LightningModule):
         The run's settings come from its config and command line, not from the checkpoint, so a checkpoint
         trained with another base model, LoRA shape or set of roles is refused here, naming the difference.
         """
+        checkpoints.verify(checkpoint, "checkpoint")
         self._check_compatible(checkpoint)
         tracer = checkpoint.get("tracer")
         if tracer is None:
@@ -455,14 +459,11 @@ class TracerModule(L.LightningModule):
         self._pending_rng = (tracer["torch_rng"], tracer.get("cuda_rng"))
 
     def _check_compatible(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("hyper_parameters", {}).get("backbone", {})
-        current = asdict(self.backbone_config)
-        for field_name in ("name", "lora_r", "lora_alpha", "target_modules"):
-            if field_name in saved and saved[field_name] != current[field_name]:
-                raise ConfigError(
-                    f"--model.backbone.{field_name}: the checkpoint was trained with {saved[field_name]!r}, this "
-                    f"run has {current[field_name]!r}; use the config the checkpoint was trained with"
-                )
+        """The adapters' settings always; when resuming ``fit``, every setting not safe to change (checkpoints.py)."""
+        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
+        checkpoints.check_model(checkpoint, self.hparams, resuming=resuming)
+        if resuming:
+            checkpoints.check_run(checkpoint, self.trainer)
         if self.backbone is None:
             return
         adapters = {k for k in checkpoint.get("state_dict", {}) if "lora_" in k}
