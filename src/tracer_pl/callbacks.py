@@ -20,6 +20,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tracer_pl.controllers import controller_table
 from tracer_pl.errors import CheckpointError
@@ -33,8 +34,8 @@ except ImportError:  # Windows: no advisory locks; runs into one directory are n
 class BatchCheckpoint(L.Callback):
     """Save ``<dirpath>/last.ckpt`` every ``every_n_batches`` training batches and at the end of training.
 
-    On SIGTERM (what schedulers send on preemption) the batch in flight finishes, ``last.ckpt`` is saved at that
-    batch boundary and :attr:`preempted` is set; Lightning then stops the run (``tracer-pl`` exits with 143).
+    On SIGTERM (what schedulers send on preemption) Lightning lets the batch in flight finish and stops; then
+    ``last.ckpt`` is saved at that batch boundary and :attr:`preempted` is set (``tracer-pl`` exits with 143).
 
     Args:
         dirpath: Directory of the checkpoints.
@@ -72,10 +73,6 @@ class BatchCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
                            ) -> None:
         done = trainer.fit_loop.epoch_loop.batch_progress.total.processed
-        if trainer.received_sigterm:
-            self.save(trainer, "last.ckpt")
-            self.preempted = True
-            return
         if done % self.every_n_batches == 0:
             self.save(trainer, "last.ckpt")
         if self.keep_every and done % self.keep_every == 0:
@@ -83,6 +80,12 @@ class BatchCheckpoint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer, "last.ckpt")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """On SIGTERM, save: Lightning stops only between batches, so the state is at a batch boundary."""
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            self.save(trainer, "last.ckpt")
+            self.preempted = True
 
     def save(self, trainer: L.Trainer, name: str) -> Path:
         """Write the checkpoint atomically: to a temporary file in the same directory, then ``os.replace``."""

@@ -56,11 +56,12 @@ class TracerCLI(LightningCLI):
             checkpoints.check_run(checkpoint, self.trainer)
             if datamodule is not None and "settings" in checkpoint.get(type(datamodule).__qualname__, {}):
                 saved = checkpoint[type(datamodule).__qualname__]["settings"]
-                checkpoints.check_data(saved, datamodule.resume_settings())
+                checkpoints.check_data(saved, datamodule.resume_settings(self.trainer.world_size))
         kwargs["weights_only"] = True
         try:
             self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
         except SIGTERMException:
+            model.on_train_end()  # export the adapters trained so far, as at a normal end
             raise PreemptedError(self._preempted_message()) from None
 
     def validate(self, model: TracerModule, datamodule: ReasoningDataModule | None = None,

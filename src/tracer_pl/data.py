@@ -246,12 +246,13 @@ class ReasoningDataModule(L.LightningDataModule):
             consumed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.batch_size
         return {"consumed": consumed, "settings": self.resume_settings()}
 
-    def resume_settings(self) -> dict[str, Any]:
+    def resume_settings(self, world_size: int | None = None) -> dict[str, Any]:
         """Everything that decides which problem comes at which position, keyed by its flag (``data.batch_size``).
 
         Includes the training file's SHA-256 (``data.train_file_sha256``): an edited file shifts the positions.
+        ``world_size`` defaults to the attached trainer's (1 without one).
         """
-        world = self.trainer.world_size if self.trainer is not None else 1
+        world = world_size or (self.trainer.world_size if self.trainer is not None else 1)
         if self._train_digest is None:
             self._train_digest = file_digest(self.train)
         return {"data.train": self.train, "data.train_file_sha256": self._train_digest, "data.seed": self.seed,
