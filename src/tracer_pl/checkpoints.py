@@ -57,8 +57,8 @@ def state_digest(value: Any) -> str:
 
 def _feed(digest: Any, value: Any) -> None:
     if isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu().contiguous()
-        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     elif isinstance(value, Mapping):
         digest.update(f"M{len(value)}".encode())
