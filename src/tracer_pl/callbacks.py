@@ -82,10 +82,16 @@ class BatchCheckpoint(L.Callback):
         self.save(trainer, "last.ckpt")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        """On SIGTERM, save: Lightning stops only between batches, so the state is at a batch boundary."""
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
-            self.save(trainer, "last.ckpt")
-            self.preempted = True
+        """On SIGTERM, save: Lightning stops only between batches, so the state is at a batch boundary.
+
+        Any exception ends the fit, so the directory's lock is released here (Lightning skips ``teardown`` then).
+        """
+        try:
+            if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+                self.save(trainer, "last.ckpt")
+                self.preempted = True
+        finally:
+            self.teardown(trainer, pl_module, "fit")
 
     def save(self, trainer: L.Trainer, name: str) -> Path:
         """Write the checkpoint atomically: to a temporary file in the same directory, then ``os.replace``."""

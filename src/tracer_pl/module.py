@@ -22,7 +22,7 @@ import torch
 from jsonargparse import lazy_instance
 from torchmetrics.aggregation import MeanMetric
 
-from tracer_pl import checkpoints
+from tracer_pl import checkpoints, limits
 from tracer_pl.baselines import chain_of_thought, debate, majority_vote, single_agent_rollouts
 from tracer_pl.controllers import Controller, ControllerConfig, EvalProtocol, is_proposal_round, state_label
 from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueRecord, DialogueResult, run_dialogues
@@ -323,6 +323,7 @@ class TracerModule(L.LightningModule):
         self._eval_step("test", batch, dataloader_idx)
 
     def _eval_step(self, stage: str, batch: Sequence[Problem], dataloader_idx: int) -> None:
+        self._check_prompts(batch)
         name = self._dataset_name(stage, dataloader_idx)
         if self.evaluation.method != "tracer":
             self._log_eval(stage, name, self._evaluate(list(batch)))
@@ -431,6 +432,14 @@ class TracerModule(L.LightningModule):
         if self.trainer.is_global_zero:
             self.exported_adapters = self.backbone.save_adapters(directory)
 
+    def _check_prompts(self, batch: Sequence[Problem]) -> None:
+        """Refuse, before generating, a problem whose dialogue cannot fit in the model's context (limits.py)."""
+        tokenizer = self.backbone.tokenizer
+        limits.check_prompts(batch, self.roles, self.backbone.render,
+                             lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+                             self.backbone_config.max_new_tokens,
+                             getattr(self.backbone.model.config, "max_position_embeddings", None))
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable (adapter) weights; add controllers and the sampling RNG for an exact resume."""
@@ -480,6 +489,7 @@ class TracerModule(L.LightningModule):
         Restoring it here rather than when the checkpoint loads keeps whatever Lightning draws in between (the
         data loader's base seed) from shifting the generation samples of a resumed run.
         """
+        self._check_prompts(batch)
         pending = getattr(self, "_pending_rng", None)
         if pending is None:
             return
@@ -597,6 +607,8 @@ def validate(module: TracerModule) -> None:
     for ok, flag, message in checks:
         if not ok:
             raise ConfigError(f"{flag} {message}")
+    limits.check_bounds({"dialogue": asdict(d), "gspo": asdict(g), "backbone": asdict(b),
+                         "evaluation": asdict(module.evaluation)})
 
 
 __all__ = ["BackboneConfig", "EvaluationConfig", "TracerModule"]

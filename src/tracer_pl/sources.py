@@ -29,6 +29,8 @@ from tracer_pl.errors import DataError
 from tracer_pl.problem import Problem
 
 OnBadRow = Literal["raise", "skip"]
+MAX_FIELD_CHARS = 200_000
+"""A longer question or answer is a bad row: no model's context holds it, and tokenizing it is already slow."""
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -307,6 +309,9 @@ def _text(row: Any, key: str, where: str) -> str:
         raise DataError(f"{where}: field {key!r} must be a string, found {type(value).__name__}")
     if not value.strip():
         raise DataError(f"{where}: field {key!r} is empty")
+    if len(value) > MAX_FIELD_CHARS:
+        raise DataError(f"{where}: field {key!r} has {len(value):,} characters, more than {MAX_FIELD_CHARS:,}; no "
+                        "model's context holds it")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:  # a lone surrogate (JSON "\ud800") would crash the tokenizer mid-training
