@@ -283,3 +283,11 @@ def test_resuming_with_an_edited_data_file_is_refused(tmp_path):
     write_jsonl(path, [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(7)])  # a row added
     with pytest.raises(ConfigError, match="^--data.train_file_sha256: the checkpoint was saved with"):
         ReasoningDataModule(train=str(path), batch_size=2).load_state_dict(saved)
+
+
+def test_a_megabyte_question_is_a_bad_row_not_a_hang(tmp_path):
+    path = write_jsonl(tmp_path / "big.jsonl", [{"question": "x" * 1_000_000, "answer": "#### 1"}])
+    start = time.monotonic()
+    with pytest.raises(DataError, match="big.jsonl line 1: field 'question' has 1,000,000 characters, more than"):
+        list(load_problems(str(path)))
+    assert time.monotonic() - start < 5

@@ -351,3 +351,27 @@ def resume_checkpoint():
                   checkpoints.RUN_KEY: checkpoints.run_settings(cli.trainer)}
     checkpoints.seal(checkpoint)
     return checkpoint
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(dialogue=DialogueConfig(group_size=100_000)), "--model.dialogue.group_size must be between 1 and 256"),
+    (dict(backbone=BackboneConfig(max_new_tokens=10**6)), "--model.backbone.max_new_tokens must be between 1 and"),
+    (dict(dialogue=DialogueConfig(rounds=1000)), "--model.dialogue.rounds must be between 1 and 99"),
+])
+def test_settings_beyond_sane_bounds_are_refused_before_loading(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        TracerModule(**settings)
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_generating():
+    module = TracerModule(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=200))
+    module.configure_model()
+    context = module.backbone.model.config.max_position_embeddings  # 4096; the tokenizer is byte-level
+    short = Problem(question="What is 6 times 7?", gold="42", dataset="gsm8k", uid="short")
+    module._check_prompts([short])  # fits: no error
+    long = Problem(question="x" * (context - 500), gold="1", dataset="gsm8k", uid="train.jsonl line 9")
+    with pytest.raises(DataError, match=f"train.jsonl line 9: a turn of this problem can need (\\d+) tokens .* "
+                                        f"more than the model's context of {context}; shorten"):
+        module._check_prompts([short, long])
+    module.backbone_config.max_new_tokens = 10  # the message's advice works: fewer new tokens fit
+    module._check_prompts([long])
