@@ -62,7 +62,17 @@ class TracerCLI(LightningCLI):
             self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
         except SIGTERMException:
             model.on_train_end()  # export the adapters trained so far, as at a normal end
+            self._write_fit_status("preempted")
             raise PreemptedError(self._preempted_message()) from None
+        self._write_fit_status("finished")
+
+    def _write_fit_status(self, status: str) -> None:
+        """``<log_dir>/fit_status.json``: how the fit ended, for ``tracer-pl report`` (none: it crashed)."""
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
+            path = Path(self.trainer.log_dir) / "fit_status.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"status": status, "batches": batches}) + "\n")
 
     def validate(self, model: TracerModule, datamodule: ReasoningDataModule | None = None,
                  ckpt_path: str | None = None, **kwargs: Any) -> None:
