@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import pickle
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -110,8 +112,14 @@ def read(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"--ckpt_path {path}: cannot read ({error.strerror})") from None
     if size == 0:
         raise CheckpointError(f"--ckpt_path {path}: empty file, not a checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"--ckpt_path {path}: not a readable checkpoint (not a torch.save archive; damaged, "
+                              "truncated or another kind of file)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"--ckpt_path {path}: not a readable checkpoint (it holds objects other than tensors and "
+                              "plain data, which are refused: loading them could run code)") from None
     except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged or foreign file
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"--ckpt_path {path}: not a readable checkpoint ({reason})") from None

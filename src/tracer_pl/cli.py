@@ -31,6 +31,20 @@ PREEMPTED_EXIT_CODE = 143
 class TracerCLI(LightningCLI):
     """LightningCLI that, after each run, tells where its checkpoints, adapters and metrics are."""
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test (``predict`` is not offered: TracerModule has nothing to predict)."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
+    def instantiate_classes(self) -> None:
+        """Build the configured objects; a constructor's ValueError becomes a one-line ConfigError."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            if isinstance(error, TracerError):
+                raise
+            raise ConfigError(f"invalid configuration: {_innermost_reason(error)}") from None
+
     def _parse_ckpt_path(self) -> None:
         """Keep the configured settings when ``--ckpt_path`` is given.
 
@@ -142,6 +156,15 @@ class TracerCLI(LightningCLI):
         if not metrics:
             lines.insert(0, f"no {stage} batches ran: check --trainer.limit_{stage}_batches (0 in some configs)")
         _report(f"{stage} finished", lines)
+
+
+def _innermost_reason(error: BaseException) -> str:
+    """The first specific reason in a jsonargparse error chain (its own messages list them as ``  - reason``)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    text = str(error)
+    reasons = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
+    return reasons[0] if reasons else text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_trainer_limits(trainer: Any) -> None:

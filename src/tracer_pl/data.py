@@ -158,7 +158,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self.test = [test] if isinstance(test, str) else list(test or [])
         self.val = [val] if isinstance(val, str) else list(val or [])
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.train_limit, self.test_limit, self.passes, self.seed = train_limit, test_limit, passes, seed
         self.field_map, self.answer_format, self.on_bad_row = field_map, answer_format, on_bad_row
         self.shuffle_buffer, self.stream_hub = shuffle_buffer, stream_hub

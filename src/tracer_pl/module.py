@@ -170,14 +170,18 @@ class TracerModule(L.LightningModule):
         from tracer_pl.backbone import Backbone
 
         cfg = self.backbone_config
-        self.backbone = Backbone.from_pretrained(
-            cfg.name, roles=[self.proposer.name, self.reviewer.name], precision=cfg.precision,
-            compute_dtype=cfg.compute_dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
-            gradient_checkpointing=cfg.gradient_checkpointing, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, adapter_seed=cfg.adapter_seed,
-            share_prompt_cache=cfg.share_prompt_cache,
-        )
+        try:
+            self.backbone = Backbone.from_pretrained(
+                cfg.name, roles=[self.proposer.name, self.reviewer.name], precision=cfg.precision,
+                compute_dtype=cfg.compute_dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+                gradient_checkpointing=cfg.gradient_checkpointing, max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p, adapter_seed=cfg.adapter_seed,
+                share_prompt_cache=cfg.share_prompt_cache,
+            )
+        except OSError as error:  # transformers: no such directory, hub id or files, hub switched off
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"--model.backbone.name {cfg.name!r}: cannot load the model ({reason})") from None
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """One Adam per trained role, over that role's adapter parameters only."""

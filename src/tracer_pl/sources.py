@@ -18,6 +18,7 @@ rows are dropped and their reasons collected instead -- never turned into a wron
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -304,6 +305,8 @@ def _text(row: Any, key: str, where: str) -> str:
         raise DataError(f"{where}: missing field {key!r}")
     value = row[key]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # JSON's NaN/Infinity would become the gold text "nan"
+            raise DataError(f"{where}: field {key!r} is {value}, not a usable value")
         value = str(value)
     if not isinstance(value, str):
         raise DataError(f"{where}: field {key!r} must be a string, found {type(value).__name__}")
