@@ -1,5 +1,6 @@
 """Faults injected on purpose: a killed run, repeated runs, bad model output, broken rewards, bad settings."""
 
+import fractions
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import torch
 
 from scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
 from tracer_pl.cli import build_cli
+from tracer_pl.data import ReasoningDataModule
 from tracer_pl.dialogue import DialogueConfig, run_dialogues
 from tracer_pl.errors import ConfigError, DataError
 from tracer_pl.module import BackboneConfig, TracerModule
@@ -203,6 +205,7 @@ def flip_a_bit_in_the_weights(path):
         (lambda p: p.write_bytes(b"not a zip file at all"), "not a readable checkpoint"),
         (lambda p: (torch.save(sealed_checkpoint(), p), p.write_bytes(p.read_bytes()[:300])), "not a readable"),
         (lambda p: torch.save([1, 2], p), "not a Lightning checkpoint"),
+        (lambda p: torch.save({"state_dict": {}, "x": fractions.Fraction(1, 2)}, p), "holds objects other than"),
         (lambda p: (torch.save(sealed_checkpoint(), p), flip_a_bit_in_the_weights(p)),
          "(damaged checkpoint|not a readable checkpoint)"),
     ],
@@ -314,7 +317,9 @@ def test_sigterm_saves_at_the_batch_boundary_exits_143_and_resumes_exactly(tmp_p
 
     (tmp_path / "preempted").mkdir()
     monkeypatch.chdir(tmp_path / "preempted")
-    monkeypatch.setattr(sys, "argv", ["tracer-pl", *run, "--trainer.callbacks+=test_reliability.SigtermDuringBatch3"])
+    # planned for 8 batches, preempted during the third, resumed with 4: the batch limit is safe to change
+    monkeypatch.setattr(sys, "argv", ["tracer-pl", *run, "--trainer.limit_train_batches=8",
+                                      "--trainer.callbacks+=test_reliability.SigtermDuringBatch3"])
     with pytest.raises(SystemExit) as stop:
         main()
     assert stop.value.code == 143
@@ -326,6 +331,20 @@ def test_sigterm_saves_at_the_batch_boundary_exits_143_and_resumes_exactly(tmp_p
 
     build_cli([*run, "--ckpt_path=last"])  # the run's own last.ckpt, not a fresh start
     assert_same_training_state(straight, final_state(tmp_path / "preempted"))
+
+
+def test_settings_documented_as_safe_are_accepted_on_resume():
+    from tracer_pl import checkpoints
+
+    saved = resume_checkpoint()
+    changed = build_cli([*TINY_ARGS, "--model.evaluation.method=cot", "--model.eval_seed=7",
+                         "--model.dialogue.eval_greedy=false"], run=False)
+    checkpoints.check_model(saved, changed.model.hparams, resuming=True)  # no error
+    data = ReasoningDataModule(train=changed.datamodule.train, batch_size=2, test="x.jsonl", test_limit=3,
+                               eval_batch_size=9, on_bad_row="skip")
+    checkpoints.check_data(saved["ReasoningDataModule"]["settings"], data.resume_settings())  # no error
+    assert all(checkpoints.is_safe(flag) for flag in ("model.evaluation.method", "data.test_limit"))
+    assert not any(checkpoints.is_safe(flag) for flag in ("model.dialogue.group_size", "data.batch_size"))
 
 
 @pytest.mark.parametrize("change", ["--model.dialogue.group_size=3", "--model.dialogue.rounds=3",

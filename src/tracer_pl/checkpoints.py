@@ -42,9 +42,10 @@ SAFE_TO_CHANGE = (
     "model.evaluation",  # what validate/test run; never used in training
     "model.eval_seed",  # the RNG of evaluation only
     "model.dialogue.eval_greedy",  # decoding in evaluation only
-    "model.backbone.gradient_checkpointing",  # recomputes the same activations to save memory
     "data.test", "data.val", "data.test_limit", "data.eval_batch_size",  # evaluation sets
     "data.on_bad_row",  # a bad row either stops the run or was never part of the stream
+    # not recorded, so never compared: trainer.limit_train_batches (the data order does not depend on it),
+    # logging and checkpoint frequency, devices' kind (accelerator)
 )
 """Settings that may differ on resume; a prefix covers everything under it. One line per setting."""
 

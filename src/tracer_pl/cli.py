@@ -64,13 +64,7 @@ class TracerCLI(LightningCLI):
         """
         _check_trainer_limits(self.trainer)
         ckpt_path = self._resolve(ckpt_path)
-        if ckpt_path is not None and ckpt_path.endswith(".ckpt"):  # refuse a changed experiment before loading
-            checkpoint = checkpoints.read(ckpt_path)
-            checkpoints.check_model(checkpoint, model.hparams, resuming=True)
-            checkpoints.check_run(checkpoint, self.trainer)
-            if datamodule is not None and "settings" in checkpoint.get(type(datamodule).__qualname__, {}):
-                saved = checkpoint[type(datamodule).__qualname__]["settings"]
-                checkpoints.check_data(saved, datamodule.resume_settings(self.trainer.world_size))
+        self._check_checkpoint(ckpt_path, model, datamodule, resuming=True)
         kwargs["weights_only"] = True
         try:
             self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
@@ -90,16 +84,20 @@ class TracerCLI(LightningCLI):
 
     def validate(self, model: TracerModule, datamodule: ReasoningDataModule | None = None,
                  ckpt_path: str | None = None, **kwargs: Any) -> None:
+        ckpt_path = self._resolve(ckpt_path)
+        self._check_checkpoint(ckpt_path, model, datamodule, resuming=False)
         kwargs["weights_only"] = True
-        self.trainer.validate(model, datamodule=datamodule, ckpt_path=self._resolve(ckpt_path), **kwargs)
+        self.trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
     def test(self, model: TracerModule, datamodule: ReasoningDataModule | None = None, ckpt_path: str | None = None,
              **kwargs: Any) -> None:
+        ckpt_path = self._resolve(ckpt_path)
+        self._check_checkpoint(ckpt_path, model, datamodule, resuming=False)
         kwargs["weights_only"] = True
-        self.trainer.test(model, datamodule=datamodule, ckpt_path=self._resolve(ckpt_path), **kwargs)
+        self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
     def _resolve(self, ckpt_path: str | None) -> str | None:
-        """The checkpoint file to use, read and verified (one-line errors for missing, empty or damaged files)."""
+        """The checkpoint file ``--ckpt_path`` means (``last``: the BatchCheckpoint's ``last.ckpt``)."""
         if ckpt_path == "last":
             found = [cb.dirpath / "last.ckpt" for cb in self.trainer.callbacks if isinstance(cb, BatchCheckpoint)]
             existing = [path for path in found if path.exists()]
@@ -112,9 +110,21 @@ class TracerCLI(LightningCLI):
                 return None
             else:
                 return ckpt_path  # Lightning's ModelCheckpoint handles "last"
-        if ckpt_path is not None and ckpt_path not in ("best", "hpc", "registry"):
-            checkpoints.read(ckpt_path)
         return ckpt_path
+
+    def _check_checkpoint(self, ckpt_path: str | None, model: TracerModule, datamodule: Any, resuming: bool) -> None:
+        """Before the model loads: read and verify the file (one-line errors for missing, empty or damaged files),
+        and refuse a checkpoint whose adapters do not fit, or, when ``resuming``, whose experiment differs."""
+        if ckpt_path is None or ckpt_path in ("best", "hpc", "registry", "last"):
+            return
+        checkpoint = checkpoints.read(ckpt_path)
+        checkpoints.check_model(checkpoint, model.hparams, resuming=resuming)
+        if not resuming:
+            return
+        checkpoints.check_run(checkpoint, self.trainer)
+        data_state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
+        if isinstance(data_state, dict) and "settings" in data_state:
+            checkpoints.check_data(data_state["settings"], datamodule.resume_settings(self.trainer.world_size))
 
     def _preempted_message(self) -> str:
         saved = [cb.last_path for cb in self.trainer.callbacks if isinstance(cb, BatchCheckpoint) and cb.preempted]
