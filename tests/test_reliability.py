@@ -205,7 +205,7 @@ def flip_a_bit_in_the_weights(path):
         (lambda p: p.write_bytes(b"not a zip file at all"), "not a readable checkpoint"),
         (lambda p: (torch.save(sealed_checkpoint(), p), p.write_bytes(p.read_bytes()[:300])), "not a readable"),
         (lambda p: torch.save([1, 2], p), "not a Lightning checkpoint"),
-        (lambda p: torch.save({"state_dict": {}, "x": fractions.Fraction(1, 2)}, p), "holds objects other than"),
+        (lambda p: torch.save({"state_dict": {}, "x": fractions.Fraction(1, 2)}, p), "not a readable checkpoint \\(it holds objects other than"),
         (lambda p: (torch.save(sealed_checkpoint(), p), flip_a_bit_in_the_weights(p)),
          "(damaged checkpoint|not a readable checkpoint)"),
     ],
@@ -337,7 +337,7 @@ def test_settings_documented_as_safe_are_accepted_on_resume():
     from tracer_pl import checkpoints
 
     saved = resume_checkpoint()
-    changed = build_cli([*TINY_ARGS, "--model.evaluation.method=cot", "--model.eval_seed=7",
+    changed = build_cli([*TINY_ARGS[1:], "--model.evaluation.method=cot", "--model.eval_seed=7",
                          "--model.dialogue.eval_greedy=false"], run=False)
     checkpoints.check_model(saved, changed.model.hparams, resuming=True)  # no error
     data = ReasoningDataModule(train=changed.datamodule.train, batch_size=2, test="x.jsonl", test_limit=3,
@@ -364,7 +364,7 @@ def resume_checkpoint():
     """What a tiny-config fit saves, built without running one: its hyperparameters, data and run settings."""
     from tracer_pl import checkpoints
 
-    cli = build_cli(TINY_ARGS, run=False)
+    cli = build_cli(TINY_ARGS[1:], run=False)  # run=False takes no subcommand
     checkpoint = {"state_dict": {}, "hyper_parameters": dict(cli.model.hparams),
                   "ReasoningDataModule": {"consumed": 2, "settings": cli.datamodule.resume_settings()},
                   checkpoints.RUN_KEY: checkpoints.run_settings(cli.trainer)}

@@ -113,8 +113,11 @@ class TracerCLI(LightningCLI):
         return ckpt_path
 
     def _check_checkpoint(self, ckpt_path: str | None, model: TracerModule, datamodule: Any, resuming: bool) -> None:
-        """Before the model loads: read and verify the file (one-line errors for missing, empty or damaged files),
-        and refuse a checkpoint whose adapters do not fit, or, when ``resuming``, whose experiment differs."""
+        """Read and verify the checkpoint file before the model loads.
+
+        One-line errors for a missing, empty or damaged file, for adapters that do not fit the backbone, and, when
+        ``resuming``, for an experiment that differs (see :mod:`tracer_pl.checkpoints`).
+        """
         if ckpt_path is None or ckpt_path in ("best", "hpc", "registry", "last"):
             return
         checkpoint = checkpoints.read(ckpt_path)
