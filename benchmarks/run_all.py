@@ -12,7 +12,8 @@ from pathlib import Path
 
 from _common import machine, run_child
 
-BENCHMARKS = ("profile_step", "vs_trl", "vs_full_copies", "batch_scaling", "prompt_cache", "inference_cost")
+BENCHMARKS = ("profile_step", "vs_trl", "vs_full_copies", "batch_scaling", "prompt_cache", "inference_cost",
+              "update_modes")
 
 
 def main() -> None:

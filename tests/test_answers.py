@@ -53,6 +53,53 @@ def test_gsm8k_extraction(text, expected):
 
 
 @pytest.mark.parametrize(
+    "text, expected",
+    [
+        # the minus sign after a marker with no colon (read as a separator before)
+        ("The answer is -10.", "-10"),
+        ("Answer: -3", "-3"),
+        ("Final answer -7", "-7"),
+        ("So the answer is -125.", "-125"),
+        ("Final answer: -10", "-10"),
+        ("Final answer - 7", "7"),  # a dash set apart by spaces is punctuation
+        ("The answer is \u22124.5", "-4.5"),  # Unicode minus
+        ("The answer is \u20138", "-8"),  # an en dash used as a minus sign
+        ("pages 10\u201312, so the answer is 3", "3"),
+        # a number in a trailing parenthetical is not the answer
+        ("Final answer: 18 (9 eggs at $2 each)", "18"),
+        ("Final answer: 160 minutes (2 hours 40 minutes)", "160"),
+        ("Final answer: (-5)", "-5"),  # unless the parenthetical is all there is
+        # markdown, LaTeX and currency around the number
+        ("**Final answer: 42**", "42"),
+        ("**Final Answer:** 42", "42"),
+        ("So she has **42** left.", "42"),
+        ("The answer is: 42", "42"),
+        ("#### 42", "42"),
+        ("Answer: $1,234", "1234"),
+        ("Final answer: \\$18", "18"),
+        ("Final answer: 18 dollars", "18"),
+        ("Final answer: $18.50", "18.5"),
+        ("The answer is 75%.", "75"),
+        ("Final answer: \\(\\boxed{18}\\)", "18"),
+        ("The final answer is $\\boxed{18}$", "18"),
+        ("Final Answer: The final answer is 18. I hope it is correct.", "18"),
+        ("Final answer: 1,234,567", "1234567"),
+        ("Final answer: 3, 4 and 5", "3"),  # a comma is a thousands separator only before three digits
+        ("Thus the total is \\boxed{18 \\text{ dollars}}.", "18"),  # Qwen's box in GSM8K
+        # what the statement says, not its working
+        ("The answer is 5 + 3 = 8.", "8"),
+        ("So 9 * 2 = 18", "18"),  # "= 18" at the end, no marker
+        ("I think the answer is 12, but it might be 13", "12"),  # a hedge: the stated answer
+        ("Final answer: 18.\nI hope this answer is correct.", "18"),  # a later "answer is" with no number
+        ("<think>the answer is 20? no.</think>\nShe earns \\boxed{18}.", "18"),  # only after </think>
+        ("So 16 - 3 - 4 =", None),  # cut off before the result
+    ],
+)
+def test_gsm8k_extraction_of_model_styles(text, expected):
+    assert extract_answer(text, "gsm8k") == expected
+
+
+@pytest.mark.parametrize(
     "prediction, gold, expected",
     [
         ("18", "18", True),
@@ -123,6 +170,44 @@ def test_math500_extraction():
     assert extract_answer("no answer here", "math500") is None
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The final answer is $\\frac{14}{3}$.", "\\frac{14}{3}"),  # read as "is $\frac{14}{3}" before
+        ("Final answer: 2000 calories", "2000"),  # read as "2000 calories" before
+        ("The answer is $5\\text{ cm}$.", "5"),
+        ("Final answer: 30\u00b0", "30^\\circ"),
+        ("The answer is \\(\\dfrac{1}{2}\\)", "\\dfrac{1}{2}"),
+        ("Final answer: $(-\\infty, 3]$", "(-\\infty, 3]"),
+        ("The answer is (3, -1).", "(3, -1)"),
+        ("The answer is -2.", "-2"),
+        ("Final answer: 12\\pi square units", "12\\pi"),
+        ("Final answer: x = 5", "x = 5"),
+        ("The final answer is Evelyn.", "Evelyn"),
+        ("Final Answer: The final answer is $\\boxed{5}$. I hope it is correct.", "5"),
+        ("So the hypotenuse is $\\sqrt{34}$.", "\\sqrt{34}"),  # no box, no marker: math-verify's extraction
+        ("I do not know.", None),
+    ],
+)
+def test_math500_extraction_of_model_styles(text, expected):
+    assert extract_answer(text, "math500") == expected
+
+
+@pytest.mark.parametrize(
+    "text, gold",
+    [
+        ("The final answer is $\\frac{14}{3}$.", "\\frac{14}{3}"),
+        ("Final answer: 2000 calories", "2000"),
+        ("Final answer: 30\u00b0", "30^\\circ"),
+        ("The answer is $5\\text{ cm}$.", "5\\text{ cm}"),
+        ("Final answer: x = 5", "5"),
+        ("Final answer: $\\$18.50$", "18.50"),
+    ],
+)
+def test_math500_statements_are_graded_right(text, gold):
+    assert is_equivalent(extract_answer(text, "math500"), gold, "math500")
+
+
 def test_math_verify_off_the_main_thread():
     results = []
     thread = threading.Thread(target=lambda: results.append(is_equivalent("0.5", "\\frac{1}{2}", "math500")))
@@ -145,6 +230,26 @@ def test_math_verify_off_the_main_thread():
     ],
 )
 def test_gpqa_letters(text, expected):
+    assert extract_answer(text, "gpqa_diamond") == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Answer: B) 4.2 eV", "B"),
+        ("The correct answer is **B**.", "B"),
+        ("**Answer: C**", "C"),
+        ("Final Answer: The final answer is D. I hope it is correct.", "D"),
+        ("The best answer is A.", "A"),
+        ("ANSWER: D", "D"),
+        ("Therefore, option C is correct.", "C"),
+        ("The correct option is (a).", "A"),
+        ("Options A and B fail, so the answer is $\\boxed{C}$.", "C"),
+        ("The answer is a mixture of isomers.", None),  # an article, not a letter
+        ("<think>maybe (A)</think>\nFinal answer: B", "B"),
+    ],
+)
+def test_gpqa_letters_of_model_styles(text, expected):
     assert extract_answer(text, "gpqa_diamond") == expected
 
 

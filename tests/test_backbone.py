@@ -88,12 +88,32 @@ def test_greedy_matches_a_manual_greedy_loop(backbone):
     assert torch.equal(again.payload[1], c.payload[1])
 
 
-def test_sampling_ignores_the_models_top_k_default(backbone):
-    backbone.model.generation_config.top_k = 1  # honoured, this would make every sample the greedy one
+def test_sampling_filters_default_to_the_models_generation_config(backbone):
+    def distinct_samples():
+        torch.manual_seed(0)
+        return len({tuple(c.payload[1].tolist()) for c in backbone.generate("proposer", PROMPTS[:1], 4)[0]})
+
     backbone.temperature = 1.0
-    torch.manual_seed(0)
-    samples = [c.payload[1].tolist() for c in backbone.generate("proposer", PROMPTS[:1], 4)[0]]
-    assert len({tuple(s) for s in samples}) > 1
+    assert backbone.top_k is None and distinct_samples() > 1  # transformers' default top-k 50 of 259 tokens
+    backbone.model.generation_config.top_k = 1  # as the authors' code does, the model's own filter applies ...
+    assert distinct_samples() == 1  # ... and top-1 makes every sample the greedy one
+    assert backbone.sampling_settings() == {"temperature": 1.0, "top_p": 1.0, "top_k": 1, "repetition_penalty": 1.0}
+    backbone.top_k = 0  # a set value overrides the model's config (0 switches the filter off)
+    assert distinct_samples() > 1
+    assert backbone.sampling_settings()["top_k"] == 0
+
+
+def test_sampling_settings_fill_unset_filters_with_transformers_defaults(backbone):
+    config = backbone.model.generation_config
+    config.top_k = config.top_p = config.repetition_penalty = None
+    backbone.top_p, backbone.repetition_penalty = 0.9, None
+    assert backbone.sampling_settings() == {"temperature": backbone.temperature, "top_p": 0.9, "top_k": 50,
+                                            "repetition_penalty": 1.0}
+    config.repetition_penalty = 1.3
+    assert backbone.sampling_settings()["repetition_penalty"] == 1.3
+    assert "repetition_penalty" not in backbone._decoding(greedy=True)  # left to the model's config
+    backbone.repetition_penalty = 1.0
+    assert backbone._decoding(greedy=True)["repetition_penalty"] == 1.0  # a set one applies to greedy too
 
 
 @pytest.mark.parametrize("greedy", [True, False])

@@ -2,9 +2,11 @@ import pytest
 import torch
 
 from tracer_pl.controllers import (
+    ControllerConfig,
     ProposerController,
     ReviewerController,
     StateFeatures,
+    argmax_action,
     controller_state,
     time_bucket,
     vote_bucket,
@@ -76,8 +78,29 @@ def test_evaluation_uses_average_strategy():
     g = torch.Generator().manual_seed(0)
     draws = [c.act(("+0",), training=False, generator=g)[0] for _ in range(2000)]
     assert abs(sum(draws) / 2000 - 0.25) < 0.04  # binomial std ~0.01
-    # ties in argmax go to the speaking action
-    assert c.act(("never",), training=False, protocol="argmax")[0] == 1
+    # a tie in argmax (every unvisited state) goes to the silent action, as the authors' first-max argmax does
+    assert c.act(("never",), training=False, protocol="argmax")[0] == 0
+    assert ProposerController(tie_break="speaking").act(("never",), training=False, protocol="argmax")[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("strategy", "tie_break", "expected"),
+    [
+        ([0.5, 0.5], "silent", 0),  # tie: keep/skip (the authors' default)
+        ([0.5, 0.5], "speaking", 1),  # tie: refresh/speak
+        ([0.25, 0.75], "silent", 1),  # no tie: the more probable action whatever the rule
+        ([0.75, 0.25], "speaking", 0),
+        ([0.5 - 1e-12, 0.5 + 1e-12], "silent", 1),  # the smallest difference is not a tie
+    ],
+)
+def test_argmax_action_and_its_tie_rule(strategy, tie_break, expected):
+    assert argmax_action(torch.tensor(strategy, dtype=torch.float64), tie_break) == expected
+
+
+def test_controller_config_passes_the_tie_rule_to_both_controllers():
+    proposer, reviewer = ControllerConfig(argmax_tie="speaking").build()
+    assert (proposer.tie_break, reviewer.tie_break) == ("speaking", "speaking")
+    assert [c.tie_break for c in ControllerConfig().build()] == ["silent", "silent"]
 
 
 def test_fixed_and_frozen_controllers_do_not_learn():

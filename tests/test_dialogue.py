@@ -99,16 +99,41 @@ def test_training_groups_lockstep_and_learn_order():
     assert agent.exhausted()
 
 
-def test_invalid_pending_state_and_rewards():
+def test_invalid_pending_forces_a_refresh_without_controller_update_by_default():
+    # the authors' protocol: an unreadable pending answer is always refreshed, and that forced refresh is not valued
     agent = ScriptedAgent(proposer=[NONE, A42], reviewer=["WRONG\nno answer"])
-    result, pc, rc = play([P42], agent, [1], [1], training=True, rounds=3)
+    result, pc, rc = play([P42], agent, [], [1], training=True, rounds=3)
     (record,) = result.records
-    assert record.turns[0].replaced_pending and record.pending_answer == "42"
-    assert rc.states == [("invalid", "last")]
+    assert rc.states == [("invalid", "last")]  # the reviewer still decides on an unreadable pending text
     assert record.turns[1].reward == 0.0  # nothing parseable to judge
     assert record.turns[1].values == {"skip": -1.0, "speak": 0.0}
-    assert pc.updates == [(("invalid", "last"), (-1.0, 1.0))]  # refresh replaced an unparseable pending answer
-    assert record.first_answer == "42" and record.first_correct is True
+    turn = record.turns[2]
+    assert turn.forced and turn.action == "refresh" and turn.values is None
+    assert pc.states == [] and pc.updates == []  # the proposer controller was neither asked nor updated
+    assert turn.counterfactual_text is None and record.calls == 3  # no counterfactual sample either
+    assert record.pending_answer == "42" and record.first_answer == "42" and record.first_correct is True
+    assert record.correct
+
+
+def test_invalid_pending_forced_refresh_still_trains_the_proposer():
+    agent = ScriptedAgent(proposer=[A42, A7, A7, A7, NONE, A42, A7, A42, A7, A42], reviewer=["WRONG\nx"])
+    seen = []
+    result, pc, rc = play([P42], agent, [], [0], training=True, rounds=3, group_size=4,
+                          learn={"proposer": lambda groups: seen.append([(g.round, len(g.completions))
+                                                                         for g in groups])})
+    (record,) = result.records
+    assert seen == [[(1, 4)], [(3, 4)]]  # GSPO on the candidates of both forced refreshes
+    assert record.turns[2].forced and pc.updates == []
+    assert record.final_answer == "42" and agent.exhausted()
+
+
+def test_invalid_pending_decide_lets_the_controller_keep_and_values_it():
+    agent = ScriptedAgent(proposer=[NONE, A42], reviewer=["WRONG\nno answer"])
+    result, pc, rc = play([P42], agent, [1], [1], training=True, rounds=3, invalid_pending="decide")
+    (record,) = result.records
+    assert pc.states == [("invalid", "last")]
+    assert record.turns[2].replaced_pending and record.pending_answer == "42"
+    assert pc.updates == [(("invalid", "last"), (-1.0, 1.0))]  # keeping nothing readable is worth -1
     assert record.correct
 
 
@@ -184,3 +209,50 @@ def test_learn_runs_every_round_even_without_speakers_and_rounds_are_announced()
                   learn={"reviewer": lambda groups: seen.append(list(groups))}, on_round_end=ended.append)
     assert seen == [[]] and ended == [1, 2]
     assert [c["role"] for c in agent.calls] == ["proposer"]  # no reviewer generation happened
+
+
+def test_unparseable_refresh_is_valued_by_the_answer_it_leaves_pending():
+    # pending 42 is correct; a refresh that cannot be read leaves it pending, so refreshing is worth +1, not -1
+    agent = ScriptedAgent(proposer=[A42, NONE, NONE], reviewer=[])
+    pc = ScriptedProposerController([1, 0])  # a real refresh in round 3, a counterfactual one in round 5
+    result = run_dialogues([P42], agent, proposer=Proposer(), reviewer=Reviewer(), proposer_controller=pc,
+                           reviewer_controller=ReviewerController(fixed_action="skip"),
+                           config=DialogueConfig(rounds=5), training=True)
+    assert pc.updates == [(("+0", "not_last"), (1.0, 1.0)), (("+0", "last"), (1.0, 1.0))]
+    assert result.records[0].final_answer == "42"
+
+
+class _HarshProposer(Proposer):
+    """Rewards nothing: a GSPO-only change, by the table in tracer_pl.roles."""
+
+    def reward(self, text, view):
+        return -1.0
+
+
+class _StubbornProposer(Proposer):
+    def speaking_value(self, text, view):
+        return -1.0  # never worth refreshing
+
+
+class _AlwaysRewardedReviewer(Reviewer):
+    def reward(self, text, view):
+        return 0.5
+
+
+@pytest.mark.parametrize(
+    ("proposer", "reviewer", "proposer_values", "reviewer_values"),
+    [
+        (Proposer(), Reviewer(), (-1.0, 1.0), (-1.0, 1.0)),  # pending 7 is wrong; refresh 42 right; WRONG is right
+        (_HarshProposer(), Reviewer(), (-1.0, 1.0), (-1.0, 1.0)),  # reward override: controller values unchanged
+        (_StubbornProposer(), Reviewer(), (-1.0, -1.0), (-1.0, 1.0)),  # speaking_value override reaches them
+        (Proposer(), _AlwaysRewardedReviewer(), (-1.0, 1.0), (-1.0, 0.5)),  # a reviewer's reward is its speak value
+        (Proposer(reward_scale=3.0), Reviewer(reward_scale=3.0), (-1.0, 1.0), (-1.0, 1.0)),  # scale: GSPO only
+    ],
+)
+def test_what_each_role_override_reaches(proposer, reviewer, proposer_values, reviewer_values):
+    agent = ScriptedAgent(proposer=[A7, A42], reviewer=["WRONG\nx"])
+    pc, rc = ScriptedProposerController([0]), ScriptedReviewerController([0])
+    run_dialogues([P42], agent, proposer=proposer, reviewer=reviewer, proposer_controller=pc,
+                  reviewer_controller=rc, config=DialogueConfig(rounds=3), training=True)
+    assert rc.updates == [(("+0", "last"), reviewer_values)]
+    assert pc.updates == [(("+0", "last"), proposer_values)]

@@ -108,3 +108,82 @@ def test_frozen_roles_and_fixed_controllers(tmp_path):
 def test_impossible_settings_are_rejected_before_loading(overrides, flag):
     with pytest.raises(ConfigError, match=flag.replace(".", r"\.")):
         make_module(**overrides)
+
+
+def _group(name, signal=True):
+    from tracer_pl.agent import Completion
+    from tracer_pl.dialogue import CandidateGroup
+
+    completions = [Completion(text=f"{name}{i}", prompt_tokens=1, completion_tokens=1) for i in range(2)]
+    return CandidateGroup(role="proposer", round=1, problem_index=0, prompt=[], completions=completions,
+                          rewards=torch.tensor([1.0, -1.0]),
+                          advantages=torch.tensor([1.0, -1.0]) if signal else None)
+
+
+class _VersionedBackbone:
+    """Log-probs that tell which policy version scored which candidate."""
+
+    def __init__(self):
+        self.version = 0
+
+    def token_logprobs(self, role, completions):
+        values = [[float(self.version) + 0.25 * int(c.text[-1])] for c in completions]  # exact in binary
+        return torch.tensor(values), torch.ones(len(completions), 1)
+
+
+@pytest.mark.parametrize(
+    ("update_per", "expected"),
+    [
+        # one update per group with signal; the second is scored against the policy that sampled it (version 0)
+        ("group", [(["a"], None), (["c"], [[0.0], [0.25]])]),
+        ("round", [(["a", "c"], None)]),  # one update over every group with signal, on-policy
+    ],
+)
+def test_gspo_updates_per_group_or_per_round(monkeypatch, update_per, expected):
+    module = make_module(gspo=GSPOConfig(update_per=update_per))
+    module.backbone = _VersionedBackbone()
+    module._step_stats = {}
+    updates = []
+
+    def update(role, groups, old_logp=None):
+        updates.append(([g.completions[0].text[0] for g in groups], None if old_logp is None else old_logp.tolist()))
+        module.backbone.version += 1  # the policy moves with every update
+
+    monkeypatch.setattr(module, "_gspo_update", update)
+    module._gspo_step("proposer", [_group("a"), _group("b", signal=False), _group("c")])
+    assert updates == expected
+
+
+def test_per_group_is_the_default_and_counts_one_step_per_group(tmp_path, monkeypatch):
+    assert GSPOConfig().update_per == "group"
+    original = TracerModule._gspo_step
+    live_groups = []
+
+    def recording(self, role, groups):
+        if role == "proposer":
+            live_groups.append(sum(g.has_signal for g in groups))
+        return original(self, role, groups)
+
+    monkeypatch.setattr(TracerModule, "_gspo_step", recording)
+    for mode in ("group", "round"):
+        live_groups.clear()
+        _, trainer = fit(tmp_path / mode, 1, gspo=GSPOConfig(lr=0.05, steps_per_group=1, update_per=mode))
+        steps = float(trainer.callback_metrics["gspo/proposer/steps"])
+        expected = sum(live_groups) if mode == "group" else sum(n > 0 for n in live_groups)
+        assert steps == expected, (mode, live_groups)
+        if mode == "group":
+            assert max(live_groups) == 2  # a round with two groups, so the two modes differ in this run
+
+
+def test_regret_bound_terms_name_the_decisions_that_share_a_strategy():
+    from tracer_pl.module import regret_bound_terms
+
+    assert regret_bound_terms(8, DialogueConfig()) == {"controller/regret_bound_batch": 8.0}
+    assert regret_bound_terms(8, DialogueConfig(counterfactual=False)) == {"controller/regret_unbounded": 1.0}
+
+
+def test_effective_sampling_settings_are_recorded_with_the_hyperparameters():
+    module = make_module(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=6, temperature=0.7, top_p=0.9))
+    module.configure_model()
+    # top_p as set; top_k and repetition penalty unset here and in the tiny model's config: transformers' defaults
+    assert module.hparams["sampling"] == {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.0}

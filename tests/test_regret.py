@@ -163,3 +163,28 @@ def test_state_dict_lists_become_tuples_and_mismatch_is_rejected():
 def test_update_rejects_bad_values(values):
     with pytest.raises(ValueError):
         RegretMatcher().update("s", values)
+
+
+def _stale_adversary(batch, rounds, plus):
+    """Largest ratio of cumulative regret to the batch-1 and the batch-``batch`` bound, when ``batch`` updates in a
+    row are measured against the strategy at the start of their run and the values always punish that strategy."""
+    matcher, state, ratio_1, ratio_b = RegretMatcher(2, plus=plus), ("s",), 0.0, 0.0
+    for r in range(rounds):
+        played = matcher.strategy(state)
+        favours_speaking = played[1] > played[0] or (played[0] == played[1] and r % 2)
+        values = (1.0, -1.0) if favours_speaking else (-1.0, 1.0)
+        for _ in range(batch):
+            matcher.update(state, values, strategy=played)
+        visits = matcher.visits(state)
+        regret = matcher.average_regret(state) * visits
+        ratio_1 = max(ratio_1, regret / regret_bound(visits))
+        ratio_b = max(ratio_b, regret / regret_bound(visits, batch=batch))
+    return ratio_1, ratio_b
+
+
+@pytest.mark.parametrize("plus", [False, True])
+@pytest.mark.parametrize(("batch", "exceeds"), [(1, 0.4743), (8, 1.3416), (32, 2.6833)])
+def test_stale_strategies_break_the_plain_bound_but_not_the_batch_bound(batch, exceeds, plus):
+    ratio_1, ratio_b = _stale_adversary(batch, rounds=400, plus=plus)
+    assert ratio_1 == pytest.approx(exceeds, rel=0.01)  # 2*sqrt(2M) is exceeded 1.34x at B = 8, 2.68x at B = 32
+    assert ratio_b < 0.5  # 2*sqrt(2BM) holds with room to spare

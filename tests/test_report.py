@@ -32,6 +32,25 @@ def test_wilson_interval_matches_published_values():
 def test_regret_bound():
     assert regret_bound(8) == pytest.approx(1.0)  # 2 * sqrt(2 / 8)
     assert regret_bound(200) == pytest.approx(0.2)
+    assert regret_bound(8, batch=4) == pytest.approx(2.0)  # 2 * sqrt(2 * 4 / 8)
+    assert math.isinf(regret_bound(8, batch=math.inf))
+
+
+@pytest.mark.parametrize(
+    ("logged", "bound_cell", "header"),
+    [
+        ({}, "1.414", "bound 2·sqrt(2/M)"),  # a run that logged no batch: B = 1, 2*sqrt(2/4)
+        ({"controller/regret_bound_batch": 8.0}, "4.000", "bound 2·sqrt(2B/M), B=8"),  # 2*sqrt(2*8/4)
+        ({"controller/regret_unbounded": 1.0}, "inf", "no bound (importance-weighted values)"),
+    ],
+)
+def test_the_drawn_bound_is_the_one_that_holds_for_the_run(tmp_path, logged, bound_cell, header):
+    train = [{"step": s, "controller/proposer/-1/last/visits": m, "controller/proposer/-1/last/avg_regret": 1 / m,
+              "controller/proposer/-1/last/avg_p_refresh": 0.5, **logged} for s, m in enumerate([1, 2, 4])]
+    run = make_run(tmp_path, "tracer", {}, train_rows=train)
+    text = write_report([run], tmp_path / "report").read_text()
+    assert f"| {header} |" in text
+    assert f"| proposer | -1/last | 4 | 0.2500 | {bound_cell} |" in text
 
 
 def make_run(root, name, metrics, records=None, train_rows=None):

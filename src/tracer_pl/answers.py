@@ -17,136 +17,38 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
 
+from tracer_pl.answer_text import (
+    answer_region,
+    clean_text,
+    ends_unfinished,
+    final_answer_line,
+    last_boxed,
+    marked_values,
+    stated_expression,
+)
 from tracer_pl.errors import ConfigError
+from tracer_pl.numbers import gsm8k_gold, last_number, normalize_number, stated_number
 
-# ---------------------------------------------------------------------- text helpers
-
-_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\s*")
-_FINAL_LINE = re.compile(r"(?:final\s+answer|the\s+answer\s+is|answer\s*:)\s*[:\-]?\s*(.+)", re.IGNORECASE)
-
-
-def last_boxed(text: str) -> str | None:
-    r"""Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces; None if there is none."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    while start != -1:
-        brace = text.find("{", start)
-        if brace != -1 and _BOX_COMMAND.fullmatch(text[start:brace]):
-            content = _balanced(text, brace)
-            if content is not None:
-                return content
-        start = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
-    return None
-
-
-def _balanced(text: str, open_index: int) -> str | None:
-    depth = 0
-    for i in range(open_index, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_index + 1 : i]
-    return None
-
-
-def final_answer_line(text: str) -> str | None:
-    """What follows the last "Final answer:" / "The answer is" / "Answer:" marker, up to the end of its line."""
-    matches = list(_FINAL_LINE.finditer(text))
-    if not matches:
-        return None
-    value = matches[-1].group(1).strip()
-    return value or None
-
-
-# ---------------------------------------------------------------------- numbers (GSM8K)
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-_MAX_DIGITS = 40  # longer numbers are not answers anyone means; refusing them keeps Decimal cheap
-
-
-def normalize_number(text: str) -> str | None:
-    r"""A canonical decimal string for the number in ``text`` (``"1,234.50"`` -> ``"1234.5"``), else None.
-
-    Accepts commas as thousands separators, ``$`` and other units around it, a trailing period, a percent
-    sign (``50%`` -> ``50``), simple fractions (``3/4`` -> ``0.75``) and surrounding ``\\boxed{}``. Returns None
-    for text with no number, for more than one distinct number, and for numbers over 40 digits.
-    """
-    boxed = last_boxed(text)
-    candidate = boxed if boxed is not None else text
-    candidate = re.sub(r"\\(?:text|mathrm)\{[^{}]*\}|\\[,!;]|\\\$|[$€£]", " ", candidate)
-    candidate = re.sub(r"\\d?frac\{(-?\d+)\}\{(\d+)\}", r"\1/\2", candidate)
-    numbers = _NUMBER.findall(candidate.replace("\u2212", "-"))
-    if len(numbers) != 1:
-        return None
-    return _canonical(numbers[0])
-
-
-def _canonical(token: str) -> str | None:
-    token = token.replace(",", "")
-    if len(token) > _MAX_DIGITS:
-        return None
-    try:
-        if "/" in token:
-            numerator, denominator = token.split("/")
-            if Decimal(denominator) == 0:
-                return None
-            value = Decimal(numerator) / Decimal(denominator)
-        else:
-            value = Decimal(token)
-    except (InvalidOperation, ValueError):
-        return None
-    if not value.is_finite():
-        return None
-    value = value.normalize()
-    text = format(value, "f")
-    return "0" if text in ("-0", "0") else text
-
-
-def last_number(text: str) -> str | None:
-    """The canonical form of the last number in ``text``, or None."""
-    numbers = _NUMBER.findall(text.replace("\u2212", "-"))
-    for token in reversed(numbers):
-        value = _canonical(token)
-        if value is not None:
-            return value
-    return None
-
-
-def gsm8k_gold(solution: str) -> str:
-    """The gold number of a GSM8K ``answer`` field: the text after ``####``, normalised.
-
-    Raises:
-        ValueError: when there is no ``####`` or what follows it is not a single number.
-    """
-    if "####" not in solution:
-        raise ValueError(f"expected '#### <number>' at the end of the solution, found no '####' in {solution[-60:]!r}")
-    tail = solution.rsplit("####", 1)[1].strip()
-    value = clean_number(tail)
-    if value is None:
-        raise ValueError(f"expected a number after '####', found {tail[:60]!r}")
-    return value
-
-
-_CLEAN_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+|-?\d+/\d+")
-
-
-def clean_number(text: str) -> str | None:
-    r"""The canonical form of ``text`` when all of it is one number, else None: the strict reading of a gold answer.
-
-    Allowed around the number: spaces, a leading ``$``, a trailing period, ``\boxed{}``. Commas must group
-    thousands (``1,234``). Unlike :func:`normalize_number`, a number inside other text is refused (``H2O``,
-    ``Python 3``, ``1,2,3``, ``12,34``), so such a gold is reported as a bad row instead of becoming a wrong number.
-    """
-    boxed = last_boxed(text)
-    candidate = (boxed if boxed is not None and text.strip().startswith("\\boxed") else text).strip()
-    candidate = candidate.replace("\u2212", "-").removeprefix("$").strip().removesuffix(".")
-    if not _CLEAN_NUMBER.fullmatch(candidate):
-        return None
-    return _canonical(candidate.lstrip("+"))
-
+__all__ = [  # the text and number helpers live in answer_text.py and numbers.py; they stay importable here
+    "AnswerFormat",
+    "ChoiceFormat",
+    "ExactFormat",
+    "MathFormat",
+    "NumberFormat",
+    "extract_answer",
+    "final_answer_line",
+    "format_choices",
+    "get_answer_format",
+    "gsm8k_gold",
+    "is_equivalent",
+    "last_boxed",
+    "last_number",
+    "normalize_number",
+    "register_answer_format",
+    "shuffle_choices",
+    "stated_letter",
+]
 
 # ---------------------------------------------------------------------- formats
 
@@ -186,19 +88,19 @@ class NumberFormat(AnswerFormat):
         self.tolerance = tolerance
 
     def extract(self, text: str) -> str | None:
-        r"""Priority: the "Final answer:" line, then the last ``\\boxed{}``, then ``####``, then the last number."""
-        if not text:
-            return None
-        line = final_answer_line(text)
-        if line is not None:
-            value = normalize_number(line) or last_number(line)
-            if value is not None:
-                return value
+        r"""The stated number, else the last box, else the last number.
+
+        Priority: the last marker ("Final answer:", "The answer is", "Answer:", "####") that states a
+        number (see :func:`~tracer_pl.numbers.stated_number`), then the last ``\\boxed{}``, then the last
+        number of the text. After a ``</think>``, only the text after it counts.
+        """
+        text = answer_region(clean_text(text))
+        for value in marked_values(text):
+            if (number := stated_number(value)) is not None:
+                return number
         boxed = last_boxed(text)
-        if boxed is not None and (value := normalize_number(boxed)) is not None:
-            return value
-        if "####" in text and (value := last_number(text.rsplit("####", 1)[1])) is not None:
-            return value
+        if boxed is not None and (number := normalize_number(boxed) or last_number(boxed)) is not None:
+            return number
         return last_number(text)
 
     def equivalent(self, prediction: str, gold: str) -> bool:
@@ -217,6 +119,24 @@ class NumberFormat(AnswerFormat):
         return value
 
 
+_CLEAN_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+|-?\d+/\d+")
+
+
+def clean_number(text: str) -> str | None:
+    r"""The canonical form of ``text`` when all of it is one number, else None: the strict reading of a gold answer.
+
+    Allowed around the number: spaces, a leading ``$``, a trailing period, ``\boxed{}``. Commas must group
+    thousands (``1,234``). Unlike :func:`normalize_number`, a number inside other text is refused (``H2O``,
+    ``Python 3``, ``1,2,3``, ``12,34``), so such a gold is reported as a bad row instead of becoming a wrong number.
+    """
+    boxed = last_boxed(text)
+    candidate = (boxed if boxed is not None and text.strip().startswith("\\boxed") else text).strip()
+    candidate = candidate.replace("\u2212", "-").removeprefix("$").strip().removesuffix(".")
+    if not _CLEAN_NUMBER.fullmatch(candidate):
+        return None
+    return normalize_number(candidate.lstrip("+"))
+
+
 _LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\ |\$|\s")
 
 
@@ -227,15 +147,20 @@ class MathFormat(AnswerFormat):
     answer_instruction = "End your solution with a last line of the form 'Final answer: \\boxed{<answer>}'."
 
     def extract(self, text: str) -> str | None:
-        if not text:
-            return None
+        r"""The boxed answer, else the stated expression, else math-verify's final expression.
+
+        Priority: the last non-empty ``\\boxed{}``, then the last marker that states an expression (see
+        :func:`~tracer_pl.answer_text.stated_expression`), then math-verify's own extraction of the final
+        expression of the text. After a ``</think>``, only the text after it counts.
+        """
+        text = answer_region(clean_text(text))
         boxed = last_boxed(text)
         if boxed is not None and boxed.strip():
             return boxed.strip()
-        line = final_answer_line(text)
-        if line is not None:
-            return line.strip().rstrip(".").strip("$ ") or None
-        return None
+        for value in marked_values(text):
+            if (answer := stated_expression(value)) is not None:
+                return answer
+        return _final_expression(text)
 
     def equivalent(self, prediction: str, gold: str) -> bool:
         if prediction is None:
@@ -265,16 +190,35 @@ def _too_costly(latex: str) -> bool:
     return len(latex) > 2000 or _HUGE_POWER.search(latex) is not None
 
 
-def _math_verify(gold: str, prediction: str) -> bool:
-    """math-verify, gold first; any failure inside it means "not equivalent".
+def _timeout() -> int | None:
+    """math-verify's timeouts use signals, which only work on the main thread: off it they are switched off."""
+    return 5 if threading.current_thread() is threading.main_thread() else None
 
-    Its signal-based timeouts only work on the main thread, so off it they are switched off (``None``).
-    """
+
+_TAIL_CHARS = 1000  # the final expression is near the end; parsing a whole long solution costs seconds
+
+
+def _final_expression(text: str) -> str | None:
+    """The final expression math-verify's default extraction (LaTeX, then plain expressions) finds, or None."""
+    tail = text[-_TAIL_CHARS:]
+    if _too_costly(tail) or ends_unfinished(tail):  # cut off before its result: no answer
+        return None
+    try:
+        from math_verify import parse
+
+        found = parse(tail, parsing_timeout=_timeout())
+    except Exception:  # noqa: BLE001 - model output must never crash extraction
+        return None
+    strings = [item for item in found if isinstance(item, str) and item.strip()]
+    return strings[-1].strip() if strings else None
+
+
+def _math_verify(gold: str, prediction: str) -> bool:
+    """math-verify, gold first; any failure inside it means "not equivalent" (timeouts: see :func:`_timeout`)."""
     try:
         from math_verify import parse, verify
 
-        main = threading.current_thread() is threading.main_thread()
-        timeout = 5 if main else None
+        timeout = _timeout()
         gold_parsed = parse(_boxed_if_bare(gold), parsing_timeout=timeout)
         pred_parsed = parse(_boxed_if_bare(prediction), parsing_timeout=timeout)
         if not gold_parsed or not pred_parsed:
@@ -288,12 +232,29 @@ def _boxed_if_bare(answer: str) -> str:
     return answer if "\\boxed" in answer else f"\\boxed{{{answer}}}"
 
 
-_LETTER_PATTERNS = [
-    re.compile(r"(?:final\s+answer|the\s+answer\s+is|answer\s*:)\s*[:\-]?\s*\(?\**([A-D])\b", re.IGNORECASE),
-    re.compile(r"\\boxed\{\s*\(?([A-D])\)?\s*\}"),
-    re.compile(r"^\s*\(?([A-D])[).]?\s*$", re.MULTILINE),
+_LETTER_STATEMENTS = [  # how a final-answer statement starts when it gives a letter
+    re.compile(r"(?i:option|choice)?\s*\(([A-Da-d])\)"),  # "(B)", "option (c)"
+    re.compile(r"(?i:option|choice)?\s*([A-D])(?![\w'])"),  # "B", "B) 4.2 eV", "B."
+    re.compile(r"(?i:option|choice)?\s*([a-d])\s*(?:[.)]|$)"),  # "c", "c." (not the article in "a mixture")
+]
+_LETTER_PATTERNS = [  # without a marker, from the most to the least explicit; the last match of each counts
+    re.compile(r"(?i:option|choice)\s+\(?([A-D])\)?\s+(?i:is\s+(?:the\s+)?(?:correct|right|best))"),
+    re.compile(r"(?i:(?:correct|right|best)\s+(?:option|choice)\s+is)\s*:?\s*(\([A-Da-d]\)|[A-D]\b)"),
+    re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*\(?([A-D])\)?"),
+    re.compile(r"^\s*\(?([A-D])[).]?\s*$", re.MULTILINE),  # a line holding only the letter
     re.compile(r"\(([A-D])\)"),
 ]
+
+
+def stated_letter(value: str) -> str | None:
+    r"""The letter A-D a final-answer statement starts with ("B) 4.2 eV", "(c)", "$\\boxed{D}$"), or None."""
+    boxed = last_boxed(value)
+    value = re.sub(r"\\(?:text|textbf|mathrm)\{([^{}]*)\}", r"\1", value if boxed is None else boxed)
+    value = value.replace("$", "").replace("\\(", "").replace("\\)", "").strip()
+    for pattern in _LETTER_STATEMENTS:
+        if (match := pattern.match(value)) is not None:
+            return match.group(1).upper()
+    return None
 
 
 class ChoiceFormat(AnswerFormat):
@@ -303,12 +264,19 @@ class ChoiceFormat(AnswerFormat):
     answer_instruction = "End your solution with a last line of the form 'Final answer: <letter>' (A, B, C or D)."
 
     def extract(self, text: str) -> str | None:
-        if not text:
-            return None
+        """The stated letter, else the most explicit letter found without a marker.
+
+        Priority: the last marker that states a letter, then "option B is correct", a box, a line holding
+        only a letter, the last "(B)". After a ``</think>``, only the text after it counts.
+        """
+        text = answer_region(clean_text(text))
+        for value in marked_values(text):
+            if (letter := stated_letter(value)) is not None:
+                return letter
         for pattern in _LETTER_PATTERNS:
             matches = pattern.findall(text)
             if matches:
-                return matches[-1].upper()
+                return matches[-1].strip("()").upper()
         return None
 
     def equivalent(self, prediction: str, gold: str) -> bool:

@@ -82,7 +82,10 @@ class Backbone(torch.nn.Module):
         roles: The adapter names, one per role.
         max_new_tokens: Generation limit per completion.
         temperature: Sampling temperature; 0 decodes greedily.
-        top_p: Nucleus-sampling threshold (1 keeps the whole distribution).
+        top_p: Nucleus-sampling threshold; None keeps the model's ``generation_config`` value.
+        top_k: Top-k filter (0 switches it off); None keeps the model's ``generation_config`` value.
+        repetition_penalty: Repetition penalty (1 switches it off), also applied when decoding greedily; None
+            keeps the model's ``generation_config`` value.
 
     Raises:
         ConfigError: A role has no adapter in ``model``.
@@ -96,7 +99,9 @@ class Backbone(torch.nn.Module):
         *,
         max_new_tokens: int = 256,
         temperature: float = 0.3,
-        top_p: float = 1.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
         share_prompt_cache: bool = True,
     ) -> None:
         super().__init__()
@@ -112,6 +117,8 @@ class Backbone(torch.nn.Module):
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
+        self.top_k = top_k
+        self.repetition_penalty = repetition_penalty
         self.share_prompt_cache = share_prompt_cache
         self.stop_token_ids = _stop_token_ids(model, tokenizer)
         self._mark_adapters_trainable()
@@ -131,7 +138,9 @@ class Backbone(torch.nn.Module):
         gradient_checkpointing: bool = False,
         max_new_tokens: int = 256,
         temperature: float = 0.3,
-        top_p: float = 1.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
         device: str | torch.device | None = None,
         adapter_seed: int = 0,
         share_prompt_cache: bool = True,
@@ -151,7 +160,9 @@ class Backbone(torch.nn.Module):
             gradient_checkpointing: Recompute activations in the backward pass (non-reentrant checkpointing).
             max_new_tokens: Generation limit per completion.
             temperature: Sampling temperature.
-            top_p: Nucleus-sampling threshold.
+            top_p: Nucleus-sampling threshold; None: the model's generation config.
+            top_k: Top-k filter; None: the model's generation config.
+            repetition_penalty: Repetition penalty; None: the model's generation config.
             device: Target device; default CUDA when available.
             adapter_seed: Seed of the LoRA initialisation (role ``i`` uses ``adapter_seed + i``), so the same
                 arguments give the same initial adapters whatever ran before; the global random state is
@@ -191,7 +202,7 @@ class Backbone(torch.nn.Module):
                 model.add_adapter(role, config)
         return cls(
             model, tokenizer, roles, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            share_prompt_cache=share_prompt_cache,
+            top_k=top_k, repetition_penalty=repetition_penalty, share_prompt_cache=share_prompt_cache,
         )
 
     # ------------------------------------------------------------------ adapters
@@ -285,9 +296,10 @@ class Backbone(torch.nn.Module):
     ) -> list[list[Completion]]:
         """Return ``num_samples[i]`` completions for ``prompts[i]`` under ``role``'s adapter, in one batch.
 
-        Prompts are left-padded; sampling uses :attr:`temperature` and :attr:`top_p` only (the model's own
-        top-k and repetition-penalty defaults are switched off). The model runs in eval mode without gradients
-        and gets its previous mode back afterwards.
+        Prompts are left-padded; sampling uses :attr:`temperature` and the filters of :meth:`sampling_settings`
+        (the model's own ``generation_config`` wherever a filter is None, as the authors' code does by passing
+        only the temperature). The model runs in eval mode without gradients and gets its previous mode back
+        afterwards.
 
         Each :class:`~tracer_pl.agent.Completion` has ``payload = (prompt_ids, completion_ids)``, 1-D CPU
         LongTensors without padding; ``completion_ids`` ends with the stop token unless ``truncated``.
@@ -337,24 +349,33 @@ class Backbone(torch.nn.Module):
         cache.batch_select_indices(rows)
         return cache
 
+    def sampling_settings(self) -> dict[str, float | int]:
+        """The sampling settings in effect: the set ones, and the model's ``generation_config`` for the rest."""
+        config = self.model.generation_config
+        chosen = {"top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty}
+        defaults = {"top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}  # transformers' own when nobody sets one
+        settings: dict[str, float | int] = {"temperature": self.temperature}
+        for name, value in chosen.items():
+            if value is None:
+                value = getattr(config, name, None)
+            settings[name] = defaults[name] if value is None else value
+        return settings
+
     def _decoding(self, greedy: bool) -> dict:
-        """``generate`` options; they override whatever the model's own generation config says."""
+        """``generate`` options: the set filters override the model's generation config, None ones keep it."""
         settings = {
             "max_new_tokens": self.max_new_tokens,
             "use_cache": True,  # also under gradient checkpointing, which turns the cache off in training
-            "repetition_penalty": 1.0,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.stop_token_ids,
         }
+        if self.repetition_penalty is not None:
+            settings["repetition_penalty"] = self.repetition_penalty
         if greedy or self.temperature == 0:
             return {**settings, "do_sample": False}
-        return {
-            **settings,
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": 0,
-        }
+        filters = {"top_p": self.top_p, "top_k": self.top_k}
+        return {**settings, "do_sample": True, "temperature": self.temperature,
+                **{name: value for name, value in filters.items() if value is not None}}
 
     def _completions(
         self, input_ids: torch.Tensor, mask: torch.Tensor, output: torch.Tensor

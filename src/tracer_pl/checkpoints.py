@@ -42,6 +42,7 @@ SAFE_TO_CHANGE = (
     "model.evaluation",  # what validate/test run; never used in training
     "model.eval_seed",  # the RNG of evaluation only
     "model.dialogue.eval_greedy",  # decoding in evaluation only
+    "model.controllers.argmax_tie",  # the argmax evaluation protocol only
     "data.test", "data.val", "data.test_limit", "data.eval_batch_size",  # evaluation sets
     "data.on_bad_row",  # a bad row either stops the run or was never part of the stream
     # not recorded, so never compared: trainer.limit_train_batches (the data order does not depend on it),
@@ -153,10 +154,11 @@ def differences(saved: Mapping[str, Any], current: Mapping[str, Any], flags: Ite
     """``(flag, saved, current)`` for every setting recorded in ``saved`` that ``current`` changes.
 
     Only ``flags`` are compared when given, else every recorded setting that is not :func:`is_safe`. A setting
-    the checkpoint does not record (it predates the setting) is not compared.
+    that only one side records is not compared: the checkpoint predates it, or this run derives it later (the
+    model's ``sampling`` settings exist once the model is loaded, and are compared then).
     """
     names = list(flags) if flags is not None else [f for f in saved if not is_safe(f)]
-    return [(f, saved[f], current.get(f)) for f in names if f in saved and saved[f] != current.get(f)]
+    return [(f, saved[f], current[f]) for f in names if f in saved and f in current and saved[f] != current[f]]
 
 
 def refuse_differences(found: list[tuple[str, Any, Any]], what: str) -> None:

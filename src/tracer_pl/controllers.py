@@ -28,6 +28,10 @@ Update = tuple[ControllerState, torch.Tensor, torch.Tensor]
 EvalProtocol = Literal["sample", "argmax"]
 """How the average strategy acts in evaluation: sample from it (the authors' main protocol) or take argmax."""
 
+TieBreak = Literal["silent", "speaking"]
+"""Which action ``argmax`` takes when both have the same average probability: ``silent`` (keep/skip, as the
+authors' code does) or ``speaking`` (refresh/speak)."""
+
 
 @dataclass(frozen=True)
 class StateFeatures:
@@ -81,6 +85,13 @@ def state_label(state: ControllerState) -> str:
     return "/".join(state) or "any"
 
 
+def argmax_action(strategy: torch.Tensor, tie_break: TieBreak = "silent") -> int:
+    """The more probable of two actions; a tie goes to the silent action (0) or, with ``speaking``, to 1."""
+    if strategy[1] == strategy[0]:
+        return 1 if tie_break == "speaking" else 0
+    return int(strategy[1] > strategy[0])
+
+
 def signed_value(correct: bool) -> float:
     """Value of an answer-carrying action: +1 if the answer it leaves pending is correct, else -1."""
     return 1.0 if correct else -1.0
@@ -97,6 +108,8 @@ class Controller:
         frozen: Never update (the strategy stays as loaded; a fresh one is uniform).
         fixed_action: Always take this action (a fixed protocol); implies no updates.
         seed: Seed of the controller's own RNG used to sample actions in training.
+        tie_break: The action ``argmax`` takes on a tie of the average strategy (every state never visited in
+            training is a tie): ``silent`` (index 0) or ``speaking`` (index 1).
     """
 
     actions: tuple[str, str] = ("silent", "speak")
@@ -110,6 +123,7 @@ class Controller:
         frozen: bool = False,
         fixed_action: str | None = None,
         seed: int = 0,
+        tie_break: TieBreak = "silent",
     ) -> None:
         if fixed_action is not None and fixed_action not in self.actions:
             raise ValueError(f"{name} controller: fixed_action must be one of {self.actions}, got {fixed_action!r}")
@@ -117,6 +131,7 @@ class Controller:
         self.features = features
         self.frozen = frozen
         self.fixed_action = fixed_action
+        self.tie_break = tie_break
         self.matcher = RegretMatcher(num_actions=2, plus=plus)
         self.generator = torch.Generator().manual_seed(seed)
         self._deferred: list[Update] | None = None
@@ -137,8 +152,8 @@ class Controller:
         """Choose an action; return it with the strategy it was drawn from.
 
         Training samples the current strategy with the controller's own RNG; evaluation uses the average
-        strategy, sampled with ``generator`` (``protocol="sample"``) or its argmax (ties go to the speaking
-        action, so an untrained controller speaks).
+        strategy, sampled with ``generator`` (``protocol="sample"``) or its argmax (a tie, which includes every
+        state never visited in training, goes to :attr:`tie_break`).
         """
         if self.fixed_action is not None:
             action = self.actions.index(self.fixed_action)
@@ -148,7 +163,7 @@ class Controller:
             return int(torch.multinomial(strategy.float(), 1, generator=self.generator).item()), strategy
         strategy = self.matcher.average_strategy(state)
         if protocol == "argmax":
-            return int(strategy[1] >= strategy[0]), strategy
+            return argmax_action(strategy, self.tie_break), strategy
         return int(torch.multinomial(strategy.float(), 1, generator=generator).item()), strategy
 
     def update(self, state: ControllerState, values: tuple[float, float], strategy: torch.Tensor) -> None:
@@ -246,7 +261,9 @@ class ControllerConfig:
         reviewer: ``learned``; ``frozen``; or ``always_speak``/``always_skip`` (``always_skip`` is the "no
             reviewer" ablation).
         seed: Seed of the controllers' action-sampling RNGs (the reviewer's uses ``seed + 1``).
-    """
+        argmax_tie: The action the ``argmax`` evaluation protocol takes when the average strategy is a tie --
+            in every state never visited in training, and in every state of the frozen-controllers ablation:
+            ``silent`` (keep/skip, the authors' choice) or ``speaking`` (refresh/speak).    """
 
     variant: Literal["rm", "rm+"] = "rm"
     state_vote: bool = True
@@ -254,14 +271,15 @@ class ControllerConfig:
     proposer: Literal["learned", "frozen", "always_refresh", "always_keep"] = "learned"
     reviewer: Literal["learned", "frozen", "always_speak", "always_skip"] = "learned"
     seed: int = 42
+    argmax_tie: TieBreak = "silent"
 
     def build(self) -> tuple[ProposerController, ReviewerController]:
         """Fresh proposer and reviewer controllers with these settings."""
         features = StateFeatures(vote=self.state_vote, time=self.state_time)
-        plus = self.variant == "rm+"
+        common = {"plus": self.variant == "rm+", "features": features, "tie_break": self.argmax_tie}
         return (
-            ProposerController(plus=plus, features=features, seed=self.seed, **_mode(self.proposer)),
-            ReviewerController(plus=plus, features=features, seed=self.seed + 1, **_mode(self.reviewer)),
+            ProposerController(seed=self.seed, **common, **_mode(self.proposer)),
+            ReviewerController(seed=self.seed + 1, **common, **_mode(self.reviewer)),
         )
 
 

@@ -26,14 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from tracer_pl.agent import Agent, Completion, Messages
-from tracer_pl.controllers import Controller, ControllerState, EvalProtocol, is_proposal_round, signed_value
+from tracer_pl.controllers import Controller, ControllerState, EvalProtocol, is_proposal_round
 from tracer_pl.gspo import ZERO_SIGNAL_STD, group_advantages
 from tracer_pl.problem import Problem
-from tracer_pl.roles import RIGHT, WRONG, DialogueView, Role, is_correct
+from tracer_pl.roles import RIGHT, WRONG, DialogueView, Role, is_correct, replaces_pending
 
 
 @dataclass
@@ -46,6 +47,9 @@ class DialogueConfig:
         counterfactual: Value the unchosen action with one counterfactual sample (else importance weighting).
         eval_greedy: Decode greedily in evaluation.
         min_reward_std: Groups with a smaller reward std are not trained on.
+        invalid_pending: A proposal round whose pending text has no readable answer (the ``invalid`` vote
+            bucket): ``refresh`` forces a refresh and makes no proposer-controller update (the authors' choice);
+            ``decide`` lets the proposer controller choose keep/refresh there and updates it (keep is valued -1).
     """
 
     rounds: int = 5
@@ -53,6 +57,7 @@ class DialogueConfig:
     counterfactual: bool = True
     eval_greedy: bool = True
     min_reward_std: float = ZERO_SIGNAL_STD
+    invalid_pending: Literal["refresh", "decide"] = "refresh"
 
 
 @dataclass
@@ -242,45 +247,32 @@ class _Game:
 
     # ------------------------------------------------------------------ the two kinds of round
     def proposal_round(self, records: list[DialogueRecord], round_index: int) -> None:
-        controller = self.proposer_controller
-        decisions = self._decide(controller, records, round_index)
-        turns = self._speak(self.proposer, controller, records, decisions, round_index)
-        for d, turn in zip(decisions, turns):
-            record = records[d.index]
-            old_correct = record.pending_correct
-            if d.action == 1:
-                new_answer = turn.parsed
-            elif turn.counterfactual_text is not None:
-                new_answer = self.proposer.parse(turn.counterfactual_text, record.view(round_index))
-            else:
-                new_answer = None
-            new_correct = is_correct(new_answer, record.problem)
-            if d.action == 1:
-                self._apply_proposal(record, turn, round_index)
-            if self._values_wanted(controller, d):
-                self._value(controller, d, turn, (signed_value(old_correct), signed_value(new_correct)))
-            record.turns.append(turn)
+        self._play_round(self.proposer, self.proposer_controller, records, round_index, self._apply_proposal)
 
     def review_round(self, records: list[DialogueRecord], round_index: int) -> None:
-        controller = self.reviewer_controller
+        self._play_round(self.reviewer, self.reviewer_controller, records, round_index, self._apply_review)
+
+    def _play_round(self, role: Role, controller: Controller, records: list[DialogueRecord], round_index: int,
+                    apply: Callable[[DialogueRecord, Turn], None]) -> None:
+        """Decide, speak, then value both actions of each free decision on the view before the utterance."""
         decisions = self._decide(controller, records, round_index)
-        turns = self._speak(self.reviewer, controller, records, decisions, round_index)
+        turns = self._speak(role, controller, records, decisions, round_index)
         for d, turn in zip(decisions, turns):
             record = records[d.index]
             view = record.view(round_index)
-            review = turn.text if d.action == 1 else turn.counterfactual_text
-            speak_value = self.reviewer.reward(review, view) if review is not None else 0.0
             if d.action == 1:
-                self._apply_review(record, turn, round_index)
+                apply(record, turn)
             if self._values_wanted(controller, d):
-                self._value(controller, d, turn, (signed_value(view.pending_correct), speak_value))
+                said = turn.text if d.action == 1 else turn.counterfactual_text
+                speaking = role.speaking_value(said, view) if said is not None else 0.0  # 0: not drawn (ablation)
+                self._value(controller, d, turn, (role.silent_value(view), speaking))
             record.turns.append(turn)
 
     # ------------------------------------------------------------------ deciding
     def _decide(self, controller: Controller, records: list[DialogueRecord], round_index: int) -> list[_Decision]:
         decisions = []
         for i, record in enumerate(records):
-            if not record.has_pending:  # round 1, or nothing to review: forced, never valued
+            if self._forced(record, round_index):  # forced actions are never valued
                 forced_action = 1 if is_proposal_round(round_index) else 0
                 decisions.append(_Decision(i, forced_action, True, None, None))
                 continue
@@ -290,6 +282,13 @@ class _Game:
                                               generator=self.eval_generator)
             decisions.append(_Decision(i, action, False, state, strategy))
         return decisions
+
+    def _forced(self, record: DialogueRecord, round_index: int) -> bool:
+        """Nothing pending (round 1, or nothing to review), or an unreadable pending answer to be refreshed."""
+        if not record.has_pending:
+            return True
+        return (is_proposal_round(round_index) and record.pending_answer is None
+                and self.config.invalid_pending == "refresh")
 
     def _values_wanted(self, controller: Controller, decision: _Decision) -> bool:
         return self.training and controller.learns and not decision.forced
@@ -350,10 +349,11 @@ class _Game:
         self.groups.extend(groups)
 
     # ------------------------------------------------------------------ applying utterances
-    def _apply_proposal(self, record: DialogueRecord, turn: Turn, round_index: int) -> None:
+    @staticmethod
+    def _apply_proposal(record: DialogueRecord, turn: Turn) -> None:
         """A new proposal becomes pending (vote reset), unless it is unparseable and a parseable one is pending."""
         answer = turn.parsed
-        if answer is None and record.pending_answer is not None:
+        if not replaces_pending(answer, record.pending_answer):
             return
         record.pending_text = turn.text
         record.pending_answer = answer
@@ -366,7 +366,7 @@ class _Game:
             record.first_correct = record.pending_correct
 
     @staticmethod
-    def _apply_review(record: DialogueRecord, turn: Turn, round_index: int) -> None:
+    def _apply_review(record: DialogueRecord, turn: Turn) -> None:
         """RIGHT adds +1 to the vote, WRONG -1; an unparseable review changes nothing."""
         if turn.parsed == RIGHT:
             record.vote += 1

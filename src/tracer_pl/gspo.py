@@ -177,6 +177,9 @@ class GSPOConfig:
         weight_decay: Adam weight decay.
         importance_level: ``sequence`` (GSPO, TRACER's objective) or ``token`` (GRPO's per-token ratios, the
             same as TRL's ``importance_sampling_level``).
+        update_per: ``group``: each candidate group gets its own update of ``steps_per_group`` optimizer steps,
+            the count of the paper's one-problem-at-a-time protocol (generation stays batched); ``round``: the
+            groups of all problems of a batch in one round share one update (B times fewer steps at batch B).
     """
 
     lr: float = 5e-6
@@ -187,3 +190,4 @@ class GSPOConfig:
     max_grad_norm: float | None = 0.5
     weight_decay: float = 0.0
     importance_level: ImportanceLevel = "sequence"
+    update_per: Literal["group", "round"] = "group"

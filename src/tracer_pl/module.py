@@ -58,7 +58,12 @@ class BackboneConfig:
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         max_new_tokens: Generation limit per utterance.
         temperature: Sampling temperature in training.
-        top_p: Nucleus sampling in training.
+        top_p: Nucleus-sampling threshold in training; None (default) keeps the model's ``generation_config``
+            value, as the authors' code does. The values in effect are logged as the ``sampling``
+            hyperparameters.
+        top_k: Top-k filter in training (0 switches it off); None keeps the model's ``generation_config``.
+        repetition_penalty: Repetition penalty (1 switches it off; it also applies to greedy decoding); None keeps
+            the model's ``generation_config``.
         adapter_seed: Seed of the adapters' random initialisation (independent of the global RNG).
         share_prompt_cache: Encode a prompt once for all its samples (the G candidates of a GSPO group) and copy
             its KV cache, instead of encoding it G times.
@@ -74,7 +79,9 @@ class BackboneConfig:
     gradient_checkpointing: bool = False
     max_new_tokens: int = 256
     temperature: float = 0.3
-    top_p: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
     adapter_seed: int = 0
     share_prompt_cache: bool = True
 
@@ -176,12 +183,14 @@ class TracerModule(L.LightningModule):
                 compute_dtype=cfg.compute_dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                 lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
                 gradient_checkpointing=cfg.gradient_checkpointing, max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature, top_p=cfg.top_p, adapter_seed=cfg.adapter_seed,
+                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                repetition_penalty=cfg.repetition_penalty, adapter_seed=cfg.adapter_seed,
                 share_prompt_cache=cfg.share_prompt_cache,
             )
         except OSError as error:  # transformers: no such directory, hub id or files, hub switched off
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             raise ConfigError(f"--model.backbone.name {cfg.name!r}: cannot load the model ({reason})") from None
+        self.hparams["sampling"] = self.backbone.sampling_settings()  # logged with the hyperparameters
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """One Adam per trained role, over that role's adapter parameters only."""
@@ -216,6 +225,7 @@ class TracerModule(L.LightningModule):
     def training_step(self, batch: Sequence[Problem], batch_idx: int) -> None:
         """Play the batch's dialogues; GSPO steps and controller updates happen inside, in TRACER's order."""
         self._step_stats: dict[str, float] = {}
+        self._step_means: dict[str, list[float]] = {}
         if self.algorithm == "single_agent":
             result = single_agent_rollouts(batch, self.backbone, self.proposer,
                                            group_size=self.dialogue_config.group_size,
@@ -233,15 +243,41 @@ class TracerModule(L.LightningModule):
             controller.flush(gather_objects)
 
     def _gspo_step(self, role: str, groups: list[CandidateGroup]) -> None:
-        """GSPO (or GRPO) on the role's adapter for the groups with signal; ``steps_per_group`` optimizer steps.
+        """The role's GSPO (or GRPO) updates on the groups with signal: one per group, or one over all of them.
 
-        Under data parallelism every process runs this collectively, also with nothing to train on, and the
-        gradients are averaged over all processes' candidates before the step (:mod:`tracer_pl.distributed`).
+        With ``gspo.update_per: group`` (the default) each candidate group gets its own update, as in the paper's
+        one-problem-at-a-time protocol; the groups were all sampled before the first update, so later groups are
+        scored against their sampling policy (``old`` log-probs taken before any update). With ``round`` the
+        round's groups share one update. Under data parallelism every process runs as many updates as the
+        busiest process (the others join with nothing to train on) and gradients are averaged over all
+        processes' candidates before each step (:mod:`tracer_pl.distributed`).
         """
         broken = sum(not torch.isfinite(g.rewards).all() for g in groups)
         if broken:  # group_advantages already refused them; count them so they show in the logs
             self._count(f"gspo/{role}/skipped_nonfinite", float(broken))
         live = [g for g in groups if g.has_signal]
+        updates = [live] if self.gspo_config.update_per == "round" else [[g] for g in live]
+        if is_distributed():
+            busiest = max(gather_objects(len(updates)))
+            updates += [[] for _ in range(busiest - len(updates))]
+        old_logps = [None] + [self._sampling_logprobs(role, update) for update in updates[1:]]
+        for update, old_logp in zip(updates, old_logps):
+            self._gspo_update(role, update, old_logp)
+
+    def _sampling_logprobs(self, role: str, groups: list[CandidateGroup]) -> torch.Tensor | None:
+        """Token log-probs of the groups' candidates under the current (sampling) policy, before any update."""
+        if not groups:
+            return None
+        with torch.no_grad():
+            token_logp, _ = self.backbone.token_logprobs(role, [c for g in groups for c in g.completions])
+        return token_logp
+
+    def _gspo_update(self, role: str, live: list[CandidateGroup], old_logp: torch.Tensor | None = None) -> None:
+        """``steps_per_group`` optimizer steps of the role's adapter on ``live`` candidate groups.
+
+        ``old_logp`` scores the candidates under the policy that sampled them; None means that policy is the
+        current one, so the first forward pass provides it (ratio 1, no extra forward).
+        """
         distributed = is_distributed()
         if not live and not distributed:
             return
@@ -249,13 +285,12 @@ class TracerModule(L.LightningModule):
         parameters = self.backbone.role_parameters(role)
         completions = [c for g in live for c in g.completions]
         advantages = torch.cat([g.advantages for g in live]).to(self.device) if live else None  # type: ignore[misc]
-        old_logp = None
         for _ in range(self.gspo_config.steps_per_group):
             optimizer.zero_grad(set_to_none=True)
             loss, clip_frac, finite = None, None, True
             if live:
                 token_logp, mask = self.backbone.token_logprobs(role, completions)
-                if old_logp is None:  # the candidates were sampled by this very policy: ratio 1, no extra forward
+                if old_logp is None:
                     old_logp = token_logp.detach()
                 loss, clip_frac = self._policy_loss(token_logp, old_logp, mask, advantages)
                 finite = bool(torch.isfinite(loss))
@@ -275,10 +310,10 @@ class TracerModule(L.LightningModule):
                 self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
             self._count(f"gspo/{role}/steps", 1.0)
-            self._step_stats[f"gspo/{role}/grad_norm"] = grad_norm
+            self._average(f"gspo/{role}/grad_norm", grad_norm)
             if loss is not None and clip_frac is not None:
-                self._step_stats[f"gspo/{role}/loss"] = loss.item()
-                self._step_stats[f"gspo/{role}/clip_frac"] = clip_frac()
+                self._average(f"gspo/{role}/loss", loss.item())
+                self._average(f"gspo/{role}/clip_frac", clip_frac())
 
     def _policy_loss(self, token_logp: torch.Tensor, old_token_logp: torch.Tensor, mask: torch.Tensor,
                      advantages: torch.Tensor) -> tuple[torch.Tensor, Callable[[], float]]:
@@ -299,10 +334,15 @@ class TracerModule(L.LightningModule):
     def _count(self, key: str, amount: float) -> None:
         self._step_stats[key] = self._step_stats.get(key, 0.0) + amount
 
+    def _average(self, key: str, value: float) -> None:
+        """Record one value of a per-optimizer-step statistic; the step logs their mean."""
+        self._step_means.setdefault(key, []).append(value)
+
     def _log_training(self, result: DialogueResult) -> None:
         records = result.records
         self.train_accuracy.update(torch.tensor([float(r.correct) for r in records]))
         metrics = dict(self._step_stats)
+        metrics.update({key: sum(values) / len(values) for key, values in self._step_means.items()})
         metrics.update(group_metrics(result.groups, [r.name for r in self.roles]))
         if self.algorithm == "tracer":
             metrics.update(decision_metrics(records, self.controllers))
@@ -310,6 +350,8 @@ class TracerModule(L.LightningModule):
         metrics["train/tokens_per_problem"] = sum(r.tokens for r in records) / len(records)
         metrics["train/completion_tokens_per_problem"] = sum(r.completion_tokens for r in records) / len(records)
         metrics["train/calls_per_problem"] = sum(r.calls for r in records) / len(records)
+        if self.algorithm == "tracer":
+            metrics.update(regret_bound_terms(len(records) * self.trainer.world_size, self.dialogue_config))
         for controller in self.controllers if self.algorithm == "tracer" else ():
             metrics[f"controller/{controller.name}/avg_regret"] = worst_average_regret(controller)
         nonfinite = sum(t.nonfinite_values for r in records for t in r.turns)
@@ -555,6 +597,19 @@ def state_decisions(records: Sequence[Any], controllers: Sequence[Controller]) -
     return decisions
 
 
+def regret_bound_terms(decisions_per_round: int, dialogue: DialogueConfig) -> dict[str, float]:
+    """What ``tracer-pl report`` needs to draw the regret bound that holds for this run.
+
+    A round draws the decisions of all ``B`` problems of the batch (of every process) before updating, so up to
+    ``B`` updates of a state use one strategy; the bound on cumulative regret then grows to ``2*sqrt(2*B*M)``
+    (:func:`tracer_pl.regret.regret_bound`). Importance-weighted values (no counterfactual) are not bounded by 1,
+    and neither is the regret: ``controller/regret_unbounded`` says so.
+    """
+    if not dialogue.counterfactual:
+        return {"controller/regret_unbounded": 1.0}
+    return {"controller/regret_bound_batch": float(decisions_per_round)}
+
+
 def worst_average_regret(controller: Controller) -> float:
     """The largest average external regret over the controller's visited states (0 before any visit)."""
     matcher = controller.matcher
@@ -590,7 +645,10 @@ def validate(module: TracerModule) -> None:
         (b.temperature >= 0, "--model.backbone.temperature", f"must be >= 0, got {b.temperature}"),
         (b.lora_r >= 1, "--model.backbone.lora_r", f"must be at least 1, got {b.lora_r}"),
         (0 <= b.lora_dropout < 1, "--model.backbone.lora_dropout", f"must be in [0, 1), got {b.lora_dropout}"),
-        (0 < b.top_p <= 1, "--model.backbone.top_p", f"must be in (0, 1], got {b.top_p}"),
+        (b.top_p is None or 0 < b.top_p <= 1, "--model.backbone.top_p", f"must be in (0, 1], got {b.top_p}"),
+        (b.top_k is None or b.top_k >= 0, "--model.backbone.top_k", f"must be >= 0, got {b.top_k}"),
+        (b.repetition_penalty is None or b.repetition_penalty > 0, "--model.backbone.repetition_penalty",
+         f"must be positive, got {b.repetition_penalty}"),
         (b.precision != "4bit" or importlib.util.find_spec("bitsandbytes") is not None, "--model.backbone.precision",
          "4bit needs the bitsandbytes package, which is not installed (pip install bitsandbytes), or use fp32/bf16"),
         (g.epsilon_high is None or g.epsilon_high > 0, "--model.gspo.epsilon_high",

@@ -36,15 +36,20 @@ def regret_matching(cumulative_regret: torch.Tensor) -> torch.Tensor:
     return positive / total
 
 
-def regret_bound(visits: int, num_actions: int = 2, value_range: float = 2.0) -> float:
+def regret_bound(visits: int, num_actions: int = 2, value_range: float = 2.0, batch: int = 1) -> float:
     """Blackwell bound on the cumulative external regret of regret matching after ``visits`` updates.
 
     Every instantaneous regret lies in ``[-value_range, value_range]``, so the squared norm of the positive
     regret vector grows by at most ``num_actions * value_range**2`` per visit, which bounds the largest
     cumulative regret by ``value_range * sqrt(num_actions * visits)``: ``2 * sqrt(2 * M)`` for values in
     ``[-1, 1]`` and two actions, the bound TRACER quotes. It holds for RM+ as well.
+
+    When up to ``batch`` updates in a row are measured against one stale strategy (a batch of problems whose
+    decisions are all drawn before any update), the cross term no longer vanishes inside a run of updates: a
+    run of ``k`` updates grows the squared norm by at most ``k**2 * num_actions * value_range**2``, and with
+    ``k <= batch`` the bound becomes ``value_range * sqrt(num_actions * batch * visits)``.
     """
-    return value_range * math.sqrt(num_actions * visits)
+    return value_range * math.sqrt(num_actions * batch * visits)
 
 
 class RegretMatcher:

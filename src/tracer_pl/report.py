@@ -11,7 +11,9 @@ reads, from each one,
 It writes ``report.md`` (accuracy with a 95% Wilson interval, tokens and calls per problem, correction and
 preservation per method and dataset), ``results.json`` (the same rows), ``accuracy_vs_tokens.png`` and, per
 trained run, ``<run>_regret.png`` (average regret of every controller state against its visits M, with the
-regret-matching bound 2·sqrt(2/M) for values in [-1, 1]) and ``<run>_speak_rates.png`` (each state's
+regret-matching bound that holds for the run: 2·sqrt(2B/M) for values in [-1, 1] when up to B decisions of a
+state share one strategy, B being the problems per training step over all processes; no bound for the
+importance-weighted ablation, whose values are not bounded) and ``<run>_speak_rates.png`` (each state's
 average-strategy speaking probability over training), with a table of every controller state at the end of
 training (visits, average regret against the bound, the log-log slope of average regret against visits, both
 strategies, and how far the average strategy still moved over the last quarter of training).
@@ -63,9 +65,30 @@ def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def regret_bound(visits: int) -> float:
-    """Regret matching's bound on the average regret after ``visits`` updates with values in [-1, 1]."""
-    return 2 * math.sqrt(2 / visits)
+def regret_bound(visits: int, batch: float = 1) -> float:
+    """The bound on the average regret after ``visits`` updates with values in [-1, 1], ``batch`` per strategy.
+
+    ``2*sqrt(2*batch/visits)`` (:func:`tracer_pl.regret.regret_bound` divided by ``visits``); infinite for
+    ``batch = inf`` (a run whose values are unbounded).
+    """
+    return 2 * math.sqrt(2 * batch / visits)
+
+
+def bound_batch(log: Sequence[dict[str, float]]) -> float:
+    """How many updates of a state may share one strategy in the run: the most problems per training step
+    over all processes (``controller/regret_bound_batch``), ``inf`` when the run's values are unbounded
+    (``controller/regret_unbounded``), 1 for runs that logged neither."""
+    if any(row.get("controller/regret_unbounded") for row in log):
+        return math.inf
+    return max((row["controller/regret_bound_batch"] for row in log if "controller/regret_bound_batch" in row),
+               default=1.0)
+
+
+def bound_label(batch: float) -> str:
+    """The bound's name in plots and tables."""
+    if math.isinf(batch):
+        return "no bound (importance-weighted values)"
+    return "bound 2·sqrt(2/M)" if batch == 1 else f"bound 2·sqrt(2B/M), B={batch:g}"
 
 
 # ---------------------------------------------------------------------- reading runs
@@ -240,13 +263,14 @@ def controller_summary(log: Sequence[dict[str, float]]) -> list[StateSummary]:
         before = [value for step, _, value in series if step <= 0.75 * series[-1][0]]
         return series[-1][2] - before[-1] if before else None
 
+    batch = bound_batch(log)
     summary = []
     for key, points in sorted(regret.items()):
         visits = int(points[-1][1]) if not math.isnan(points[-1][1]) else 0
         action = "refresh" if key[0] == "proposer" else "speak"
         summary.append(StateSummary(
             controller=key[0], state=key[1], visits=visits, avg_regret=points[-1][2],
-            bound=regret_bound(visits) if visits else float("inf"),
+            bound=regret_bound(visits, batch) if visits else float("inf"),
             slope=regret_slope([(m, r) for _, m, r in points]),
             avg_p=last(f"avg_p_{action}", key), avg_p_change=last_quarter_change(f"avg_p_{action}", key),
             p=last(f"p_{action}", key)))
@@ -389,9 +413,9 @@ def paired_markdown(rows: Sequence[Paired]) -> str:
     return _markdown(header, "lllrrrlrrr", cells)
 
 
-def controller_markdown(summary: Sequence[StateSummary]) -> str:
+def controller_markdown(summary: Sequence[StateSummary], batch: float = 1) -> str:
     """The controller states as a Markdown table."""
-    header = ("controller", "state", "visits M", "avg regret", "bound 2·sqrt(2/M)", "log-log slope",
+    header = ("controller", "state", "visits M", "avg regret", bound_label(batch), "log-log slope",
               "avg P(speak/refresh)", "its change over the last quarter", "current P")
     cells = [
         (s.controller, s.state, str(s.visits), f"{s.avg_regret:.4f}", f"{s.bound:.3f}", _number(s.slope, ".2f"),
@@ -433,6 +457,7 @@ def plot_regret(log: Sequence[dict[str, float]], title: str, path: Path) -> bool
     controllers = sorted({c for c, _ in series})
     if not controllers:
         return False
+    batch = bound_batch(log)
     fig, axes = plt.subplots(1, len(controllers), figsize=(6 * len(controllers), 4.5), squeeze=False)
     for ax, controller in zip(axes[0], controllers):
         most_visits, highest = 1.0, 0.0
@@ -443,10 +468,15 @@ def plot_regret(log: Sequence[dict[str, float]], title: str, path: Path) -> bool
             visits, values = zip(*points)
             most_visits, highest = max(most_visits, *visits), max(highest, *values)
             ax.plot(visits, values, marker=".", label=state)
-        grid = [1 + (most_visits - 1) * k / 200 for k in range(201)]
-        ax.plot(grid, [regret_bound(m) for m in grid], "k--", label="2·sqrt(2/M) bound")
+        top = 1.3 * highest
+        if not math.isinf(batch):
+            grid = [1 + (most_visits - 1) * k / 200 for k in range(201)]
+            ax.plot(grid, [regret_bound(m, batch) for m in grid], "k--", label=bound_label(batch))
+            top = max(top, 1.3 * regret_bound(most_visits, batch))
+        else:
+            ax.plot([], [], " ", label=bound_label(batch))  # said in the legend, nothing to draw
         ax.set_xscale("log")
-        ax.set_ylim(0, max(1.3 * highest, 1.3 * regret_bound(most_visits), 0.1))
+        ax.set_ylim(0, max(top, 0.1))
         ax.set_xlabel("visits M of the state")
         ax.set_ylabel("average regret")
         _label_panel(ax, f"{title}: {controller} controller")
@@ -577,7 +607,7 @@ def _training_section(run: Path, label: str, log: Sequence[dict[str, float]], ou
         when = {"finished": "at the end of training",
                 "preempted": "when the run was preempted (SIGTERM; it can be resumed)"}.get(
             status, "at the last logged step: the run did not finish (crashed, killed or still running)")
-        section += [f"Controller states of {label} {when}:", "", controller_markdown(summary), ""]
+        section += [f"Controller states of {label} {when}:", "", controller_markdown(summary, bound_batch(log)), ""]
     return section
 
 

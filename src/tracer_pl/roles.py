@@ -4,7 +4,27 @@ A :class:`Role` bundles three overridable methods:
 
 * :meth:`Role.render` -- the user message built from the dialogue (the prompt);
 * :meth:`Role.parse` -- the part of the output the dialogue uses (an answer, a verdict);
-* :meth:`Role.reward` -- the role-specific reward that GSPO trains on.
+* :meth:`Role.reward` -- the role-specific reward that GSPO trains on;
+
+and the two action values its controller learns from (TRACER §2's table), :meth:`Role.silent_value` (keep /
+skip) and :meth:`Role.speaking_value` (refresh / speak).
+
+What each override reaches:
+
+============================  ==============================  ==========================================
+override                      GSPO (what the role says)       controller (when the role speaks)
+============================  ==============================  ==========================================
+``reward``                    yes                             reviewer: yes (``speaking_value`` calls it);
+                                                              proposer: no (its values are outcomes)
+``reward_scale``,             yes                             no
+``extra_rewards``
+``silent_value``,             no                              yes
+``speaking_value``
+``parse``                     yes (through ``reward``)        yes (through the values)
+============================  ==============================  ==========================================
+
+This is the authors' split: the reviewer's speak value is its (unscaled) review reward, while the proposer's
+keep/refresh values are the correctness of the answer each action leaves pending.
 
 To add a reward role, subclass :class:`Proposer` or :class:`Reviewer` and override one or two of them, then name
 the class in YAML (``class_path: my_pkg.MyReviewer``). Rewards written for TRL (``(prompts, completions,
@@ -22,6 +42,7 @@ from typing import Any
 
 from tracer_pl.agent import Messages
 from tracer_pl.answers import extract_answer, get_answer_format, is_equivalent
+from tracer_pl.controllers import signed_value
 from tracer_pl.problem import Problem
 
 TRLReward = Callable[..., list[float | None]]
@@ -51,6 +72,12 @@ class DialogueView:
     review_text: str | None = None
     vote: int = 0
     round_index: int = 1
+
+
+def replaces_pending(new_answer: str | None, pending_answer: str | None) -> bool:
+    """Whether a new proposal becomes pending: always, unless its answer is unparseable and a parseable one is
+    pending (TRACER §1)."""
+    return new_answer is not None or pending_answer is None
 
 
 def is_correct(answer: str | None, problem: Problem) -> bool:
@@ -100,6 +127,16 @@ class Role(ABC):
     @abstractmethod
     def reward(self, text: str, view: DialogueView) -> float:
         """The role-specific reward of one completion (before scaling and extra rewards)."""
+
+    # ---------------------------------------------------------------- controller action values (TRACER §2)
+    def silent_value(self, view: DialogueView) -> float:
+        """Value of the silent action (keep / skip): +1 if the pending answer is correct, -1 if it is wrong or
+        unparseable."""
+        return signed_value(view.pending_correct)
+
+    @abstractmethod
+    def speaking_value(self, text: str, view: DialogueView) -> float:
+        """Value of the speaking action (refresh / speak) when it says ``text`` (real or counterfactual)."""
 
     # ---------------------------------------------------------------- built on the hooks
     def messages(self, view: DialogueView) -> Messages:
@@ -168,6 +205,17 @@ class Proposer(Role):
     def reward(self, text: str, view: DialogueView) -> float:
         return 1.0 if is_correct(self.parse(text, view), view.problem) else -1.0
 
+    def speaking_value(self, text: str, view: DialogueView) -> float:
+        """Value of refreshing with ``text``: +1 if the answer pending after the refresh is correct, else -1.
+
+        A refresh whose answer cannot be read does not replace a readable pending answer (TRACER §1), so it is
+        valued by that answer, which stays.
+        """
+        answer = self.parse(text, view)
+        if not replaces_pending(answer, view.pending_answer):
+            return signed_value(view.pending_correct)
+        return signed_value(is_correct(answer, view.problem))
+
 
 class Reviewer(Role):
     """Judges the pending answer: first line ``RIGHT`` or ``WRONG``, second line one short reason.
@@ -197,6 +245,10 @@ class Reviewer(Role):
         if verdict is None or view.pending_answer is None:
             return 0.0
         return 1.0 if (verdict == RIGHT) == view.pending_correct else -1.0
+
+    def speaking_value(self, text: str, view: DialogueView) -> float:
+        """Value of speaking with ``text``: the review's own :meth:`reward` (unscaled, no extra rewards)."""
+        return self.reward(text, view)
 
 
 _VERDICT = re.compile(r"^[\s*#>_`\"'(\[]*(right|wrong|correct|incorrect)\b", re.IGNORECASE)

@@ -327,9 +327,12 @@ def _gsm8k_row(row: dict, where: str, seed: int) -> Problem:
     question = _text(row, "question", where)
     solution = _text(row, "answer", where)
     try:
-        gold = gsm8k_gold(solution)
+        gsm8k_gold(solution)  # the '####' and its message
+        tail = solution.rsplit("####", 1)[1].strip()
+        gold = get_answer_format("gsm8k").parse_gold(tail)  # strict: the whole tail is one number
     except ValueError as error:
-        raise DataError(f"{where}: field 'answer' {error}") from None
+        message = str(error) if "####" in str(error) else f"expected a number after '####', found {tail[:60]!r}"
+        raise DataError(f"{where}: field 'answer' {message}") from None
     return Problem(question, gold, "gsm8k", where)
 
 
