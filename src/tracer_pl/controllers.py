@@ -263,7 +263,8 @@ class ControllerConfig:
         seed: Seed of the controllers' action-sampling RNGs (the reviewer's uses ``seed + 1``).
         argmax_tie: The action the ``argmax`` evaluation protocol takes when the average strategy is a tie --
             in every state never visited in training, and in every state of the frozen-controllers ablation:
-            ``silent`` (keep/skip, the authors' choice) or ``speaking`` (refresh/speak).    """
+            ``silent`` (keep/skip, the authors' choice) or ``speaking`` (refresh/speak).
+    """
 
     variant: Literal["rm", "rm+"] = "rm"
     state_vote: bool = True

@@ -75,9 +75,11 @@ def regret_bound(visits: int, batch: float = 1) -> float:
 
 
 def bound_batch(log: Sequence[dict[str, float]]) -> float:
-    """How many updates of a state may share one strategy in the run: the most problems per training step
-    over all processes (``controller/regret_bound_batch``), ``inf`` when the run's values are unbounded
-    (``controller/regret_unbounded``), 1 for runs that logged neither."""
+    """How many updates of a state may share one strategy in the run.
+
+    The most problems per training step over all processes (``controller/regret_bound_batch``); ``inf`` when
+    the run's values are unbounded (``controller/regret_unbounded``); 1 for runs that logged neither.
+    """
     if any(row.get("controller/regret_unbounded") for row in log):
         return math.inf
     return max((row["controller/regret_bound_batch"] for row in log if "controller/regret_bound_batch" in row),

@@ -75,8 +75,10 @@ class DialogueView:
 
 
 def replaces_pending(new_answer: str | None, pending_answer: str | None) -> bool:
-    """Whether a new proposal becomes pending: always, unless its answer is unparseable and a parseable one is
-    pending (TRACER §1)."""
+    """Whether a new proposal becomes pending (TRACER §1).
+
+    Always, unless its answer is unparseable and a parseable one is pending.
+    """
     return new_answer is not None or pending_answer is None
 
 
@@ -130,8 +132,7 @@ class Role(ABC):
 
     # ---------------------------------------------------------------- controller action values (TRACER §2)
     def silent_value(self, view: DialogueView) -> float:
-        """Value of the silent action (keep / skip): +1 if the pending answer is correct, -1 if it is wrong or
-        unparseable."""
+        """Value of the silent action (keep / skip): +1 if the pending answer is correct, else -1 (or unreadable)."""
         return signed_value(view.pending_correct)
 
     @abstractmethod
