@@ -45,8 +45,8 @@ def main() -> None:
             start = time.perf_counter()
             outputs[share] = backbone.generate("proposer", prompts, args.group_size)
             times[share].append(time.perf_counter() - start)
-        same &= [[c.payload[1].tolist() for c in g] for g in outputs[True]] == \
-                [[c.payload[1].tolist() for c in g] for g in outputs[False]]
+        same &= [[c.completion_ids.tolist() for c in g] for g in outputs[True]] == \
+                [[c.completion_ids.tolist() for c in g] for g in outputs[False]]
     prompt_tokens = sum(len(backbone.tokenizer(backbone.render(p))["input_ids"]) for p in prompts) / len(prompts)
     shared, plain = sum(times[True]) / args.repeats, sum(times[False]) / args.repeats
     emit({"benchmark": "prompt_cache", "command": " ".join(["python", "benchmarks/prompt_cache.py", *sys.argv[1:]]),

@@ -51,7 +51,7 @@ def test_generate_counts_and_token_accounting(backbone):
     assert [len(group) for group in out] == [2, 0, 1]
     for prompt, group in zip(PROMPTS, out):
         for c in group:
-            prompt_tokens, completion_tokens = c.payload
+            prompt_tokens, completion_tokens = c.prompt_ids, c.completion_ids
             assert torch.equal(prompt_tokens, prompt_ids(backbone, prompt))  # padding removed
             assert c.prompt_tokens == len(prompt_tokens)
             assert c.completion_tokens == len(completion_tokens) <= 6
@@ -73,7 +73,7 @@ def test_stop_at_end_of_sequence_and_count_it(backbone):
         backbone.model.base_model.model.lm_head.bias[258] = 1e4
     ((c, d),) = backbone.generate("proposer", PROMPTS[:1], 2)
     for completion in (c, d):
-        assert completion.payload[1].tolist() == [258]
+        assert completion.completion_ids.tolist() == [258]
         assert (completion.completion_tokens, completion.truncated, completion.text) == (1, False, "")
 
 
@@ -83,15 +83,15 @@ def test_greedy_matches_a_manual_greedy_loop(backbone):
     ids = prompt_ids(backbone, PROMPTS[1]).unsqueeze(0)
     for _ in range(6):
         ids = torch.cat([ids, logits(backbone, "reviewer", ids)[0, -1].argmax().view(1, 1)], dim=1)
-    assert c.payload[1].tolist() == ids[0, -6:].tolist()[: c.completion_tokens]
+    assert c.completion_ids.tolist() == ids[0, -6:].tolist()[: c.completion_tokens]
     ((again,),) = backbone.generate("reviewer", PROMPTS[1:2], 1, greedy=True)
-    assert torch.equal(again.payload[1], c.payload[1])
+    assert torch.equal(again.completion_ids, c.completion_ids)
 
 
 def test_sampling_filters_default_to_the_models_generation_config(backbone):
     def distinct_samples():
         torch.manual_seed(0)
-        return len({tuple(c.payload[1].tolist()) for c in backbone.generate("proposer", PROMPTS[:1], 4)[0]})
+        return len({tuple(c.completion_ids.tolist()) for c in backbone.generate("proposer", PROMPTS[:1], 4)[0]})
 
     backbone.temperature = 1.0
     assert backbone.top_k is None and distinct_samples() > 1  # transformers' default top-k 50 of 259 tokens
@@ -129,11 +129,11 @@ def test_shared_prompt_cache_gives_the_same_samples(backbone, greedy):
     plain, shared = run(False), run(True)
     assert [len(g) for g in shared] == counts
     for a, b in zip(plain, shared):
-        assert [c.payload[1].tolist() for c in a] == [c.payload[1].tolist() for c in b]
-        assert [c.payload[0].tolist() for c in a] == [c.payload[0].tolist() for c in b]
+        assert [c.completion_ids.tolist() for c in a] == [c.completion_ids.tolist() for c in b]
+        assert [c.prompt_ids.tolist() for c in a] == [c.prompt_ids.tolist() for c in b]
         assert [c.prompt_tokens for c in a] == [c.prompt_tokens for c in b]
     if not greedy:  # sampling really differs across a prompt's samples, so rows were not merely copied
-        assert len({tuple(c.payload[1].tolist()) for c in shared[0]}) > 1
+        assert len({tuple(c.completion_ids.tolist()) for c in shared[0]}) > 1
 
 
 def test_generate_restores_training_mode(backbone):
@@ -149,14 +149,15 @@ def test_sequence_logprobs_equal_unpadded_computation(backbone):
     set_lora_b(backbone, "proposer", 0.01)  # a non-trivial adapter
     answers = [[104, 105, 258], [50, 51, 52, 53, 54, 55, 56], [65]]  # different completion lengths too
     completions = [
-        Completion("", payload=(prompt_ids(backbone, p), torch.tensor(a))) for p, a in zip(PROMPTS, answers)
+        Completion("", prompt_ids=prompt_ids(backbone, p), completion_ids=torch.tensor(a))
+        for p, a in zip(PROMPTS, answers)
     ]
     logp, num_tokens = backbone.sequence_logprobs("proposer", completions)
     assert logp.shape == (3,) and logp.dtype == torch.float32 and logp.requires_grad
     assert num_tokens.tolist() == [3, 7, 1]
     token_logp, mask = backbone.token_logprobs("proposer", completions)
     for i, c in enumerate(completions):
-        prompt, answer = c.payload
+        prompt, answer = c.prompt_ids, c.completion_ids
         alone = torch.log_softmax(logits(backbone, "proposer", torch.cat([prompt, answer])[None])[0], -1)
         direct = [float(alone[len(prompt) - 1 + k, token]) for k, token in enumerate(answer.tolist())]
         assert float(logp[i].detach()) == pytest.approx(sum(direct), abs=1e-5)
@@ -168,11 +169,12 @@ def test_sequence_logprobs_equal_unpadded_computation(backbone):
     assert num_tokens.tolist() == [c.completion_tokens for c in generated]
     empty_logp, empty_count = backbone.sequence_logprobs("proposer", [])
     assert empty_logp.shape == empty_count.shape == (0,)
-    with pytest.raises(ValueError, match=r"completions\[0\].payload"):
+    with pytest.raises(ValueError, match=r"completions\[0\] needs prompt_ids"):
         backbone.sequence_logprobs("proposer", [Completion("text only")])
     with pytest.raises(ValueError, match=r"completions\[1\] has no completion tokens"):
         backbone.sequence_logprobs(
-            "proposer", [completions[0], Completion("", payload=(torch.tensor([1]), torch.tensor([])))]
+            "proposer",
+            [completions[0], Completion("", prompt_ids=torch.tensor([1]), completion_ids=torch.tensor([]))],
         )
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
 
 Message = dict[str, str]
 """One chat message, ``{"role": "system" | "user" | "assistant", "content": str}``."""
@@ -26,14 +29,22 @@ class Completion:
         prompt_tokens: Tokens of the prompt after the chat template (what was paid for the context).
         completion_tokens: Generated tokens, including the end-of-sequence token if one was produced.
         truncated: True when generation stopped at the token limit rather than at end-of-sequence.
-        payload: Agent-specific data needed to score the completion later (e.g. token ids for GSPO).
+        prompt_ids: The prompt's token ids after the chat template, a 1-D LongTensor without padding (engines
+            that train set it; a scripted agent may leave it None).
+        completion_ids: The generated token ids, a 1-D LongTensor ending with the stop token unless
+            ``truncated``: what GSPO scores.
+        sampling_logprobs: Per-token log-probabilities of ``completion_ids`` as reported by the engine that
+            sampled them (a 1-D float tensor), when it reports them; used to measure how far they are from the
+            training model's.
     """
 
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     truncated: bool = False
-    payload: Any = None
+    prompt_ids: torch.Tensor | None = None
+    completion_ids: torch.Tensor | None = None
+    sampling_logprobs: torch.Tensor | None = None
 
 
 class Agent(Protocol):

@@ -1,22 +1,16 @@
-"""One frozen base model with one LoRA adapter per role: the :class:`~tracer_pl.agent.Agent` used in training.
+"""One frozen base model with one LoRA adapter per role: the Hugging Face :class:`~tracer_pl.engine.Policy`.
 
 Section 1 of the method gives each role its own LoRA adapter on one frozen base (the authors loaded a full
 model copy per role). Switching the speaking role switches peft's active adapter: no merge, no copy of the
-base. :meth:`Backbone.generate` renders chat prompts with the tokenizer's template and samples every prompt
-and sample of a call in one batched ``generate``; :meth:`Backbone.sequence_logprobs` scores a batch of
-completions in one forward pass for GSPO.
-
-Log-probabilities are those of the model's own distribution (temperature 1), as in the authors' code, even
-though candidates are sampled at the training temperature: GSPO only needs the new and the old policy scored
-the same way, and the ratio is then exact.
+base. This module is the adapter store (loading the base, one adapter per role, saving and loading them);
+generation is in :mod:`tracer_pl.generation` and scoring (GSPO's log-probabilities) in :mod:`tracer_pl.scoring`,
+the two mixins :class:`Backbone` is made of.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import (
@@ -30,9 +24,10 @@ from peft import (
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tracer_pl.agent import Completion, Messages
 from tracer_pl.errors import ConfigError, DataError
+from tracer_pl.generation import GenerationMixin
 from tracer_pl.models import ComputeDtype, Precision, load_base_model
+from tracer_pl.scoring import ScoringMixin
 
 _ATTENTION_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_TARGETS = {
@@ -67,7 +62,7 @@ def infer_target_modules(model: torch.nn.Module) -> list[str]:
     return targets
 
 
-class Backbone(torch.nn.Module):
+class Backbone(GenerationMixin, ScoringMixin, torch.nn.Module):
     """A peft model holding one LoRA adapter per role on a frozen base, and its tokenizer.
 
     Every role's LoRA weights require gradients at all times (peft alone would mark only the active adapter),
@@ -205,6 +200,9 @@ class Backbone(torch.nn.Module):
             top_k=top_k, repetition_penalty=repetition_penalty, share_prompt_cache=share_prompt_cache,
         )
 
+    def after_optimizer_step(self, role: str) -> None:
+        """Nothing to sync: this one model generates, scores and trains."""
+
     # ------------------------------------------------------------------ adapters
     @property
     def device(self) -> torch.device:
@@ -281,215 +279,6 @@ class Backbone(torch.nn.Module):
                     f"{folder}: weights that this backbone's adapter lacks: {result.unexpected_keys[:3]}"
                 )
 
-    # ------------------------------------------------------------------ generation
-    def render(self, prompt: Messages) -> str:
-        """The prompt as text, through the tokenizer's chat template, ready for the assistant's turn."""
-        return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-
-    def generate(
-        self,
-        role: str,
-        prompts: Sequence[Messages],
-        num_samples: int | Sequence[int] = 1,
-        *,
-        greedy: bool = False,
-    ) -> list[list[Completion]]:
-        """Return ``num_samples[i]`` completions for ``prompts[i]`` under ``role``'s adapter, in one batch.
-
-        Prompts are left-padded; sampling uses :attr:`temperature` and the filters of :meth:`sampling_settings`
-        (the model's own ``generation_config`` wherever a filter is None, as the authors' code does by passing
-        only the temperature). The model runs in eval mode without gradients and gets its previous mode back
-        afterwards.
-
-        Each :class:`~tracer_pl.agent.Completion` has ``payload = (prompt_ids, completion_ids)``, 1-D CPU
-        LongTensors without padding; ``completion_ids`` ends with the stop token unless ``truncated``.
-
-        With :attr:`share_prompt_cache` and several samples of a prompt, the prompt is encoded once: one forward
-        pass over the distinct prompts (all but their last token) fills a KV cache whose rows are then copied
-        to the prompt's samples, and ``generate`` continues from it. The samples are the same as without
-        sharing (up to float rounding); the prompt's compute is paid once instead of ``num_samples`` times.
-
-        Raises:
-            ValueError: ``num_samples`` has the wrong length or a negative count.
-        """
-        counts = _sample_counts(num_samples, len(prompts))
-        live = [i for i, n in enumerate(counts) if n]
-        if not live:
-            return [[] for _ in prompts]
-        self.use(role)
-        shared = self.share_prompt_cache and any(counts[i] > 1 for i in live)
-        texts = [self.render(prompts[i]) for i in live for _ in range(1 if shared else counts[i])]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            self.device
-        )
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        cache = {}
-        with torch.no_grad(), _eval_mode(self.model):
-            if shared:
-                sizes = torch.tensor([counts[i] for i in live])
-                rows = torch.repeat_interleave(torch.arange(len(live)), sizes).to(self.device)
-                if ids.shape[1] > 1:  # a one-token prompt has nothing to cache
-                    cache["past_key_values"] = self._prompt_cache(ids, mask, rows)
-                ids, mask = ids[rows], mask[rows]
-            output = self.model.generate(input_ids=ids, attention_mask=mask, **cache, **self._decoding(greedy))
-        completions = self._completions(ids, mask, output)
-        grouped, start = [], 0
-        for n in counts:
-            grouped.append(completions[start : start + n])
-            start += n
-        return grouped
-
-    def _prompt_cache(self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> Any:
-        """KV cache of every prompt but its last token, with row ``rows[j]`` of the batch copied to row ``j``."""
-        head, head_mask = ids[:, :-1], mask[:, :-1]
-        positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1)
-        cache = out.past_key_values
-        cache.batch_select_indices(rows)
-        return cache
-
-    def sampling_settings(self) -> dict[str, float | int]:
-        """The sampling settings in effect: the set ones, and the model's ``generation_config`` for the rest."""
-        config = self.model.generation_config
-        chosen = {"top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty}
-        defaults = {"top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}  # transformers' own when nobody sets one
-        settings: dict[str, float | int] = {"temperature": self.temperature}
-        for name, value in chosen.items():
-            if value is None:
-                value = getattr(config, name, None)
-            settings[name] = defaults[name] if value is None else value
-        return settings
-
-    def _decoding(self, greedy: bool) -> dict:
-        """``generate`` options: the set filters override the model's generation config, None ones keep it."""
-        settings = {
-            "max_new_tokens": self.max_new_tokens,
-            "use_cache": True,  # also under gradient checkpointing, which turns the cache off in training
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.stop_token_ids,
-        }
-        if self.repetition_penalty is not None:
-            settings["repetition_penalty"] = self.repetition_penalty
-        if greedy or self.temperature == 0:
-            return {**settings, "do_sample": False}
-        filters = {"top_p": self.top_p, "top_k": self.top_k}
-        return {**settings, "do_sample": True, "temperature": self.temperature,
-                **{name: value for name, value in filters.items() if value is not None}}
-
-    def _completions(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, output: torch.Tensor
-    ) -> list[Completion]:
-        generated = output[:, input_ids.shape[1] :].cpu()
-        stops = torch.isin(generated, torch.tensor(self.stop_token_ids))
-        completions = []
-        for row in range(len(generated)):
-            ends = stops[row].nonzero()
-            length = int(ends[0]) + 1 if len(ends) else generated.shape[1]
-            completion_ids = generated[row, :length].clone()
-            prompt_ids = input_ids[row][mask[row].bool()].cpu()
-            completions.append(
-                Completion(
-                    text=self.tokenizer.decode(completion_ids, skip_special_tokens=True),
-                    prompt_tokens=len(prompt_ids),
-                    completion_tokens=length,
-                    truncated=not len(ends),
-                    payload=(prompt_ids, completion_ids),
-                )
-            )
-        return completions
-
-    # ------------------------------------------------------------------ scoring
-    def sequence_logprobs(
-        self, role: str, completions: Sequence[Completion]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed log-probabilities of each completion given its prompt under ``role``'s adapter, in one pass.
-
-        Args:
-            role: Whose adapter scores.
-            completions: Completions from :meth:`generate` (their payload holds the token ids).
-
-        Returns:
-            ``(logp, num_tokens)``, both of shape ``[N]`` on :attr:`device`: ``logp`` (fp32) is differentiable
-            in the role's LoRA parameters; ``num_tokens`` (long) counts completion tokens, i.e. |y|.
-
-        Raises:
-            ValueError: A completion's payload is not ``(prompt_ids, completion_ids)`` with at least one
-                completion token.
-        """
-        token_logp, mask = self.token_logprobs(role, completions)
-        return token_logp.sum(-1), mask.sum(-1)
-
-    def token_logprobs(
-        self, role: str, completions: Sequence[Completion]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probabilities of each completion under ``role``'s adapter, in one forward pass.
-
-        Prompts are left-padded and completions right-padded, so every completion starts in the same column
-        and only the completion columns go through the output head. Position ids count real tokens only, so
-        padding changes nothing. The log-softmax is taken in fp32. The model's train/eval mode is left as the
-        caller set it.
-
-        Returns:
-            ``(token_logp, mask)`` of shape ``[N, C]`` (C: the longest completion): ``token_logp`` is 0 on
-            padding; ``mask`` (long) is 1 on real completion tokens.
-        """
-        if not completions:
-            empty = torch.zeros(0, 0, device=self.device)
-            return empty, empty.long()
-        ids, mask, width = self._pack(completions)
-        self.use(role)
-        # logits at columns P-1 .. P+C-2 predict the completion tokens at columns P .. P+C-1
-        logits = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            logits_to_keep=width + 1,
-            use_cache=False,
-        ).logits[:, :-1]
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        targets = ids[:, -width:]
-        completion_mask = mask[:, -width:]
-        return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * completion_mask, completion_mask
-
-    def _pack(self, completions: Sequence[Completion]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Token ids and attention mask ``[N, P + C]``: prompts end at column P, completions start there."""
-        pairs = [_token_ids(c, i) for i, c in enumerate(completions)]
-        prompt_width = max(len(p) for p, _ in pairs)
-        width = max(len(a) for _, a in pairs)
-        ids = torch.full((len(pairs), prompt_width + width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, (prompt, answer) in enumerate(pairs):
-            start, end = prompt_width - len(prompt), prompt_width + len(answer)
-            ids[row, start:end] = torch.cat([prompt, answer])
-            mask[row, start:end] = 1
-        return ids.to(self.device), mask.to(self.device), width
-
-
-def _token_ids(completion: Completion, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    payload = completion.payload
-    if not (
-        isinstance(payload, tuple)
-        and len(payload) == 2
-        and all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in payload)
-    ):
-        raise ValueError(
-            f"completions[{index}].payload must be (prompt_ids, completion_ids), two 1-D tensors as "
-            f"made by Backbone.generate; got {type(payload).__name__}"
-        )
-    if len(payload[1]) == 0:
-        raise ValueError(f"completions[{index}] has no completion tokens; there is nothing to score")
-    return payload[0].long().cpu(), payload[1].long().cpu()
-
-
-def _sample_counts(num_samples: int | Sequence[int], num_prompts: int) -> list[int]:
-    counts = [num_samples] * num_prompts if isinstance(num_samples, int) else list(num_samples)
-    if len(counts) != num_prompts:
-        raise ValueError(f"num_samples has {len(counts)} entries for {num_prompts} prompts")
-    if any(n < 0 for n in counts):
-        raise ValueError(f"num_samples must be >= 0, got {counts}")
-    return counts
-
 
 def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokenizer's end-of-sequence token and any others the model's generation config stops at."""
@@ -519,13 +308,3 @@ def _enable_checkpointing(model: PreTrainedModel, options: dict) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(training)

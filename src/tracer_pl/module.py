@@ -33,6 +33,7 @@ from tracer_pl.distributed import (
     is_distributed,
     weighted_gradient_mean,
 )
+from tracer_pl.engine import Engine, HFEngine
 from tracer_pl.errors import ConfigError
 from tracer_pl.gspo import GSPOConfig, clip_fraction, grpo_loss, gspo_loss, token_clip_fraction
 from tracer_pl.metrics import problem_metrics, record_json
@@ -123,6 +124,8 @@ class TracerModule(L.LightningModule):
         train_reviewer: Train the reviewer adapter with GSPO.
         eval_seed: Seed of the RNG that samples the average strategies in validation and test.
         evaluation: The method ``validate``/``test`` run: TRACER or a baseline on the same adapters and problems.
+        engine: What builds, runs and trains the model (:mod:`tracer_pl.engine`): ``HFEngine`` (transformers and
+            peft, the default) or any :class:`~tracer_pl.engine.Engine` subclass, by ``class_path``.
         algorithm: ``tracer`` trains the dialogue; ``single_agent`` is the single-agent baseline: the proposer
             alone samples ``dialogue.group_size`` answers per problem in one call and takes one policy step on
             them -- GSPO, or GRPO with ``gspo.importance_level: token``. No reviewer, no controllers.
@@ -141,6 +144,7 @@ class TracerModule(L.LightningModule):
         eval_seed: int = 1234,
         evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
         algorithm: Literal["tracer", "single_agent"] = "tracer",
+        engine: Engine = lazy_instance(HFEngine),  # noqa: B008
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -150,6 +154,7 @@ class TracerModule(L.LightningModule):
         self.gspo_config = gspo
         self.controller_config = controllers
         self.proposer, self.reviewer = proposer, reviewer
+        self.engine = engine
         self.algorithm = algorithm
         if algorithm == "single_agent":
             train_reviewer = False
@@ -166,30 +171,20 @@ class TracerModule(L.LightningModule):
             "controllers": asdict(controllers), "proposer": type(proposer).__qualname__,
             "reviewer": type(reviewer).__qualname__, "train_proposer": train_proposer,
             "train_reviewer": train_reviewer, "eval_seed": eval_seed, "evaluation": asdict(evaluation),
-            "algorithm": algorithm,
+            "algorithm": algorithm, "engine": type(engine).__qualname__,
         })
 
     # ------------------------------------------------------------------ model and optimizers
     def configure_model(self) -> None:
-        """Load the base model and add one adapter per role (once; Lightning calls this before fit/test)."""
+        """Build the policy (base model, one adapter per role) with the engine (once; before fit/test)."""
         if self.backbone is not None:
             return
-        from tracer_pl.backbone import Backbone
-
-        cfg = self.backbone_config
         try:
-            self.backbone = Backbone.from_pretrained(
-                cfg.name, roles=[self.proposer.name, self.reviewer.name], precision=cfg.precision,
-                compute_dtype=cfg.compute_dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
-                gradient_checkpointing=cfg.gradient_checkpointing, max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                repetition_penalty=cfg.repetition_penalty, adapter_seed=cfg.adapter_seed,
-                share_prompt_cache=cfg.share_prompt_cache,
-            )
+            self.backbone = self.engine.build(self.backbone_config, [self.proposer.name, self.reviewer.name])
         except OSError as error:  # transformers: no such directory, hub id or files, hub switched off
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"--model.backbone.name {cfg.name!r}: cannot load the model ({reason})") from None
+            name = self.backbone_config.name
+            raise ConfigError(f"--model.backbone.name {name!r}: cannot load the model ({reason})") from None
         self.hparams["sampling"] = self.backbone.sampling_settings()  # logged with the hyperparameters
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -309,6 +304,7 @@ class TracerModule(L.LightningModule):
             if cfg.max_grad_norm:
                 self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
+            self.backbone.after_optimizer_step(role)
             self._count(f"gspo/{role}/steps", 1.0)
             self._average(f"gspo/{role}/grad_norm", grad_norm)
             if loss is not None and clip_frac is not None:
@@ -479,17 +475,24 @@ class TracerModule(L.LightningModule):
             self.exported_adapters = self.backbone.save_adapters(directory)
 
     def _check_prompts(self, batch: Sequence[Problem]) -> None:
-        """Refuse, before generating, a problem whose dialogue cannot fit in the model's context (limits.py)."""
-        tokenizer = self.backbone.tokenizer
-        limits.check_prompts(batch, self.roles, self.backbone.render,
+        """Refuse, before generating, a problem whose dialogue cannot fit in the model's context (limits.py).
+
+        Checked when the policy has a tokenizer, a chat template and a model config (the Hugging Face engine).
+        """
+        policy = self.backbone
+        tokenizer, render = getattr(policy, "tokenizer", None), getattr(policy, "render", None)
+        config = getattr(getattr(policy, "model", None), "config", None)
+        if tokenizer is None or render is None or config is None:
+            return
+        limits.check_prompts(batch, self.roles, render,
                              lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
-                             self.backbone_config.max_new_tokens,
-                             getattr(self.backbone.model.config, "max_position_embeddings", None))
+                             self.backbone_config.max_new_tokens, getattr(config, "max_position_embeddings", None))
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable (adapter) weights; add controllers and the sampling RNG for an exact resume."""
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if _is_saved(k)}
+        trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if _is_saved(k, trainable)}
         checkpoint["tracer"] = {
             "controllers": {c.name: c.state_dict() for c in self.controllers},
             "torch_rng": torch.random.get_rng_state(),
@@ -621,9 +624,9 @@ def _adapter_roles(keys: set[str]) -> list[str]:
     return sorted({key.split("lora_", 1)[1].split(".")[1] for key in keys})
 
 
-def _is_saved(key: str) -> bool:
-    """Checkpoints keep the LoRA adapters and everything outside the backbone, never the frozen base."""
-    return not key.startswith("backbone.") or "lora_" in key
+def _is_saved(key: str, trainable: set[str]) -> bool:
+    """Checkpoints keep the policy's trainable weights (adapters) and all outside the policy, never the base."""
+    return not key.startswith("backbone.") or key in trainable
 
 
 def _grad_norm(parameters: Sequence[torch.nn.Parameter]) -> float:

@@ -1,0 +1,98 @@
+"""The engine seam: what TRACER's training loop needs from the model, and how a run chooses who provides it.
+
+:class:`Policy` is everything :class:`~tracer_pl.module.TracerModule`, the dialogue and the baselines ask of the
+model: generate completions for a role (the dialogue's :class:`~tracer_pl.agent.Agent`), score their tokens'
+log-probabilities under a role's adapter (GSPO), hand over a role's trainable parameters (its optimizer), hear
+about every optimizer step of a role (an engine that keeps its own copy of the weights syncs there), and save or
+load the adapters. :class:`~tracer_pl.backbone.Backbone` is the Hugging Face implementation.
+
+An :class:`Engine` builds the policy from the run's :class:`~tracer_pl.module.BackboneConfig` and role names; it
+is chosen in YAML by ``class_path`` like a role, and its own options are its ``init_args``::
+
+    model:
+      engine:
+        class_path: tracer_pl.engine.HFEngine
+
+To plug in another engine, subclass :class:`Engine` and return any object that has the methods of
+:class:`Policy` (and is a ``torch.nn.Module``, so its adapters are saved in checkpoints).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+
+from tracer_pl.agent import Completion, Messages
+
+if TYPE_CHECKING:
+    from tracer_pl.module import BackboneConfig
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """The model as the training loop sees it: one set of weights per role, behind role names."""
+
+    roles: list[str]
+
+    def generate(self, role: str, prompts: Sequence[Messages], num_samples: int | Sequence[int] = 1, *,
+                 greedy: bool = False) -> list[list[Completion]]:
+        """``num_samples[i]`` completions of ``prompts[i]`` under ``role``, each with its token ids."""
+        ...
+
+    def token_logprobs(self, role: str, completions: Sequence[Completion]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(token_logp, mask)``, shape ``[N, C]``: the tokens' log-probs, differentiable in the role's weights."""
+        ...
+
+    def role_parameters(self, role: str) -> list[torch.nn.Parameter]:
+        """What ``role``'s optimizer steps."""
+        ...
+
+    def after_optimizer_step(self, role: str) -> None:
+        """Called after every optimizer step of ``role`` (an engine with its own copy of the weights syncs)."""
+        ...
+
+    def save_adapters(self, directory: str | Path) -> dict[str, Path]:
+        """Save every role's adapter under ``directory``; return the folder of each role."""
+        ...
+
+    def load_adapters(self, directory: str | Path) -> None:
+        """Load adapters saved by :meth:`save_adapters` (in place)."""
+        ...
+
+    def sampling_settings(self) -> dict[str, float | int]:
+        """The sampling settings in effect (temperature and filters), for the logged hyperparameters."""
+        ...
+
+
+class Engine(ABC):
+    """Builds the :class:`Policy` of a run. Subclass it to add an engine; select it with ``class_path``."""
+
+    @abstractmethod
+    def build(self, config: BackboneConfig, roles: Sequence[str]) -> Policy:
+        """Load the base model described by ``config`` and give it one adapter per name in ``roles``."""
+
+
+class HFEngine(Engine):
+    """Hugging Face ``transformers`` + ``peft``: one model generates (``generate``), scores and trains.
+
+    The default engine. It has no options of its own: everything it needs is in ``model.backbone``.
+    """
+
+    def build(self, config: BackboneConfig, roles: Sequence[str]) -> Policy:
+        from tracer_pl.backbone import Backbone
+
+        return Backbone.from_pretrained(
+            config.name, roles=list(roles), precision=config.precision, compute_dtype=config.compute_dtype,
+            lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules, gradient_checkpointing=config.gradient_checkpointing,
+            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+            top_k=config.top_k, repetition_penalty=config.repetition_penalty, adapter_seed=config.adapter_seed,
+            share_prompt_cache=config.share_prompt_cache,
+        )
+
+
+__all__ = ["Engine", "HFEngine", "Policy"]
