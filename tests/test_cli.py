@@ -148,3 +148,55 @@ def test_baselines_run_from_yaml_on_the_same_harness(tmp_path, baseline, calls):
                "--model.evaluation.samples=3"])
     result = json.loads((tmp_path / "runs/tiny/logs/version_0/test_metrics.json").read_text())
     assert result["test/test_sample64/calls_per_problem"] == calls  # 1 call; 3 samples; 3 agents x 2 rounds
+
+
+HOSTILE = [  # (arguments after `tracer-pl`, the one-line error); files are written by the test
+    (["--data.train=empty.jsonl"], "empty.jsonl: 0 usable problems, fewer than one training batch of 2"),
+    (["--data.train=blank.jsonl"], "blank.jsonl: 0 usable problems"),
+    (["--data.train=nan.jsonl"], "nan.jsonl line 1: field 'gold' is nan, not a usable value"),
+    (["--data.train=reasoning_gym:basic_arithmetic?size=abc"], "basic_arithmetic?size=abc: option 'size'"),
+    (["--data.eval_batch_size=0"], "--data.eval_batch_size must be at least 1, got 0"),
+    (["--ckpt_path=garbage.ckpt"], "--ckpt_path garbage.ckpt: not a readable checkpoint (not a torch.save archive"),
+    (["--ckpt_path=empty.ckpt"], "--ckpt_path empty.ckpt: empty file, not a checkpoint"),
+    (["--model.backbone.name=./no-such-model"], "--model.backbone.name './no-such-model': cannot load the model"),
+    (["--trainer.callbacks+=tracer_pl.callbacks.ControllerMonitor", "--trainer.callbacks.every_n_batches=0"],
+     "invalid configuration: every_n_batches must be at least 1, got 0"),
+    (["--trainer.default_root_dir=/proc/no-such-dir"], "/proc/no-such-dir/checkpoints: cannot write checkpoints"),
+    (["--data.train=nan.jsonl", "--data.field_map={question: nope}"], "nan.jsonl line 1: missing field 'nope'"),
+    (["--data.answer_format=gsm9k"], "unknown answer format 'gsm9k'"),
+]
+
+
+@pytest.mark.parametrize("extra, message", HOSTILE)
+def test_hostile_command_lines_end_in_one_line_errors(tmp_path, monkeypatch, capsys, extra, message):
+    from tracer_pl.cli import main
+
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text("\n  \n\n")
+    (tmp_path / "nan.jsonl").write_text('{"question": "q", "gold": NaN}\n{"question": "r", "gold": 1}\n')
+    (tmp_path / "garbage.ckpt").write_bytes(b"garbage")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    monkeypatch.setattr("sys.argv", ["tracer-pl", "fit", "-c", TINY, "--trainer.enable_progress_bar=false",
+                                     "--trainer.logger=false", "--trainer.limit_train_batches=1", *extra])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("tracer-pl: error: ")]
+    assert len(error_lines) == 1 and message in error_lines[0]
+
+
+def test_predict_is_not_offered(monkeypatch, capsys):
+    from tracer_pl.cli import main
+
+    monkeypatch.setattr("sys.argv", ["tracer-pl", "predict", "-c", TINY])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2 and "invalid choice: 'predict'" in capsys.readouterr().err
+
+
+def test_from_last_without_a_checkpoint_is_an_error():
+    from tracer_pl.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="--ckpt_path last: no checkpoint in runs/tiny/checkpoints yet"):
+        build_cli(["test", "-c", TINY, "--trainer.logger=false", "--ckpt_path=last"])

@@ -162,3 +162,132 @@ def test_datamodule_sets_names_and_validation(tmp_path):
         ReasoningDataModule(batch_size=0)
     with pytest.raises(ConfigError, match="--data.test is required"):
         ReasoningDataModule(train=str(GSM)).setup("test")
+
+
+# ---------------------------------------------------------------------- hostile inputs (docs/reliability.md)
+@pytest.mark.parametrize(
+    "row, answer_format",
+    [
+        ({"question": "q", "answer": "x #### 12,34"}, None),  # misplaced comma: not 1234
+        ({"question": "q", "answer": "x #### 1,2,3"}, None),  # a list: not 123
+        ({"question": "q", "answer": "x #### H2O"}, None),  # a formula: not 2
+        ({"question": "q", "answer": "x #### B12"}, None),  # a label: not 12
+        ({"question": "q", "answer": "x #### 3 or 4"}, None),  # two numbers
+        ({"question": "q", "gold": "Python 3"}, "gsm8k"),  # a numeric format was asked for: not 3
+        ({"question": "q", "gold": "H2O"}, "gsm8k"),
+        ({"question": "q", "gold": "1,2,3"}, "gsm8k"),
+    ],
+)
+def test_a_gold_with_a_number_inside_text_is_a_bad_row(tmp_path, row, answer_format):
+    path = write_jsonl(tmp_path / "golds.jsonl", [row])
+    with pytest.raises(DataError, match=r"golds.jsonl line 1: .*(number after '####'|number as the gold answer)"):
+        list(load_problems(str(path), answer_format=answer_format))
+    bad = BadRows()
+    assert list(load_problems(str(path), answer_format=answer_format, on_bad_row="skip", bad_rows=bad)) == []
+    assert len(bad) == 1
+
+
+@pytest.mark.parametrize(
+    "tail, gold",
+    [("1,234", "1234"), ("-3.5", "-3.5"), ("$5", "5"), ("7.", "7"), ("1,450,000", "1450000"), ("+2", "2"),
+     ("\\boxed{12}", "12"), ("0.50", "0.5")],
+)
+def test_clean_golds_are_read_exactly(tmp_path, tail, gold):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"question": "q", "answer": f"work #### {tail}"}])
+    assert [p.gold for p in load_problems(str(path))] == [gold]
+
+
+def test_a_text_gold_stays_text_and_is_graded_as_text(tmp_path):
+    from tracer_pl.answers import is_equivalent
+
+    path = write_jsonl(tmp_path / "t.jsonl", [{"question": "q", "gold": "H2O"}, {"question": "q", "gold": "Python 3"},
+                                              {"question": "q", "gold": "1,2,3"}])
+    problems = list(load_problems(str(path)))
+    assert [(p.gold, p.dataset) for p in problems] == [("H2O", "exact"), ("Python 3", "exact"), ("1,2,3", "exact")]
+    assert not is_equivalent("2", "H2O", "exact") and is_equivalent("h2o", "H2O", "exact")
+    assert not is_equivalent("3", "Python 3", "exact") and not is_equivalent("123", "1,2,3", "exact")
+
+
+def test_byte_order_mark_and_lone_surrogate(tmp_path):
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + json.dumps({"question": "q", "answer": "#### 4"}).encode() + b"\n")
+    assert [p.gold for p in load_problems(str(jsonl))] == ["4"]
+    whole = tmp_path / "bom.json"
+    whole.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"question": "q", "gold": "5"}]).encode())
+    assert [p.gold for p in load_problems(str(whole))] == ["5"]
+    surrogate = write_jsonl(tmp_path / "s.jsonl", ['{"question": "bad \\ud800 text", "answer": "#### 1"}'])
+    with pytest.raises(DataError, match=r"s.jsonl line 1: field 'question' .*unpaired surrogate"):
+        list(load_problems(str(surrogate)))
+
+
+@pytest.mark.parametrize("options, message", [
+    ("size=abc", "option 'size' must be a whole number >= 1, found 'abc'"),
+    ("size=2.5", "option 'size' must be a whole number >= 1, found 2.5"),
+    ("size=0", "option 'size' must be a whole number >= 1, found 0"),
+    ("size=3&seed=x", "option 'seed' must be a whole number, found 'x'"),
+])
+def test_generator_options_must_be_whole_numbers(options, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        list(load_problems(f"reasoning_gym:basic_arithmetic?{options}"))
+
+
+@pytest.mark.parametrize(
+    "lines, on_bad_row, message",
+    [
+        ([], "raise", "0 usable problems, fewer than one training batch of 2"),  # empty file
+        (["", "   ", ""], "raise", "0 usable problems"),  # blank lines only
+        ([{"question": "q", "answer": "#### 1"}], "raise", "1 usable problems, fewer than one training batch"),
+        ([{"question": "q", "answer": "none"}, "{x"], "skip", r"0 usable problems \(2 bad rows skipped\)"),
+    ],
+)
+def test_data_that_fills_no_batch_is_an_error(tmp_path, lines, on_bad_row, message):
+    path = tmp_path / "few.jsonl"
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    dm = ReasoningDataModule(train=str(path), batch_size=2, on_bad_row=on_bad_row)
+    with pytest.raises(DataError, match=f"few.jsonl: {message}.*--data.batch_size"):
+        list(dm.train_dataloader())
+
+
+def test_rows_skipped_in_training_are_counted_once_and_logged(tmp_path, caplog):
+    rows = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(4)] + [{"question": "q", "answer": "x"}]
+    dm = ReasoningDataModule(train=str(write_jsonl(tmp_path / "t.jsonl", rows)), batch_size=2, passes=2,
+                             on_bad_row="skip")
+    with caplog.at_level("WARNING"):
+        batches = list(dm.train_dataloader())
+    assert len(batches) == 4 and dm.train_skipped == 1  # per pass, not once per pass summed
+    assert "t.jsonl line 5" in caplog.text and "skipped" in caplog.text
+
+
+def saved_position(dm):
+    state = dm.state_dict()
+    return {"consumed": 2, "settings": state["settings"]}
+
+
+@pytest.mark.parametrize("change, flag", [
+    (dict(batch_size=1), "--data.batch_size"), (dict(seed=1), "--data.seed"), (dict(passes=2), "--data.passes"),
+    (dict(train_limit=3), "--data.train_limit"), (dict(field_map={"question": "question"}), "--data.field_map"),
+])
+def test_resuming_with_other_data_settings_is_refused(tmp_path, change, flag):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(6)])
+    saved = saved_position(ReasoningDataModule(train=str(path), batch_size=2))
+    with pytest.raises(ConfigError, match=f"^{flag}: the checkpoint was saved with"):
+        ReasoningDataModule(train=str(path), **{"batch_size": 2, **change}).load_state_dict(saved)
+    safe = ReasoningDataModule(train=str(path), batch_size=2, test=str(path), test_limit=1, eval_batch_size=5)
+    safe.load_state_dict(saved)  # evaluation settings do not move the training position
+    assert [p.gold for b in safe.train_dataloader() for p in b] and safe.state_dict()["consumed"] == 2
+
+
+def test_resuming_with_an_edited_data_file_is_refused(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(6)])
+    saved = saved_position(ReasoningDataModule(train=str(path), batch_size=2))
+    write_jsonl(path, [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(7)])  # a row added
+    with pytest.raises(ConfigError, match="^--data.train_file_sha256: the checkpoint was saved with"):
+        ReasoningDataModule(train=str(path), batch_size=2).load_state_dict(saved)
+
+
+def test_a_megabyte_question_is_a_bad_row_not_a_hang(tmp_path):
+    path = write_jsonl(tmp_path / "big.jsonl", [{"question": "x" * 1_000_000, "answer": "#### 1"}])
+    start = time.monotonic()
+    with pytest.raises(DataError, match="big.jsonl line 1: field 'question' has 1,000,000 characters, more than"):
+        list(load_problems(str(path)))
+    assert time.monotonic() - start < 5

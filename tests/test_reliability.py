@@ -1,5 +1,6 @@
 """Faults injected on purpose: a killed run, repeated runs, bad model output, broken rewards, bad settings."""
 
+import fractions
 import json
 import math
 import os
@@ -9,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
 from scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
 from tracer_pl.cli import build_cli
+from tracer_pl.data import ReasoningDataModule
 from tracer_pl.dialogue import DialogueConfig, run_dialogues
 from tracer_pl.errors import ConfigError, DataError
 from tracer_pl.module import BackboneConfig, TracerModule
@@ -174,3 +177,221 @@ def test_unreadable_and_undecodable_files(tmp_path):
     wrong.write_text(json.dumps({"rows": 3}))
     with pytest.raises(DataError, match="wrong.json: expected a JSON list of objects"):
         list(load_problems(str(wrong)))
+
+
+# ---------------------------------------------------------------------- hostile checkpoints and runs
+def sealed_checkpoint():
+    from tracer_pl import checkpoints
+
+    checkpoint = {"state_dict": {"w": torch.arange(64, dtype=torch.float32)}, "epoch": 0,
+                  "tracer": {"torch_rng": torch.random.get_rng_state(), "step": torch.tensor(3)}}
+    checkpoints.seal(checkpoint)
+    return checkpoint
+
+
+def flip_a_bit_in_the_weights(path):
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(torch.arange(64, dtype=torch.float32)[40:48].numpy().tobytes())
+    data[at + 5] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.mkdir(), "is a directory; expected a .ckpt file"),
+        (lambda p: p.write_bytes(b""), "empty file, not a checkpoint"),
+        (lambda p: p.write_bytes(b"not a zip file at all"), "not a readable checkpoint"),
+        (lambda p: (torch.save(sealed_checkpoint(), p), p.write_bytes(p.read_bytes()[:300])), "not a readable"),
+        (lambda p: torch.save([1, 2], p), "not a Lightning checkpoint"),
+        (lambda p: torch.save({"state_dict": {}, "x": fractions.Fraction(1, 2)}, p),
+         "not a readable checkpoint \\(it holds objects other than"),  # arbitrary objects: refused
+        (lambda p: (torch.save(sealed_checkpoint(), p), flip_a_bit_in_the_weights(p)),
+         "(damaged checkpoint|not a readable checkpoint)"),
+    ],
+)
+def test_unusable_checkpoint_files_give_one_line_errors(tmp_path, make, message):
+    from tracer_pl import checkpoints
+    from tracer_pl.errors import CheckpointError
+
+    path = tmp_path / "last.ckpt"
+    make(path)
+    with pytest.raises(CheckpointError, match=f"--ckpt_path {path}: {message}") as error:
+        checkpoints.read(path)
+    assert "\n" not in str(error.value)
+
+
+def test_checksum_refuses_any_changed_value_and_accepts_the_original(tmp_path):
+    from tracer_pl import checkpoints
+    from tracer_pl.errors import CheckpointError
+
+    path = tmp_path / "ok.ckpt"
+    torch.save(sealed_checkpoint(), path)
+    assert torch.equal(checkpoints.read(path)["state_dict"]["w"], torch.arange(64, dtype=torch.float32))
+    for change in (lambda c: c["state_dict"]["w"].__setitem__(40, 40.000004),  # one bit of a float
+                   lambda c: c["tracer"]["step"].add_(1), lambda c: c.__setitem__("epoch", 1),
+                   lambda c: c["state_dict"].__setitem__("extra", torch.zeros(1))):
+        checkpoint = torch.load(path, weights_only=True)
+        change(checkpoint)
+        with pytest.raises(CheckpointError, match="damaged checkpoint"):
+            checkpoints.verify(checkpoint, "x")
+
+
+def test_a_failed_save_leaves_no_temporary_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from tracer_pl.callbacks import write_atomically
+    from tracer_pl.errors import CheckpointError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))  # a broken $TMPDIR is never used
+    path = tmp_path / "last.ckpt"
+    write_atomically({"a": torch.ones(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="last.ckpt: cannot write the checkpoint \\(No space left on device\\)"):
+        write_atomically({"a": torch.zeros(2)}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+
+
+TINY_ARGS = ["fit", "-c", TINY, "--trainer.enable_progress_bar=false", "--trainer.logger=false"]
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (["--trainer.limit_train_batches=0"], ConfigError, "--trainer.limit_train_batches is 0"),
+        (["--trainer.max_epochs=0"], ConfigError, "--trainer.max_epochs is 0"),
+        (["--trainer.default_root_dir=blocker/sub"], "CheckpointError", "cannot write checkpoints there"),
+        (["--ckpt_path=missing.ckpt"], "CheckpointError", "--ckpt_path missing.ckpt: no such file"),
+        (["--ckpt_path=."], "CheckpointError", "is a directory"),
+        (["--model.gspo.weight_decay=-0.1"], ConfigError, "--model.gspo.weight_decay must be between 0.0 and 1.0"),
+    ],
+)
+def test_unusable_runs_fail_before_any_compute(tmp_path, monkeypatch, extra, error, message):
+    from tracer_pl import errors
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    error = getattr(errors, error) if isinstance(error, str) else error
+    with pytest.raises(error, match=message):
+        build_cli([*TINY_ARGS, *extra])
+
+
+def test_a_second_fit_into_a_locked_directory_is_refused(tmp_path, monkeypatch):
+    from tracer_pl.callbacks import DirectoryLock
+    from tracer_pl.errors import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    lock = DirectoryLock(tmp_path / "runs/tiny/checkpoints", ".fit.lock")  # another run holds it
+    try:
+        with pytest.raises(CheckpointError, match=f"another fit \\(pid {os.getpid()} .*\\) is writing checkpoints"):
+            build_cli([*TINY_ARGS, "--trainer.limit_train_batches=1"])
+    finally:
+        lock.release()
+    DirectoryLock(tmp_path / "runs/tiny/checkpoints", ".fit.lock").release()  # free again once released
+
+
+class SigtermDuringBatch3(L.Callback):
+    """Sends this process SIGTERM in the middle of the third batch, as a scheduler preempting the job."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.fit_loop.epoch_loop.batch_progress.total.ready == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_at_the_batch_boundary_exits_143_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+    from tracer_pl.cli import main
+
+    run = [*TINY_ARGS[:4], "--trainer.limit_train_batches=4"]  # the tiny config's generated problems
+    (tmp_path / "straight").mkdir()
+    monkeypatch.chdir(tmp_path / "straight")
+    build_cli(run)
+    straight = final_state(tmp_path / "straight")
+
+    (tmp_path / "preempted").mkdir()
+    monkeypatch.chdir(tmp_path / "preempted")
+    # planned for 8 batches, preempted during the third, resumed with 4: the batch limit is safe to change
+    monkeypatch.setattr(sys, "argv", ["tracer-pl", *run, "--trainer.limit_train_batches=8",
+                                      "--trainer.callbacks+=test_reliability.SigtermDuringBatch3"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM: saved runs/tiny/checkpoints/last.ckpt after batch 3" in err
+    saved = final_state(tmp_path / "preempted")
+    assert saved["ReasoningDataModule"]["consumed"] == 6  # batch 3 (of 2 problems) finished and was saved
+    assert (tmp_path / "preempted/runs/tiny/logs/version_0/adapters/proposer").is_dir()
+
+    build_cli([*run, "--ckpt_path=last"])  # the run's own last.ckpt, not a fresh start
+    assert_same_training_state(straight, final_state(tmp_path / "preempted"))
+
+
+def test_settings_documented_as_safe_are_accepted_on_resume():
+    from tracer_pl import checkpoints
+
+    saved = resume_checkpoint()
+    changed = build_cli([*TINY_ARGS[1:], "--model.evaluation.method=cot", "--model.eval_seed=7",
+                         "--model.dialogue.eval_greedy=false"], run=False)
+    checkpoints.check_model(saved, changed.model.hparams, resuming=True)  # no error
+    data = ReasoningDataModule(train=changed.datamodule.train, batch_size=2, test="x.jsonl", test_limit=3,
+                               eval_batch_size=9, on_bad_row="skip")
+    checkpoints.check_data(saved["ReasoningDataModule"]["settings"], data.resume_settings())  # no error
+    assert all(checkpoints.is_safe(flag) for flag in ("model.evaluation.method", "data.test_limit"))
+    assert not any(checkpoints.is_safe(flag) for flag in ("model.dialogue.group_size", "data.batch_size"))
+
+
+@pytest.mark.parametrize("change", ["--model.dialogue.group_size=3", "--model.dialogue.rounds=3",
+                                    "--model.controllers.state_time=false", "--data.batch_size=1",
+                                    "--trainer.max_epochs=2", "--model.gspo.lr=0.5"])
+def test_resuming_a_changed_experiment_is_refused_before_loading(tmp_path, monkeypatch, change):
+    monkeypatch.chdir(tmp_path)
+    checkpoint = tmp_path / "runs/tiny/checkpoints/last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(resume_checkpoint(), checkpoint)
+    flag = change.split("=")[0]
+    with pytest.raises(ConfigError, match=f"^{flag.replace('.', '[.]')}: the checkpoint was (trained|saved) with"):
+        build_cli([*TINY_ARGS, change, "--ckpt_path=last"])
+
+
+def resume_checkpoint():
+    """What a tiny-config fit saves, built without running one: its hyperparameters, data and run settings."""
+    from tracer_pl import checkpoints
+
+    cli = build_cli(TINY_ARGS[1:], run=False)  # run=False takes no subcommand
+    checkpoint = {"state_dict": {}, "hyper_parameters": dict(cli.model.hparams),
+                  "ReasoningDataModule": {"consumed": 2, "settings": cli.datamodule.resume_settings()},
+                  checkpoints.RUN_KEY: checkpoints.run_settings(cli.trainer)}
+    checkpoints.seal(checkpoint)
+    return checkpoint
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(dialogue=DialogueConfig(group_size=100_000)), "--model.dialogue.group_size must be between 1 and 256"),
+    (dict(backbone=BackboneConfig(max_new_tokens=10**6)), "--model.backbone.max_new_tokens must be between 1 and"),
+    (dict(dialogue=DialogueConfig(rounds=1000)), "--model.dialogue.rounds must be between 1 and 99"),
+])
+def test_settings_beyond_sane_bounds_are_refused_before_loading(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        TracerModule(**settings)
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_generating():
+    module = TracerModule(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=200))
+    module.configure_model()
+    context = module.backbone.model.config.max_position_embeddings  # 4096; the tokenizer is byte-level
+    short = Problem(question="What is 6 times 7?", gold="42", dataset="gsm8k", uid="short")
+    module._check_prompts([short])  # fits: no error
+    long = Problem(question="x" * (context - 500), gold="1", dataset="gsm8k", uid="train.jsonl line 9")
+    with pytest.raises(DataError, match=f"train.jsonl line 9: a turn of this problem can need (\\d+) tokens .* "
+                                        f"more than the model's context of {context}; shorten"):
+        module._check_prompts([short, long])
+    module.backbone_config.max_new_tokens = 10  # the message's advice works: fewer new tokens fit
+    module._check_prompts([long])

@@ -187,3 +187,65 @@ def test_console_command_dispatches_report(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2 and "not a directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- hostile report inputs
+TRAIN = [{"step": s, "controller/proposer/-1/last/visits": m, "controller/proposer/-1/last/avg_regret": 1 / m,
+          "controller/proposer/-1/last/avg_p_refresh": 0.5} for s, m in enumerate([1, 2, 4])]
+
+
+def test_runs_with_the_same_name_get_distinct_labels_and_plots(tmp_path):
+    one = make_run(tmp_path / "a", "seed1", metric_set("test/arith", 0.2, 100.0, 1.0), records={"arith": 5},
+                   train_rows=TRAIN)
+    two = make_run(tmp_path / "b", "seed1", metric_set("test/arith", 0.8, 100.0, 1.0), records={"arith": 5},
+                   train_rows=TRAIN)
+    out = tmp_path / "report"
+    text = write_report([one, two], out).read_text()
+    assert "| a/seed1 | arith | 5 | 0.200" in text and "| b/seed1 | arith | 5 | 0.800" in text
+    assert (out / "a__seed1_regret.png").exists() and (out / "b__seed1_regret.png").exists()
+    with pytest.raises(DataError, match="--paired seed1: several runs are named so \\(a/seed1, b/seed1\\)"):
+        write_report([one, two], out, paired="seed1")
+    with pytest.raises(DataError, match="the same run directory is given twice"):
+        write_report([one, one], out)
+
+
+def test_a_directory_holding_several_runs_is_refused_not_reduced_to_its_newest(tmp_path):
+    make_run(tmp_path / "all", "x", metric_set("test/arith", 0.2, 100.0, 1.0))
+    make_run(tmp_path / "all", "y", metric_set("test/arith", 0.8, 100.0, 1.0))
+    with pytest.raises(DataError, match="all: holds test_metrics.json of several runs \\(under x/logs, y/logs\\)"):
+        write_report([tmp_path / "all"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("status, words", [
+    (None, "at the last logged step: the run did not finish"),  # crashed: no status, no adapters
+    ("finished", "at the end of training"),
+    ("preempted", "when the run was preempted"),
+])
+def test_the_controller_table_says_whether_training_finished(tmp_path, status, words):
+    run = make_run(tmp_path, "run", metric_set("test/arith", 0.2, 100.0, 1.0), train_rows=TRAIN)
+    if status:
+        (run / "logs/version_0/fit_status.json").write_text(json.dumps({"status": status}))
+    text = write_report([run], tmp_path / "out").read_text()
+    assert f"Controller states of run {words}" in text
+
+
+def test_duplicate_problem_ids_are_refused_in_a_paired_comparison(tmp_path):
+    base = make_run(tmp_path, "base", metric_set("test/arith", 0.5, 80.0, 1.0))
+    other = make_run(tmp_path, "other", metric_set("test/arith", 0.5, 80.0, 1.0))
+    write_records(base, "arith", [True, False])
+    (other / "logs/version_0/test_records_arith.jsonl").write_text(
+        "".join(json.dumps({"uid": "u0", "correct": ok}) + "\n" for ok in (True, False)))
+    with pytest.raises(DataError, match="test_records_arith.jsonl, line 2: problem id 'u0' appears twice"):
+        write_report([base, other], tmp_path / "out", paired="base")
+
+
+def test_malformed_metrics_rows_and_unusable_out_paths(tmp_path):
+    run = make_run(tmp_path, "run", metric_set("test/arith", 0.2, 100.0, 1.0), train_rows=TRAIN)
+    csv_path = run / "logs/version_0/metrics.csv"
+    csv_path.write_text(csv_path.read_text() + "oops,not,a,number\n")
+    with pytest.raises(DataError, match="metrics.csv, line 5: expected numbers in every column"):
+        write_report([run], tmp_path / "out")
+    csv_path.unlink()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(DataError, match="--out .*a_file/out: cannot write the report there"):
+        write_report([run], tmp_path / "a_file" / "out")

@@ -8,7 +8,7 @@ from tracer_pl.agent import Agent, Completion
 from tracer_pl.answers import AnswerFormat, extract_answer, is_equivalent, register_answer_format
 from tracer_pl.controllers import ControllerConfig, ProposerController, ReviewerController, StateFeatures
 from tracer_pl.dialogue import DialogueConfig, DialogueRecord, run_dialogues
-from tracer_pl.errors import ConfigError, DataError, ModelOutputError, TracerError
+from tracer_pl.errors import CheckpointError, ConfigError, DataError, ModelOutputError, PreemptedError, TracerError
 from tracer_pl.gspo import GSPOConfig, group_advantages, gspo_loss
 from tracer_pl.problem import Problem
 from tracer_pl.regret import RegretMatcher
@@ -19,6 +19,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Agent",
     "AnswerFormat",
+    "CheckpointError",
     "Completion",
     "ConfigError",
     "ControllerConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "DialogueView",
     "GSPOConfig",
     "ModelOutputError",
+    "PreemptedError",
     "Problem",
     "Proposer",
     "ProposerController",

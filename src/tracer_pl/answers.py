@@ -113,10 +113,28 @@ class NumberFormat(AnswerFormat):
         return abs(p - g) <= self.tolerance
 
     def parse_gold(self, raw: str) -> str:
-        value = normalize_number(str(raw)) if raw is not None else None
+        value = clean_number(str(raw)) if raw is not None else None
         if value is None:
-            raise ValueError(f"expected a number as the gold answer, found {raw!r}")
+            raise ValueError(f"expected a number as the gold answer (like 42, -3.5, 1,234), found {raw!r}")
         return value
+
+
+_CLEAN_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+|-?\d+/\d+")
+
+
+def clean_number(text: str) -> str | None:
+    r"""The canonical form of ``text`` when all of it is one number, else None: the strict reading of a gold answer.
+
+    Allowed around the number: spaces, a leading ``$``, a trailing period, ``\boxed{}``. Commas must group
+    thousands (``1,234``). Unlike :func:`normalize_number`, a number inside other text is refused (``H2O``,
+    ``Python 3``, ``1,2,3``, ``12,34``), so such a gold is reported as a bad row instead of becoming a wrong number.
+    """
+    boxed = last_boxed(text)
+    candidate = (boxed if boxed is not None and text.strip().startswith("\\boxed") else text).strip()
+    candidate = candidate.replace("\u2212", "-").removeprefix("$").strip().removesuffix(".")
+    if not _CLEAN_NUMBER.fullmatch(candidate):
+        return None
+    return normalize_number(candidate.lstrip("+"))
 
 
 _LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\ |\$|\s")
@@ -285,7 +303,7 @@ class ExactFormat(AnswerFormat):
         return line.strip().strip(".").strip() or None if line else None
 
     def equivalent(self, prediction: str, gold: str) -> bool:
-        number_p, number_g = normalize_number(prediction), normalize_number(gold)
+        number_p, number_g = normalize_number(prediction), clean_number(gold)  # "Python 3" is text, not 3
         if number_p is not None and number_g is not None:
             return NumberFormat().equivalent(number_p, number_g)
         return prediction.strip().casefold() == gold.strip().casefold()

@@ -6,35 +6,69 @@ TensorBoard, ...): the data of the regret-convergence and speak-rate plots of ``
 :class:`BatchCheckpoint` saves every N training *batches*. Lightning's ``ModelCheckpoint(every_n_train_steps)``
 counts optimizer steps, and with manual optimization one batch makes zero to several of them (one per role per
 speaking round with signal), so it cannot promise a save "every N steps" here. The checkpoint is written to a
-temporary file and renamed into place, so ``last.ckpt`` is never a half-written file.
+temporary file beside the target (never in ``$TMPDIR``: a small ``/tmp`` must not break saves) and renamed into
+place, so ``last.ckpt`` is never a half-written file; a failed write removes its temporary file. It also holds a
+lock on its directory for the whole fit, so a second run into the same directory is refused instead of
+overwriting the first one's ``last.ckpt``, and it saves at the batch boundary when the run receives SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tracer_pl.controllers import controller_table
+from tracer_pl.errors import CheckpointError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs into one directory are not detected there
+    fcntl = None  # type: ignore[assignment]
 
 
 class BatchCheckpoint(L.Callback):
     """Save ``<dirpath>/last.ckpt`` every ``every_n_batches`` training batches and at the end of training.
 
+    On SIGTERM (what schedulers send on preemption) Lightning lets the batch in flight finish and stops; then
+    ``last.ckpt`` is saved at that batch boundary and :attr:`preempted` is set (``tracer-pl`` exits with 143).
+
     Args:
         dirpath: Directory of the checkpoints.
         every_n_batches: Save after every this many batches (a kill loses at most this many).
         keep_every: Also keep a numbered copy (``step-000012.ckpt``) every this many batches; 0 keeps none.
+
+    Raises:
+        CheckpointError: at the start of ``fit``, when ``dirpath`` cannot be written or another run holds it.
     """
+
+    LOCK_NAME = ".fit.lock"
 
     def __init__(self, dirpath: str, every_n_batches: int = 10, keep_every: int = 0) -> None:
         if every_n_batches < 1:
             raise ValueError(f"every_n_batches must be at least 1, got {every_n_batches}")
+        if keep_every < 0:
+            raise ValueError(f"keep_every must be >= 0, got {keep_every}")
         self.dirpath = Path(dirpath)
         self.every_n_batches = every_n_batches
         self.keep_every = keep_every
         self.last_path: Path | None = None
+        self.preempted = False
+        self._lock: DirectoryLock | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Take the directory's lock (refusing a second fit into it); this also proves the directory writable."""
+        if stage == "fit" and trainer.is_global_zero and self._lock is None:
+            self._lock = DirectoryLock(self.dirpath, self.LOCK_NAME)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
                            ) -> None:
@@ -47,18 +81,86 @@ class BatchCheckpoint(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer, "last.ckpt")
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """On SIGTERM, save: Lightning stops only between batches, so the state is at a batch boundary.
+
+        Any exception ends the fit, so the directory's lock is released here (Lightning skips ``teardown`` then).
+        """
+        try:
+            if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+                self.save(trainer, "last.ckpt")
+                self.preempted = True
+        finally:
+            self.teardown(trainer, pl_module, "fit")
+
     def save(self, trainer: L.Trainer, name: str) -> Path:
-        """Write the checkpoint atomically: to a temporary file on the same disk, then ``os.replace``."""
+        """Write the checkpoint atomically: to a temporary file in the same directory, then ``os.replace``."""
         path = self.dirpath / name
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)  # every rank: collectives
         if trainer.is_global_zero:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{name}.tmp")
-        trainer.save_checkpoint(temporary)
-        if trainer.is_global_zero:
-            os.replace(temporary, path)
+            write_atomically(checkpoint, path)
         trainer.strategy.barrier("tracer_checkpoint")
         self.last_path = path
         return path
+
+
+def write_atomically(checkpoint: dict, path: Path) -> None:
+    """``torch.save`` to ``.<name>.tmp`` beside ``path``, flush it to disk, rename it into place.
+
+    Raises:
+        CheckpointError: when the file cannot be written (full disk, no permission); the temporary file is removed
+            and an existing ``path`` is left as it was.
+    """
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with temporary.open("wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({error.strerror or error}); free space or "
+                              "choose another --trainer.default_root_dir; the previous checkpoint is intact") from None
+
+
+class DirectoryLock:
+    """An exclusive lock on ``<directory>/<name>`` held by this process (released by the OS if it dies).
+
+    Raises:
+        CheckpointError: when the directory cannot be created or written, or another process holds the lock.
+    """
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.path = directory / name
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("a+")
+        except OSError as error:
+            raise CheckpointError(f"{directory}: cannot write checkpoints there ({error.strerror or error}); "
+                                  "choose another --trainer.default_root_dir") from None
+        try:
+            if fcntl is not None:
+                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "another process"
+            self._handle.close()
+            raise CheckpointError(
+                f"{directory}: another fit ({holder}) is writing checkpoints here; two runs would overwrite each "
+                "other's last.ckpt. Wait for it to finish or choose another --trainer.default_root_dir"
+            ) from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self._handle.flush()
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            if fcntl is not None:
+                fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
 
 
 class ControllerMonitor(L.Callback):

@@ -13,15 +13,18 @@ part of the checkpoint (``state_dict``), so a resumed run continues with the nex
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
+from tracer_pl import checkpoints
 from tracer_pl.errors import ConfigError, DataError
 from tracer_pl.problem import Problem
 from tracer_pl.sources import BENCHMARKS, BadRows, OnBadRow, load_problems, source_name
@@ -43,13 +46,22 @@ class ProblemStream(IterableDataset):
         limit: Use only the first ``limit`` problems of the source.
         shuffle_buffer: Buffer size of the streamed shuffle.
         start: Problems of this rank already consumed (for resuming).
+        name: The source, for messages.
+        bad_rows: Where the source's loader records skipped rows (counted once, on the first pass).
+
+    Raises:
+        DataError: on iteration, when the first pass does not fill one whole batch on every rank (an empty file,
+            only blank lines or skipped rows, fewer problems than a batch): a run would train nothing.
     """
 
     def __init__(self, load: Any, *, streamed: bool, seed: int, passes: int, rank: int, world_size: int,
-                 batch_size: int, limit: int | None, shuffle_buffer: int, start: int = 0) -> None:
+                 batch_size: int, limit: int | None, shuffle_buffer: int, start: int = 0,
+                 name: str = "training data", bad_rows: BadRows | None = None) -> None:
         self.load, self.streamed, self.seed, self.passes = load, streamed, seed, passes
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.limit, self.shuffle_buffer, self.start = limit, shuffle_buffer, start
+        self.name, self.bad_rows = name, bad_rows if bad_rows is not None else BadRows()
+        self.skipped = 0  # bad rows skipped in one pass
 
     def ordered(self, pass_index: int) -> Iterator[Problem]:
         """All problems of one pass, in that pass's seeded order (the same on every rank)."""
@@ -70,14 +82,34 @@ class ProblemStream(IterableDataset):
 
     def mine(self) -> Iterator[Problem]:
         """This rank's share of every pass, cut so that all ranks yield the same number of whole batches."""
+        chunk = self.world_size * self.batch_size
         for pass_index in range(self.passes):
             group: list[Problem] = []
-            chunk = self.world_size * self.batch_size
+            usable = 0
+            before = len(self.bad_rows)
             for problem in self.ordered(pass_index):
                 group.append(problem)
+                usable += 1
                 if len(group) == chunk:
                     yield from group[self.rank :: self.world_size]
                     group = []
+            if pass_index == 0:
+                self._end_of_first_pass(usable, len(self.bad_rows) - before, chunk)
+
+    def _end_of_first_pass(self, usable: int, skipped: int, chunk: int) -> None:
+        self.skipped = skipped
+        if skipped:
+            log.warning("%s: %s", self.name, self.bad_rows.summary())
+        if usable < chunk:
+            rows = f"{usable} usable problems" + (f" ({skipped} bad rows skipped)" if skipped else "")
+            raise DataError(
+                f"{self.name}: {rows}, fewer than one training batch of {chunk} (--data.batch_size "
+                f"{self.batch_size} x {self.world_size} processes): nothing would be trained; add problems or lower "
+                "--data.batch_size"
+            )
+        if usable % chunk:
+            log.info("%s: the last %d problems of each pass do not fill a batch and are not used", self.name,
+                     usable % chunk)
 
     def __iter__(self) -> Iterator[Problem]:
         return itertools.islice(self.mine(), self.start, None)
@@ -126,7 +158,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self.test = [test] if isinstance(test, str) else list(test or [])
         self.val = [val] if isinstance(val, str) else list(val or [])
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.train_limit, self.test_limit, self.passes, self.seed = train_limit, test_limit, passes, seed
         self.field_map, self.answer_format, self.on_bad_row = field_map, answer_format, on_bad_row
         self.shuffle_buffer, self.stream_hub = shuffle_buffer, stream_hub
@@ -134,6 +166,8 @@ class ReasoningDataModule(L.LightningDataModule):
         self.bad_rows = BadRows()
         self._consumed = 0  # training problems of this rank consumed by completed steps (for resuming)
         self._sets: dict[str, list[list[Problem]]] = {}
+        self._train_digest: str | None = None
+        self._stream: ProblemStream | None = None
 
     def _validate(self) -> None:
         for flag, value, minimum in [("batch_size", self.batch_size, 1), ("eval_batch_size", self.eval_batch_size, 1),
@@ -186,12 +220,18 @@ class ReasoningDataModule(L.LightningDataModule):
         return ProblemStream(lambda: self._load(source, "train"), streamed=self.stream_hub and source in BENCHMARKS,
                              seed=self.seed, passes=self.passes, rank=rank, world_size=world_size,
                              batch_size=self.batch_size, limit=self.train_limit, shuffle_buffer=self.shuffle_buffer,
-                             start=self._consumed)
+                             start=self._consumed, name=source, bad_rows=self.bad_rows)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return DataLoader(self.train_stream(rank, world), batch_size=self.batch_size, collate_fn=list)
+        self._stream = self.train_stream(rank, world)
+        return DataLoader(self._stream, batch_size=self.batch_size, collate_fn=list)
+
+    @property
+    def train_skipped(self) -> int:
+        """Bad training rows skipped in one pass (known once the first pass has been read)."""
+        return self._stream.skipped if self._stream is not None else 0
 
     def val_dataloader(self) -> list[DataLoader]:
         return [DataLoader(self._sets[s], batch_size=None) for s in self.val]
@@ -200,17 +240,53 @@ class ReasoningDataModule(L.LightningDataModule):
         return [DataLoader(self._sets[s], batch_size=None) for s in self.test]
 
     def state_dict(self) -> dict[str, Any]:
-        """The training position: problems of this rank consumed by the steps run so far."""
+        """The training position (problems of this rank consumed so far) and the settings it is relative to."""
         consumed = self._consumed
         if self.trainer is not None:  # steps of this epoch, restored by Lightning on resume, counted from 0
             consumed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.batch_size
-        return {"consumed": consumed, "seed": self.seed, "train": self.train}
+        return {"consumed": consumed, "settings": self.resume_settings()}
+
+    def resume_settings(self, world_size: int | None = None) -> dict[str, Any]:
+        """Everything that decides which problem comes at which position, keyed by its flag (``data.batch_size``).
+
+        Includes the training file's SHA-256 (``data.train_file_sha256``): an edited file shifts the positions.
+        ``world_size`` defaults to the attached trainer's (1 without one).
+        """
+        world = world_size or (self.trainer.world_size if self.trainer is not None else 1)
+        if self._train_digest is None:
+            self._train_digest = file_digest(self.train)
+        return {"data.train": self.train, "data.train_file_sha256": self._train_digest, "data.seed": self.seed,
+                "data.batch_size": self.batch_size, "data.passes": self.passes, "data.train_limit": self.train_limit,
+                "data.shuffle_buffer": self.shuffle_buffer, "data.stream_hub": self.stream_hub,
+                "data.field_map": self.field_map, "data.answer_format": self.answer_format,
+                "trainer.devices (number of processes)": world}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("train") != self.train or state_dict.get("seed") != self.seed:
-            log.warning("resuming with a different --data.train or --data.seed: the stream restarts from its beginning")
-            return
+        """Continue from the saved position; refuse (naming the flag) settings that would move it.
+
+        Raises:
+            ConfigError: when fitting with data settings, or a data file, other than the checkpoint's.
+        """
+        if self.trainer is not None and self.trainer.state.fn != "fit":
+            return  # validate/test never use the training position
+        saved = state_dict.get("settings") or {"data.train": state_dict.get("train"),
+                                               "data.seed": state_dict.get("seed")}
+        checkpoints.check_data(saved, self.resume_settings())
         self._consumed = int(state_dict["consumed"])
+
+
+def file_digest(source: str | None) -> str | None:
+    """SHA-256 of a local training file; None for generated and hub sources (named by their source string)."""
+    if source is None or source in BENCHMARKS or source.startswith("reasoning_gym:"):
+        return None
+    path = Path(source)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _names(sources: list[str]) -> list[str]:

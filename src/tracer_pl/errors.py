@@ -21,3 +21,11 @@ class ConfigError(TracerError, ValueError):
 
 class ModelOutputError(TracerError, ValueError):
     """A model produced something the library cannot use at all (not raised for ordinary bad answers)."""
+
+
+class CheckpointError(TracerError, ValueError):
+    """A checkpoint file is missing, unreadable, damaged, or cannot be used by this run."""
+
+
+class PreemptedError(TracerError):
+    """The run was stopped by a signal (SIGTERM, SIGINT) after saving its checkpoint; the command exits with 143."""

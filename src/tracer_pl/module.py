@@ -20,6 +20,7 @@ import torch
 from jsonargparse import lazy_instance
 from torchmetrics.aggregation import MeanMetric
 
+from tracer_pl import checkpoints, limits
 from tracer_pl.baselines import chain_of_thought, debate, majority_vote, single_agent_rollouts
 from tracer_pl.controllers import Controller, ControllerConfig, EvalProtocol
 from tracer_pl.dialogue import Dialogue, DialogueConfig, DialogueRecord, DialogueResult, Seat
@@ -137,7 +138,12 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
         """Build the policy (base model, one adapter per role) with the engine (once; before fit/test)."""
         if self.backbone is not None:
             return
-        self.backbone = self.engine.build(self.backbone_config, [self.proposer.name, self.reviewer.name])
+        try:
+            self.backbone = self.engine.build(self.backbone_config, [self.proposer.name, self.reviewer.name])
+        except OSError as error:  # transformers: no such directory, hub id or files, hub switched off
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            name = self.backbone_config.name
+            raise ConfigError(f"--model.backbone.name {name!r}: cannot load the model ({reason})") from None
         self.hparams["sampling"] = self.backbone.sampling_settings()  # logged with the hyperparameters
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -235,6 +241,7 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
         self._eval_step("test", batch, dataloader_idx)
 
     def _eval_step(self, stage: str, batch: Sequence[Problem], dataloader_idx: int) -> None:
+        self._check_prompts(batch)
         name = self._dataset_name(stage, dataloader_idx)
         if self.evaluation.method != "tracer":
             self._log_eval(stage, name, self._evaluate(list(batch)))
@@ -361,6 +368,20 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
         if self.trainer.is_global_zero:
             self.exported_adapters = self.backbone.save_adapters(directory)
 
+    def _check_prompts(self, batch: Sequence[Problem]) -> None:
+        """Refuse, before generating, a problem whose dialogue cannot fit in the model's context (limits.py).
+
+        Checked when the policy has a tokenizer, a chat template and a model config (the Hugging Face engine).
+        """
+        policy = self.backbone
+        tokenizer, render = getattr(policy, "tokenizer", None), getattr(policy, "render", None)
+        config = getattr(getattr(policy, "model", None), "config", None)
+        if tokenizer is None or render is None or config is None:
+            return
+        limits.check_prompts(batch, self.roles, render,
+                             lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+                             self.backbone_config.max_new_tokens, getattr(config, "max_position_embeddings", None))
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable (adapter) weights; add controllers and the sampling RNG for an exact resume."""
@@ -371,6 +392,8 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
             "torch_rng": torch.random.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
+        checkpoint[checkpoints.RUN_KEY] = checkpoints.run_settings(self.trainer)
+        checkpoints.seal(checkpoint)  # last: the checksum covers everything above
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint's adapters fit this backbone, then restore controllers and the RNG.
@@ -378,6 +401,7 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
         The run's settings come from its config and command line, not from the checkpoint, so a checkpoint
         trained with another base model, LoRA shape or set of roles is refused here, naming the difference.
         """
+        checkpoints.verify(checkpoint, "checkpoint")
         self._check_compatible(checkpoint)
         tracer = checkpoint.get("tracer")
         if tracer is None:
@@ -387,14 +411,11 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
         self._pending_rng = (tracer["torch_rng"], tracer.get("cuda_rng"))
 
     def _check_compatible(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("hyper_parameters", {}).get("backbone", {})
-        current = asdict(self.backbone_config)
-        for field_name in ("name", "lora_r", "lora_alpha", "target_modules"):
-            if field_name in saved and saved[field_name] != current[field_name]:
-                raise ConfigError(
-                    f"--model.backbone.{field_name}: the checkpoint was trained with {saved[field_name]!r}, this "
-                    f"run has {current[field_name]!r}; use the config the checkpoint was trained with"
-                )
+        """The adapters' settings always; when resuming ``fit``, every setting not safe to change (checkpoints.py)."""
+        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
+        checkpoints.check_model(checkpoint, self.hparams, resuming=resuming)
+        if resuming:
+            checkpoints.check_run(checkpoint, self.trainer)
         if self.backbone is None:
             return
         adapters = {k for k in checkpoint.get("state_dict", {}) if "lora_" in k}
@@ -411,6 +432,7 @@ class TracerModule(GSPOStepMixin, L.LightningModule):
         Restoring it here rather than when the checkpoint loads keeps whatever Lightning draws in between (the
         data loader's base seed) from shifting the generation samples of a resumed run.
         """
+        self._check_prompts(batch)
         pending = getattr(self, "_pending_rng", None)
         if pending is None:
             return
@@ -468,6 +490,8 @@ def validate(module: TracerModule) -> None:
     for ok, flag, message in checks:
         if not ok:
             raise ConfigError(f"{flag} {message}")
+    limits.check_bounds({"dialogue": asdict(d), "gspo": asdict(g), "backbone": asdict(b),
+                         "evaluation": asdict(module.evaluation)})
 
 
 __all__ = ["BackboneConfig", "EvaluationConfig", "TracerModule"]

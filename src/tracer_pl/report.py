@@ -30,7 +30,7 @@ import argparse
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,14 +94,61 @@ def bound_label(batch: float) -> str:
 
 
 # ---------------------------------------------------------------------- reading runs
-def newest(directory: Path, pattern: str) -> Path | None:
-    """The most recently modified file matching ``pattern`` anywhere under ``directory``."""
-    found = sorted(directory.rglob(pattern), key=lambda p: p.stat().st_mtime)
+def run_labels(runs: Sequence[Path]) -> dict[Path, str]:
+    """A distinct label per run: its directory name, with as many parent names as it takes to tell runs apart.
+
+    Raises:
+        DataError: when the same directory is given twice.
+    """
+    resolved = [run.resolve() for run in runs]
+    twice = sorted({str(run) for run, r in zip(runs, resolved) if resolved.count(r) > 1})
+    if twice:
+        raise DataError(f"{twice[0]}: the same run directory is given twice")
+    depth = {run: 1 for run in runs}
+    while True:
+        labels = {run: "/".join(r.parts[-depth[run]:]) for run, r in zip(runs, resolved)}
+        clashing = [run for run in runs if list(labels.values()).count(labels[run]) > 1]
+        if not clashing:
+            return labels
+        for run in clashing:
+            depth[run] += 1
+
+
+def newest(directory: Path, pattern: str, keep: Callable[[Path], bool] = lambda path: True) -> Path | None:
+    """The most recently modified file matching ``pattern`` under ``directory`` (and ``keep``), from one run only.
+
+    The files of one run sit in the version directories of one logger (``<run>/logs/version_N/``); files under
+    several loggers' directories mean ``directory`` holds several runs.
+
+    Raises:
+        DataError: when ``directory`` holds files of several runs (name them one by one instead).
+    """
+    found = sorted((p for p in directory.rglob(pattern) if keep(p)), key=lambda p: p.stat().st_mtime)
+    loggers = sorted({str(p.parent.parent.relative_to(directory)) for p in found})
+    if len(loggers) > 1:
+        raise DataError(f"{directory}: holds {pattern} of several runs (under {', '.join(loggers)}); give each run's "
+                        "directory to tracer-pl report instead")
     return found[-1] if found else None
 
 
-def test_rows(run: Path) -> list[Row]:
+def fit_status(log_dir: Path) -> str:
+    """``finished``, ``preempted`` or ``unfinished`` (crashed, killed or still running) for a fit's log directory.
+
+    ``tracer-pl fit`` writes ``fit_status.json``; a run trained without it counts as finished when it exported
+    its adapters, which happens only at the end of training.
+    """
+    status = log_dir / "fit_status.json"
+    if status.is_file():
+        try:
+            return str(json.loads(status.read_text())["status"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return "unfinished"
+    return "finished" if (log_dir / "adapters").is_dir() else "unfinished"
+
+
+def test_rows(run: Path, label: str | None = None) -> list[Row]:
     """The rows of a run's newest ``test_metrics.json`` (one per dataset, and per extra protocol)."""
+    label = label or run.name
     path = newest(run, "test_metrics.json")
     if path is None:
         return []
@@ -123,7 +170,7 @@ def test_rows(run: Path) -> list[Row]:
         n = sum(1 for line in records.open() if line.strip()) if records.exists() else None
         low, high = wilson_interval(values["accuracy"] * n, n) if n else (None, None)
         base, _, protocol = dataset.partition("@")
-        method = f"{run.name} ({protocol})" if protocol else run.name
+        method = f"{label} ({protocol})" if protocol else label
         rows.append(Row(method, base, n, values["accuracy"], low, high,
                         *(values[c] for c in COLUMNS[1:])))
     return rows
@@ -131,17 +178,27 @@ def test_rows(run: Path) -> list[Row]:
 
 def training_log(run: Path) -> list[dict[str, float]]:
     """The training rows (with a ``step``) of the run's newest ``metrics.csv`` that has any, as floats."""
-    candidates = sorted(run.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in candidates:
-        with path.open(newline="") as handle:
-            rows = [
-                {k: float(v) for k, v in row.items() if v not in ("", None)}
-                for row in csv.DictReader(handle)
-            ]
-        rows = [r for r in rows if any(k.startswith(("train/", "controller/")) for k in r)]
-        if rows:
-            return rows
-    return []
+    path = training_log_path(run)
+    return _training_rows(path) if path is not None else []
+
+
+def training_log_path(run: Path) -> Path | None:
+    """The run's newest ``metrics.csv`` with training rows."""
+    return newest(run, "metrics.csv", keep=lambda path: bool(_training_rows(path)))
+
+
+def _training_rows(path: Path) -> list[dict[str, float]]:
+    rows = []
+    with path.open(newline="") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                values = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            except (TypeError, ValueError):
+                raise DataError(f"{path}, line {number}: expected numbers in every column of a metrics.csv row, "
+                                f"found {dict(list(row.items())[:4])!r}") from None
+            if any(k.startswith(("train/", "controller/")) for k in values if k):
+                rows.append(values)
+    return rows
 
 
 def state_series(log: Sequence[dict[str, float]], quantity: str) -> dict[tuple[str, str], list[tuple[float, ...]]]:
@@ -273,22 +330,27 @@ def correctness(run: Path) -> dict[str, dict[str, bool]]:
         return {}
     found = {}
     for records in sorted(path.parent.glob("test_records_*.jsonl")):
-        outcome = {}
+        outcome: dict[str, bool] = {}
         for number, line in enumerate(records.open(), start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                outcome[row["uid"]] = bool(row["correct"])
+                uid, correct = row["uid"], bool(row["correct"])
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise DataError(f"{records}, line {number}: expected a JSON record with 'uid' and 'correct' "
                                 f"({error!r})") from None
+            if uid in outcome:
+                raise DataError(f"{records}, line {number}: problem id {uid!r} appears twice; a paired comparison "
+                                "needs one record per problem (give the rows distinct ids, e.g. --data.field_map uid)")
+            outcome[uid] = correct
         found[records.name.removeprefix("test_records_").removesuffix(".jsonl")] = outcome
     return found
 
 
-def paired_rows(runs: Sequence[Path], reference: Path) -> list[Paired]:
+def paired_rows(runs: Sequence[Path], reference: Path, labels: dict[Path, str] | None = None) -> list[Paired]:
     """Every run but ``reference`` against it, per shared dataset key, on the problems both answered."""
+    labels = labels or {run: run.name for run in [*runs, reference]}
     mine = correctness(reference)
     if not mine:
         raise DataError(f"{reference}: no test_records_<dataset>.jsonl to pair against (run tracer-pl test first)")
@@ -307,7 +369,7 @@ def paired_rows(runs: Sequence[Path], reference: Path) -> list[Paired]:
             low, high = paired_difference_interval(b, c, n)
             base, _, protocol = key.partition("@")
             rows.append(Paired(
-                method=f"{run.name} ({protocol})" if protocol else run.name, reference=reference.name,
+                method=f"{labels[run]} ({protocol})" if protocol else labels[run], reference=labels[reference],
                 dataset=base, problems=n, accuracy=sum(theirs[u] for u in shared) / n,
                 reference_accuracy=sum(ref[u] for u in shared) / n, difference=(b - c) / n,
                 diff_low=low, diff_high=high,
@@ -466,28 +528,25 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
                  command: str | None = None, paired: str | Path | Sequence[str | Path] = ()) -> Path:
     """Write ``report.md``, ``results.json`` and the plots for ``runs`` into ``out``; return the Markdown path.
 
-    ``paired`` names one or more of ``runs`` (path or directory name) to compare every other run with, problem
-    by problem.
+    ``paired`` names one or more of ``runs`` (path, directory name or label) to compare every other run with,
+    problem by problem. Runs whose directories have the same name are labelled with their parents too
+    (``a/seed1``, ``b/seed1``), so neither their rows nor their plots overwrite each other.
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     run_paths = [Path(r) for r in runs]
     for run in run_paths:
         if not run.is_dir():
             raise DataError(f"{run}: not a directory (expected a run directory of tracer-pl fit/test)")
-    rows = [row for run in run_paths for row in test_rows(run)]
+    labels = run_labels(run_paths)
+    rows = [row for run in run_paths for row in test_rows(run, labels[run])]
     logs = {run: training_log(run) for run in run_paths}
     if not rows and not any(logs.values()):
         raise DataError(f"no test_metrics.json and no training metrics.csv under {', '.join(map(str, run_paths))}")
-    references = []
-    for name in [paired] if isinstance(paired, (str, Path)) else paired:
-        reference = next((r for r in run_paths if str(name) in (str(r), r.name)), None)
-        if reference is None:
-            raise DataError(f"--paired {name}: not one of the run directories ({', '.join(r.name for r in run_paths)})")
-        references.append(reference)
+    references = [_reference(name, run_paths, labels)
+                  for name in ([paired] if isinstance(paired, (str, Path)) else paired)]
+    out = _output_directory(Path(out))
     sections = [f"# {title}", ""]
     if command:
         sections += ["Produced by:", "", "```bash", command, "```", ""]
@@ -497,29 +556,61 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
         sections += ["![accuracy against tokens per problem](accuracy_vs_tokens.png)", ""]
     pairs = []
     for reference in references:
-        mine = paired_rows(run_paths, reference)
+        mine = paired_rows(run_paths, reference, labels)
         pairs += mine
-        sections += [f"## Paired against {reference.name}", "",
+        sections += [f"## Paired against {labels[reference]}", "",
                      "Problem by problem on the same held-out set: the difference of accuracies (method minus "
                      "reference) with a 95% Bonett-Price interval, and the exact McNemar test on the problems "
                      "only one of the two got right.", "", paired_markdown(mine), ""]
     for run, log in logs.items():
-        if not log:
-            continue
-        plots = [(f"{run.name}_regret.png", plot_regret), (f"{run.name}_speak_rates.png", plot_speak_rates)]
-        drawn = [name for name, plot in plots if plot(log, run.name, out / name)]
-        if drawn:
-            sections += [f"## Training: {run.name}", ""] + [f"![{name}]({name})" for name in drawn] + [""]
-        summary = controller_summary(log)
-        if summary:
-            sections += [f"Controller states of {run.name} at the end of training:", "",
-                         controller_markdown(summary, bound_batch(log)), ""]
+        if log:
+            sections += _training_section(run, labels[run], log, out)
     (out / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     if pairs:
         (out / "paired.json").write_text(json.dumps([asdict(p) for p in pairs], indent=2) + "\n")
     path = out / "report.md"
     path.write_text("\n".join(sections))
     return path
+
+
+def _reference(name: str | Path, runs: Sequence[Path], labels: dict[Path, str]) -> Path:
+    """The run ``--paired name`` means: a path, a label, or a directory name that only one run has."""
+    found = [r for r in runs if str(name) in (str(r), labels[r])] or [r for r in runs if str(name) == r.name]
+    if not found:
+        raise DataError(f"--paired {name}: not one of the run directories ({', '.join(labels.values())})")
+    if len(found) > 1:
+        raise DataError(f"--paired {name}: several runs are named so ({', '.join(labels[r] for r in found)}); "
+                        "give one of these labels or its path")
+    return found[0]
+
+
+def _output_directory(out: Path) -> Path:
+    """``out``, created, or a DataError saying why it cannot be used (a file, no permission)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise DataError(f"--out {out}: cannot write the report there ({error.strerror or error})") from None
+    return out
+
+
+def _training_section(run: Path, label: str, log: Sequence[dict[str, float]], out: Path) -> list[str]:
+    """The plots and the controller table of one run, saying whether its training finished."""
+    stem = label.replace("/", "__")
+    plots = [(f"{stem}_regret.png", plot_regret), (f"{stem}_speak_rates.png", plot_speak_rates)]
+    drawn = [name for name, plot in plots if plot(log, label, out / name)]
+    section = [f"## Training: {label}", ""] + [f"![{name}]({name})" for name in drawn] + [""] if drawn else []
+    summary = controller_summary(log)
+    if summary:
+        log_path = training_log_path(run)
+        status = fit_status(log_path.parent) if log_path is not None else "unfinished"
+        when = {"finished": "at the end of training",
+                "preempted": "when the run was preempted (SIGTERM; it can be resumed)"}.get(
+            status, "at the last logged step: the run did not finish (crashed, killed or still running)")
+        section += [f"Controller states of {label} {when}:", "", controller_markdown(summary, bound_batch(log)), ""]
+    return section
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -18,6 +18,7 @@ rows are dropped and their reasons collected instead -- never turned into a wron
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from tracer_pl.errors import DataError
 from tracer_pl.problem import Problem
 
 OnBadRow = Literal["raise", "skip"]
+MAX_FIELD_CHARS = 200_000
+"""A longer question or answer is a bad row: no model's context holds it, and tokenizing it is already slow."""
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -143,7 +146,7 @@ def _file_rows(path: Path) -> Iterator[tuple[str, dict]]:
         yield from _jsonl_rows(path)
     elif path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is not JSON
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise DataError(f"{path}: invalid JSON ({error})") from None
         rows = data.get("data", data) if isinstance(data, dict) else data
@@ -165,7 +168,7 @@ def _file_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open(encoding="utf-8-sig")  # utf-8-sig: a leading byte-order mark is dropped
     except OSError as error:
         raise DataError(f"{path}: cannot open ({error.strerror})") from None
     with handle:
@@ -218,9 +221,9 @@ TEST_SEED_OFFSET = 1_000_000
 def _reasoning_gym_rows(source: str, split: str, seed: int) -> Iterator[tuple[str, dict]]:
     task, _, query = source.split(":", 1)[1].partition("?")
     options: dict[str, Any] = dict(_option(pair, source) for pair in query.split("&") if pair)
-    size = int(options.pop("size", 1000))
+    size = _whole_number(options.pop("size", 1000), "size", source, minimum=1)
     # reasoning-gym seeds item i with seed + i, so the test split starts far away from any training item
-    task_seed = int(options.pop("seed", seed)) + (0 if split == "train" else TEST_SEED_OFFSET)
+    task_seed = _whole_number(options.pop("seed", seed), "seed", source) + (0 if split == "train" else TEST_SEED_OFFSET)
     try:
         import reasoning_gym
     except ImportError:
@@ -230,6 +233,13 @@ def _reasoning_gym_rows(source: str, split: str, seed: int) -> Iterator[tuple[st
     except Exception as error:  # noqa: BLE001
         raise DataError(f"{source}: reasoning-gym cannot create {task!r} with {options} ({error})") from None
     yield from ((f"{task} item {i}", dict(entry)) for i, entry in enumerate(data, start=1))
+
+
+def _whole_number(value: Any, name: str, source: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise DataError(f"{source}: option {name!r} must be a whole number{bound}, found {value!r}")
+    return value
 
 
 def _option(pair: str, source: str) -> tuple[str, Any]:
@@ -295,11 +305,21 @@ def _text(row: Any, key: str, where: str) -> str:
         raise DataError(f"{where}: missing field {key!r}")
     value = row[key]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # JSON's NaN/Infinity would become the gold text "nan"
+            raise DataError(f"{where}: field {key!r} is {value}, not a usable value")
         value = str(value)
     if not isinstance(value, str):
         raise DataError(f"{where}: field {key!r} must be a string, found {type(value).__name__}")
     if not value.strip():
         raise DataError(f"{where}: field {key!r} is empty")
+    if len(value) > MAX_FIELD_CHARS:
+        raise DataError(f"{where}: field {key!r} has {len(value):,} characters, more than {MAX_FIELD_CHARS:,}; no "
+                        "model's context holds it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate (JSON "\ud800") would crash the tokenizer mid-training
+        raise DataError(f"{where}: field {key!r} holds a character that is not valid Unicode text "
+                        f"({value[error.start]!r} at character {error.start + 1}, an unpaired surrogate)") from None
     return value
 
 
@@ -307,9 +327,12 @@ def _gsm8k_row(row: dict, where: str, seed: int) -> Problem:
     question = _text(row, "question", where)
     solution = _text(row, "answer", where)
     try:
-        gold = gsm8k_gold(solution)
+        gsm8k_gold(solution)  # the '####' and its message
+        tail = solution.rsplit("####", 1)[1].strip()
+        gold = get_answer_format("gsm8k").parse_gold(tail)  # strict: the whole tail is one number
     except ValueError as error:
-        raise DataError(f"{where}: field 'answer' {error}") from None
+        message = str(error) if "####" in str(error) else f"expected a number after '####', found {tail[:60]!r}"
+        raise DataError(f"{where}: field 'answer' {message}") from None
     return Problem(question, gold, "gsm8k", where)
 
 
