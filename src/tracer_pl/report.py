@@ -34,7 +34,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tracer_pl.controller_log import bound_batch, bound_label, state_series
 from tracer_pl.errors import DataError
+from tracer_pl.report_plots import plot_accuracy_vs_tokens, plot_regret, plot_speak_rates
+from tracer_pl.statistics import mcnemar_p, paired_difference_interval, regret_bound, regret_slope, wilson_interval
 
 COLUMNS = ("accuracy", "tokens_per_problem", "calls_per_problem", "correction", "preservation")
 
@@ -53,44 +56,6 @@ class Row:
     calls_per_problem: float
     correction: float
     preservation: float
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95% for the default ``z``)."""
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def regret_bound(visits: int, batch: float = 1) -> float:
-    """The bound on the average regret after ``visits`` updates with values in [-1, 1], ``batch`` per strategy.
-
-    ``2*sqrt(2*batch/visits)`` (:func:`tracer_pl.regret.regret_bound` divided by ``visits``); infinite for
-    ``batch = inf`` (a run whose values are unbounded).
-    """
-    return 2 * math.sqrt(2 * batch / visits)
-
-
-def bound_batch(log: Sequence[dict[str, float]]) -> float:
-    """How many updates of a state may share one strategy in the run.
-
-    The most problems per training step over all processes (``controller/regret_bound_batch``); ``inf`` when
-    the run's values are unbounded (``controller/regret_unbounded``); 1 for runs that logged neither.
-    """
-    if any(row.get("controller/regret_unbounded") for row in log):
-        return math.inf
-    return max((row["controller/regret_bound_batch"] for row in log if "controller/regret_bound_batch" in row),
-               default=1.0)
-
-
-def bound_label(batch: float) -> str:
-    """The bound's name in plots and tables."""
-    if math.isinf(batch):
-        return "no bound (importance-weighted values)"
-    return "bound 2·sqrt(2/M)" if batch == 1 else f"bound 2·sqrt(2B/M), B={batch:g}"
 
 
 # ---------------------------------------------------------------------- reading runs
@@ -201,20 +166,6 @@ def _training_rows(path: Path) -> list[dict[str, float]]:
     return rows
 
 
-def state_series(log: Sequence[dict[str, float]], quantity: str) -> dict[tuple[str, str], list[tuple[float, ...]]]:
-    """Per (controller, state): ``(step, visits, value)`` of ``controller/<c>/<state>/<quantity>`` over training."""
-    series: dict[tuple[str, str], list[tuple[float, ...]]] = {}
-    for row in log:
-        for key, value in row.items():
-            parts = key.split("/")
-            if len(parts) < 4 or parts[0] != "controller" or parts[-1] != quantity:
-                continue
-            controller, state = parts[1], "/".join(parts[2:-1])
-            visits = row.get(f"controller/{controller}/{state}/visits", float("nan"))
-            series.setdefault((controller, state), []).append((row.get("step", len(series)), visits, value))
-    return series
-
-
 @dataclass
 class StateSummary:
     """One controller state at the end of training."""
@@ -228,23 +179,6 @@ class StateSummary:
     avg_p: float | None
     avg_p_change: float | None
     p: float | None
-
-
-def regret_slope(points: Sequence[tuple[float, float]]) -> float | None:
-    """Least-squares slope of log(average regret) against log(visits), over points with both positive.
-
-    Regret matching's average regret falls at least like M^-1/2, so a slope of about -0.5 or steeper is the
-    expected shape. None with fewer than three usable points or a single visit count.
-    """
-    usable = [(math.log(m), math.log(r)) for m, r in points if m >= 1 and r > 0]
-    if len(usable) < 3:
-        return None
-    mean_x = sum(x for x, _ in usable) / len(usable)
-    mean_y = sum(y for _, y in usable) / len(usable)
-    spread = sum((x - mean_x) ** 2 for x, _ in usable)
-    if spread == 0:
-        return None
-    return sum((x - mean_x) * (y - mean_y) for x, y in usable) / spread
 
 
 def controller_summary(log: Sequence[dict[str, float]]) -> list[StateSummary]:
@@ -295,32 +229,6 @@ class Paired:
     only_method_right: int
     only_reference_right: int
     p_value: float
-
-
-def mcnemar_p(b: int, c: int) -> float:
-    """Exact two-sided McNemar p-value of ``b`` and ``c`` discordant pairs.
-
-    That is 2·P(X <= min(b, c)) for X ~ Binomial(b + c, 1/2), capped at 1.
-    """
-    n = b + c
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n)
-
-
-def paired_difference_interval(b: int, c: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Bonett-Price adjusted Wald interval (95% for the default ``z``) of a paired difference of proportions.
-
-    ``b`` pairs where only the method is right, ``c`` where only the reference is, ``n`` pairs in all. Adding one
-    to each discordant count and two to ``n`` keeps the coverage near nominal with few discordant pairs, where the
-    plain Wald interval is too narrow (Bonett & Price, 2012).
-    """
-    if n <= 0 or b < 0 or c < 0 or b + c > n:
-        raise ValueError(f"need 0 <= b, c and b + c <= n > 0, got b={b}, c={c}, n={n}")
-    p_b, p_c = (b + 1) / (n + 2), (c + 1) / (n + 2)
-    centre = p_b - p_c
-    half = z * math.sqrt(max(p_b + p_c - centre**2, 0.0) / (n + 2))
-    return max(-1.0, centre - half), min(1.0, centre + half)
 
 
 def correctness(run: Path) -> dict[str, dict[str, bool]]:
@@ -425,103 +333,6 @@ def controller_markdown(summary: Sequence[StateSummary], batch: float = 1) -> st
         for s in summary
     ]
     return _markdown(header, "llrrrrrrr", cells)
-
-
-def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path) -> None:
-    """Accuracy (with its interval) against tokens per problem, one panel per dataset."""
-    import matplotlib.pyplot as plt
-
-    datasets = sorted({r.dataset for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(10 * len(datasets), 5.5), squeeze=False)
-    markers = "osD^vP*Xhp<>"
-    for ax, dataset in zip(axes[0], datasets):
-        mine = [r for r in rows if r.dataset == dataset]
-        for r in mine:
-            err = None
-            if r.ci_low is not None and r.ci_high is not None:
-                err = [[r.accuracy - r.ci_low], [r.ci_high - r.accuracy]]
-            ax.errorbar(r.tokens_per_problem, r.accuracy, yerr=err, fmt=markers[mine.index(r) % len(markers)],
-                        capsize=3, label=r.method)
-        ax.set_xscale("log")
-        ax.set_xlabel("tokens per problem (prompt + completion, every call)")
-        ax.set_ylabel("accuracy (95% Wilson interval)")
-        ax.set_title(dataset)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    _save(fig, path)
-
-
-def plot_regret(log: Sequence[dict[str, float]], title: str, path: Path) -> bool:
-    """Average regret against visits per controller state, with the bound. False when nothing to plot."""
-    import matplotlib.pyplot as plt
-
-    series = state_series(log, "avg_regret")
-    controllers = sorted({c for c, _ in series})
-    if not controllers:
-        return False
-    batch = bound_batch(log)
-    fig, axes = plt.subplots(1, len(controllers), figsize=(6 * len(controllers), 4.5), squeeze=False)
-    for ax, controller in zip(axes[0], controllers):
-        most_visits, highest = 1.0, 0.0
-        for (c, state), points in sorted(series.items()):
-            points = [(m, v) for _, m, v in points if m >= 1]
-            if c != controller or not points:
-                continue
-            visits, values = zip(*points)
-            most_visits, highest = max(most_visits, *visits), max(highest, *values)
-            ax.plot(visits, values, marker=".", label=state)
-        top = 1.3 * highest
-        if not math.isinf(batch):
-            grid = [1 + (most_visits - 1) * k / 200 for k in range(201)]
-            ax.plot(grid, [regret_bound(m, batch) for m in grid], "k--", label=bound_label(batch))
-            top = max(top, 1.3 * regret_bound(most_visits, batch))
-        else:
-            ax.plot([], [], " ", label=bound_label(batch))  # said in the legend, nothing to draw
-        ax.set_xscale("log")
-        ax.set_ylim(0, max(top, 0.1))
-        ax.set_xlabel("visits M of the state")
-        ax.set_ylabel("average regret")
-        _label_panel(ax, f"{title}: {controller} controller")
-    _save(fig, path)
-    return True
-
-
-def plot_speak_rates(log: Sequence[dict[str, float]], title: str, path: Path) -> bool:
-    """Average-strategy speaking probability per state over training steps. False when nothing to plot."""
-    import matplotlib.pyplot as plt
-
-    series: dict[tuple[str, str], list[tuple[float, ...]]] = {}
-    for quantity in ("avg_p_refresh", "avg_p_speak"):
-        series.update(state_series(log, quantity))
-    controllers = sorted({c for c, _ in series})
-    if not controllers:
-        return False
-    fig, axes = plt.subplots(1, len(controllers), figsize=(6 * len(controllers), 4.5), squeeze=False)
-    for ax, controller in zip(axes[0], controllers):
-        for (c, state), points in sorted(series.items()):
-            if c == controller:
-                ax.plot([p[0] for p in points], [p[2] for p in points], marker=".", label=state)
-        action = "refresh" if controller == "proposer" else "speak"
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(f"average-strategy P({action})")
-        _label_panel(ax, f"{title}: {controller} controller")
-    _save(fig, path)
-    return True
-
-
-def _label_panel(ax, title: str) -> None:
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "tracer-pl report",
