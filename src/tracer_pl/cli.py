@@ -22,6 +22,7 @@ from tracer_pl import checkpoints
 from tracer_pl.callbacks import BatchCheckpoint
 from tracer_pl.data import ReasoningDataModule
 from tracer_pl.errors import CheckpointError, ConfigError, DataError, PreemptedError, TracerError
+from tracer_pl.evaluation import Stage, stage_metrics, write_metrics
 from tracer_pl.module import TracerModule
 
 PREEMPTED_EXIT_CODE = 143
@@ -159,12 +160,8 @@ class TracerCLI(LightningCLI):
     def after_validate(self) -> None:
         self._write_metrics("val")
 
-    def _write_metrics(self, stage: str) -> None:
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
-        directory = Path(self.trainer.log_dir or ".")
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{stage}_metrics.json"
-        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    def _write_metrics(self, stage: Stage) -> None:
+        path, metrics = write_metrics(self.trainer, stage), stage_metrics(self.trainer, stage)
         lines = [f"{k} = {v:.4f}" for k, v in sorted(metrics.items())] + [f"metrics: {path}"]
         if not metrics:
             lines.insert(0, f"no {stage} batches ran: check --trainer.limit_{stage}_batches (0 in some configs)")
