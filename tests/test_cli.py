@@ -15,7 +15,7 @@ from tracer_pl.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-GSM = ROOT.parent / "shared" / "data" / "gsm8k" / "test_sample64.jsonl"
+GSM = ROOT / "tests" / "data" / "gsm8k" / "test_sample64.jsonl"
 TINY = str(CONFIGS / "tiny.yaml")
 
 

@@ -14,7 +14,7 @@ from tracer_pl.errors import ConfigError
 from tracer_pl.gspo import GSPOConfig
 from tracer_pl.module import BackboneConfig, TracerModule
 
-GSM = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test_sample64.jsonl"
+GSM = Path(__file__).resolve().parent / "data" / "gsm8k" / "test_sample64.jsonl"
 
 
 def make_module(**overrides):

@@ -23,7 +23,7 @@ from tracer_pl.sources import load_problems
 
 TESTS = Path(__file__).resolve().parent
 TINY = str(TESTS.parent / "configs" / "tiny.yaml")
-GSM = TESTS.parents[1] / "shared" / "data" / "gsm8k" / "test_sample64.jsonl"
+GSM = TESTS / "data" / "gsm8k" / "test_sample64.jsonl"
 ARGS = [f"--data.train={GSM}", "--model.proposer=roles_for_tests.ByteSumProposer", "--model.gspo.lr=0.05",
         "--trainer.enable_progress_bar=false"]
 
