@@ -1,17 +1,24 @@
-"""Every config overlay (ablations and single-agent baselines) trains on the tiny model and does what it says."""
+"""Every shipped config builds, and every overlay (ablations, single-agent baselines) does what it says."""
 
 import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
+import yaml
 
+from tracer_pl import backbone as backbone_module
 from tracer_pl.cli import build_cli
+from tracer_pl.models import load_base_model
 from tracer_pl.report import write_report
+from tracer_pl.sources import BENCHMARKS, load_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 TINY = str(CONFIGS / "tiny.yaml")
+SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in CONFIGS.rglob("*.yaml"))
 OVERLAYS = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "ablations").glob("*.yaml")) + [
     "baselines/single_agent_gspo.yaml", "baselines/single_agent_grpo.yaml"]
 
@@ -19,6 +26,64 @@ OVERLAYS = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "ablatio
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+
+
+def documented_stack(config):
+    """The config files the command on ``config``'s first line stacks, e.g. a base config then an overlay."""
+    words = (ROOT / config).read_text().splitlines()[0].removeprefix("#").split()
+    assert words[:2] in (["tracer-pl", "fit"], ["tracer-pl", "test"]), f"{config}: line 1 must be its command"
+    return [words[i + 1] for i, word in enumerate(words[:-1]) if word == "-c"]
+
+
+def tiny_stand_in(calls):
+    """``load_base_model`` that records what the config asked for and loads the tiny model of that family."""
+
+    def load(name_or_path, *, precision="fp32", compute_dtype="bf16", device=None):
+        calls.append((name_or_path, precision, compute_dtype))
+        tiny = "tiny-qwen2" if "qwen" in name_or_path.lower() else "tiny-llama"
+        return load_base_model(tiny, precision=precision, compute_dtype=compute_dtype, device="cpu")
+
+    return load
+
+
+def test_the_configs_found_here_include_every_kind():
+    assert {c.split("/")[1] for c in SHIPPED if c.count("/") == 2} == {"ablations", "baselines", "loggers"}
+    assert "configs/loggers/wandb.yaml" in SHIPPED and len(SHIPPED) >= 20
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_every_shipped_config_builds_module_data_and_trainer(config, monkeypatch):
+    stack = documented_stack(config)
+    assert stack[-1] == config, f"{config}: its command must end with -c {config}"
+    merged: dict = {}
+    for path in stack:
+        for section, values in (yaml.safe_load((ROOT / path).read_text()) or {}).items():
+            merged.setdefault(section, {}).update(values if isinstance(values, dict) else {})
+    gpu = merged.get("trainer", {}).get("accelerator") == "gpu"
+    with monkeypatch.context() as patch:
+        if gpu:  # a GPU config builds its trainer here as on a one-GPU machine
+            patch.setattr(torch.cuda, "device_count", lambda: 1)
+        cli = build_cli([arg for path in stack for arg in ("-c", str(ROOT / path))], run=False)
+    assert isinstance(cli.trainer, L.Trainer) and type(cli.trainer.accelerator).__name__ == (
+        "CUDAAccelerator" if gpu else "CPUAccelerator")
+
+    calls: list = []
+    monkeypatch.setattr(backbone_module, "load_base_model", tiny_stand_in(calls))
+    module = cli.model
+    module.configure_model()
+    wanted = module.backbone_config
+    assert calls == [(wanted.name, wanted.precision, wanted.compute_dtype)]
+    assert module.backbone.roles == [module.proposer.name, module.reviewer.name]
+    if wanted.precision == "4bit":  # the QLoRA config quantizes the base and trains the adapters
+        assert getattr(module.backbone.model, "is_loaded_in_4bit", False)
+        assert module.backbone.role_parameters(module.proposer.name)
+    assert len(module.configure_optimizers()) == len(module.trained_roles)
+
+    data = cli.datamodule
+    for source in [data.train, *data.test, *data.val]:
+        if source is None or source in BENCHMARKS:  # a hub benchmark: known by name, not downloaded here
+            continue
+        assert next(iter(load_problems(source, split="test"))).question
 
 
 def lora_b_sum(module, role):

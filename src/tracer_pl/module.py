@@ -208,8 +208,11 @@ class TracerModule(L.LightningModule):
         return batch
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Sequence[Problem], batch_idx: int) -> None:
-        """Play the batch's dialogues; GSPO steps and controller updates happen inside, in TRACER's order."""
+    def training_step(self, batch: Sequence[Problem], batch_idx: int) -> dict[str, Any]:
+        """Play the batch's dialogues; GSPO steps and controller updates happen inside, in TRACER's order.
+
+        Returns ``{"records": [DialogueRecord, ...]}``, which callbacks receive as ``outputs``.
+        """
         self._step_stats: dict[str, float] = {}
         if self.algorithm == "single_agent":
             result = single_agent_rollouts(batch, self.backbone, self.proposer,
@@ -221,6 +224,7 @@ class TracerModule(L.LightningModule):
             learners = {role: partial(self._gspo_step, role) for role in self.trained_roles}
             result = self._play(batch, training=True, learn=learners)
         self._log_training(result)
+        return {"records": result.records}
 
     def _sync_controllers(self, round_index: int) -> None:
         """Apply every process's controller updates of the round, in process order (data parallelism)."""
