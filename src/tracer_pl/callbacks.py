@@ -152,10 +152,11 @@ class DialogueTable(L.Callback):
                            batch_idx: int) -> None:
         done = trainer.fit_loop.epoch_loop.batch_progress.total.processed
         records = outputs.get("records") if isinstance(outputs, Mapping) else None
-        if done % self.every_n_batches or not records:
+        loggers = self._wandb_loggers(trainer)
+        if done % self.every_n_batches or not records or not loggers:
             return
         rows = dialogue_rows(records, done, self.max_rows)
-        for logger in self._wandb_loggers(trainer):
+        for logger in loggers:
             logger.log_table(key=self.key, columns=list(DIALOGUE_COLUMNS), data=rows, step=trainer.global_step)
 
     @staticmethod
