@@ -23,6 +23,7 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the tiny config writes under runs/tiny
 
 
+@pytest.mark.e2e
 def test_fit_then_test_on_gsm8k_jsonl(tmp_path, capsys):
     build_cli(["fit", "-c", TINY, f"--data.train={GSM}", "--trainer.limit_train_batches=2",
                "--model.proposer=roles_for_tests.ByteSumProposer"])
@@ -52,6 +53,7 @@ def test_fit_then_test_on_gsm8k_jsonl(tmp_path, capsys):
     assert len(records) == 4 and records[0]["gold"] == "18"  # the first GSM8K test row
 
 
+@pytest.mark.e2e
 def test_a_subclassed_role_is_selected_from_yaml(tmp_path):
     config = tmp_path / "verifier.yaml"
     config.write_text(yaml.safe_dump({"model": {"reviewer": {"class_path": "roles_for_tests.Verifier"}}}))
@@ -69,6 +71,7 @@ def test_a_subclassed_role_is_selected_from_yaml(tmp_path):
         build_cli(["test", "-c", TINY, "--data.test_limit=2", checkpoint])
 
 
+@pytest.mark.e2e
 def test_settings_given_at_test_time_win_over_the_checkpoint(tmp_path):
     build_cli(["fit", "-c", TINY, "--trainer.limit_train_batches=1"])
     checkpoint = "--ckpt_path=runs/tiny/checkpoints/last.ckpt"
@@ -116,6 +119,7 @@ def test_console_entry_point_reports_data_errors_without_a_traceback(tmp_path, m
     assert "Traceback" not in err
 
 
+@pytest.mark.e2e
 def test_validate_writes_val_metrics(tmp_path):
     build_cli(["fit", "-c", TINY, "--trainer.limit_train_batches=1"])
     build_cli(["validate", "-c", TINY, f"--data.val={GSM}", "--data.test_limit=2", "--trainer.limit_val_batches=1.0",

@@ -42,6 +42,7 @@ def lora_state(module):
     return {k: v.clone() for k, v in module.backbone.model.state_dict().items() if "lora_" in k}
 
 
+@pytest.mark.e2e
 def test_exact_resume_two_plus_two_equals_four(tmp_path):
     straight, straight_trainer = fit(tmp_path / "a", 4, keep_every=2)
     middle = tmp_path / "a" / "checkpoints" / "step-000002.ckpt"  # written after batch 2, as before a crash

@@ -129,6 +129,7 @@ class NaNReviewer(Reviewer):
         return float("nan")
 
 
+@pytest.mark.e2e
 def test_nonfinite_rewards_never_reach_regrets_or_weights(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = build_cli(["fit", "-c", TINY, *ARGS, "--trainer.limit_train_batches=2",
