@@ -130,6 +130,7 @@ def test_validate_writes_val_metrics(tmp_path):
     assert len(records) == 2 and result["val/test_sample64/calls_per_problem"] >= 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("baseline, calls", [("cot", 1), ("majority_vote", 3), ("debate", 6)])
 def test_baselines_run_from_yaml_on_the_same_harness(tmp_path, baseline, calls):
     overlay = CONFIGS / "baselines" / f"{baseline}.yaml"

@@ -66,6 +66,7 @@ def test_exact_resume_two_plus_two_equals_four(tmp_path):
     assert resumed_trainer.datamodule.state_dict()["consumed"] == 8
 
 
+@pytest.mark.e2e
 def test_checkpoint_holds_adapters_controllers_and_position_not_the_base(tmp_path):
     module, _ = fit(tmp_path, 2)
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
@@ -76,6 +77,7 @@ def test_checkpoint_holds_adapters_controllers_and_position_not_the_base(tmp_pat
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))  # atomic: no temporary left behind
 
 
+@pytest.mark.e2e
 def test_nonfinite_loss_skips_the_update(tmp_path, monkeypatch):
     import tracer_pl.module as module_lib
 
@@ -85,6 +87,7 @@ def test_nonfinite_loss_skips_the_update(tmp_path, monkeypatch):
     assert trainer.callback_metrics["gspo/proposer/skipped_nonfinite"] > 0
 
 
+@pytest.mark.e2e
 def test_frozen_roles_and_fixed_controllers(tmp_path):
     from tracer_pl.controllers import ControllerConfig
 
