@@ -1,5 +1,6 @@
-# Two commands for a newcomer:  `make quickstart` (train then evaluate offline)  and  `make test`.
-# Both create .venv on first use. The CPU build of torch is installed first: a bare `torch` in a fresh venv
+# Two commands for a newcomer:  `make quickstart` (train then evaluate offline)  and  `make test` (everything).
+# `make test-fast` is the inner loop: pure modules and fast integration tests, without the marked tiers.
+# All three create .venv on first use. The CPU build of torch is installed first: a bare `torch` in a fresh venv
 # would pull a multi-GB CUDA build. On a GPU machine install your CUDA torch into .venv before `make`.
 
 PYTHON ?= python3
@@ -10,7 +11,9 @@ TORCH_CPU := torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup quickstart test lint clean
+FAST := not (slow or e2e or subprocess or ddp or notebook)
+
+.PHONY: setup quickstart test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -28,6 +31,9 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "$(FAST)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -53,9 +53,13 @@ def peak_memory_gb() -> float:
 
 
 def run_child(script: str, *args: str, timeout: float = 7200) -> dict[str, Any]:
-    """Run ``python benchmarks/<script> *args`` in a fresh process; return the JSON on its last output line."""
+    """Run ``python benchmarks/<script> *args`` in a fresh process; return the JSON on its last output line.
+
+    The child uses one thread (``OMP_NUM_THREADS=1``) unless the caller set another number.
+    """
     command = [sys.executable, str(HERE / script), *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

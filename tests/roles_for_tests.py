@@ -10,6 +10,13 @@ class ByteSumProposer(Proposer):
         return float(sum(text.encode()) % 3 - 1)
 
 
+class ByteSumReviewer(Reviewer):
+    """The same byte-sum reward for reviews (the tiny model's reviews are unparseable: always 0 otherwise)."""
+
+    def reward(self, text, view):
+        return float(sum(text.encode()) % 3 - 1)
+
+
 class Verifier(Reviewer):
     """A third kind of role: its own name (so its own adapter), prompt and reward."""
 

@@ -19,7 +19,7 @@ from tracer_pl.answers import (
 )
 from tracer_pl.errors import ConfigError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def rows(path):

@@ -1,24 +1,93 @@
-"""Every config overlay (ablations and single-agent baselines) trains on the tiny model and does what it says."""
+"""Every shipped config builds, and every overlay (ablations, single-agent baselines) does what it says."""
 
 import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
+import yaml
 
+from record_checks import TrainingRecords, assert_metrics_match_records
+from tracer_pl import backbone as backbone_module
 from tracer_pl.cli import build_cli
+from tracer_pl.models import bnb_config, load_base_model
 from tracer_pl.report import write_report
+from tracer_pl.sources import BENCHMARKS, load_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 TINY = str(CONFIGS / "tiny.yaml")
+SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in CONFIGS.rglob("*.yaml"))
 OVERLAYS = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "ablations").glob("*.yaml")) + [
-    "baselines/single_agent_gspo.yaml", "baselines/single_agent_grpo.yaml"]
+    "baselines/single_agent_gspo.yaml", "baselines/single_agent_grpo.yaml"]  # the overlays that train
 
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+
+
+def documented_stack(config):
+    """The config files the command on ``config``'s first line stacks, e.g. a base config then an overlay."""
+    words = (ROOT / config).read_text().splitlines()[0].removeprefix("#").split()
+    assert words[:2] in (["tracer-pl", "fit"], ["tracer-pl", "test"]), f"{config}: line 1 must be its command"
+    return [words[i + 1] for i, word in enumerate(words[:-1]) if word == "-c"]
+
+
+def tiny_stand_in(calls):
+    """``load_base_model`` that records what the config asked for and loads the tiny model of that family."""
+
+    def load(name_or_path, *, precision="fp32", compute_dtype="bf16", device=None):
+        calls.append((name_or_path, precision, compute_dtype))
+        tiny = "tiny-qwen2" if "qwen" in name_or_path.lower() else "tiny-llama"
+        return load_base_model(tiny, precision=precision, compute_dtype=compute_dtype, device="cpu")
+
+    return load
+
+
+def test_the_configs_found_here_include_every_kind():
+    assert {c.split("/")[1] for c in SHIPPED if c.count("/") == 2} == {"ablations", "baselines", "loggers"}
+    assert "configs/loggers/wandb.yaml" in SHIPPED and len(SHIPPED) >= 20
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_every_shipped_config_builds_module_data_and_trainer(config, monkeypatch):
+    stack = documented_stack(config)
+    assert stack[-1] == config, f"{config}: its command must end with -c {config}"
+    merged: dict = {}
+    for path in stack:
+        for section, values in (yaml.safe_load((ROOT / path).read_text()) or {}).items():
+            merged.setdefault(section, {}).update(values if isinstance(values, dict) else {})
+    gpu = merged.get("trainer", {}).get("accelerator") == "gpu"
+    with monkeypatch.context() as patch:
+        if gpu:  # a GPU config builds its trainer here as on a one-GPU machine
+            patch.setattr(torch.cuda, "device_count", lambda: 1)
+        cli = build_cli([arg for path in stack for arg in ("-c", str(ROOT / path))], run=False)
+    assert isinstance(cli.trainer, L.Trainer) and type(cli.trainer.accelerator).__name__ == (
+        "CUDAAccelerator" if gpu else "CPUAccelerator")
+
+    calls: list = []
+    monkeypatch.setattr(backbone_module, "load_base_model", tiny_stand_in(calls))
+    module = cli.model
+    module.configure_model()
+    wanted = module.backbone_config
+    assert calls == [(wanted.name, wanted.precision, wanted.compute_dtype)]
+    assert module.backbone.roles == [module.proposer.name, module.reviewer.name]
+    if wanted.precision == "4bit":  # the QLoRA config quantizes the base and trains the adapters
+        assert getattr(module.backbone.model, "is_loaded_in_4bit", False)
+        on_gpu = bnb_config(wanted.compute_dtype, torch.device("cuda"))  # what a GPU would get
+        assert on_gpu.bnb_4bit_quant_type == "nf4" and on_gpu.bnb_4bit_use_double_quant
+        assert on_gpu.bnb_4bit_compute_dtype == torch.bfloat16
+        assert module.backbone.role_parameters(module.proposer.name)
+    assert len(module.configure_optimizers()) == len(module.trained_roles)
+
+    data = cli.datamodule
+    for source in [data.train, *data.test, *data.val]:
+        if source is None or source in BENCHMARKS:  # a hub benchmark: known by name, not downloaded here
+            continue
+        assert next(iter(load_problems(source, split="test"))).question
 
 
 def lora_b_sum(module, role):
@@ -31,62 +100,131 @@ def states(controller):
 
 
 def test_every_overlay_is_covered_here():
-    assert set(OVERLAYS) - {"baselines/single_agent_gspo.yaml", "baselines/single_agent_grpo.yaml"} == set(CHECKS)
+    assert set(OVERLAYS) == set(CHECKS)
 
 
-def check_single_agent(module, rows, level):
-    assert module.algorithm == "single_agent" and module.gspo_config.importance_level == level
-    assert module.trained_roles == ["proposer"]
-    assert lora_b_sum(module, "reviewer") == 0  # the reviewer never trained
-    assert not states(module.proposer_controller) and not states(module.reviewer_controller)
-    assert {float(r["train/calls_per_problem"]) for r in rows} == {4.0}  # G = 4 samples, one call per problem
+def actions(turns, role, free_only=True):
+    return {t.action for t in turns if t.role == role and not (free_only and t.forced)}
 
 
+def free_states(turns):
+    return [tuple(t.state) for t in turns if not t.forced and t.state is not None]
+
+
+def valued(turns, role):
+    return [t.values for t in turns if t.role == role and t.values is not None]
+
+
+def single_agent(level):
+    return lambda m, rows, turns: {
+        "single-agent algorithm": m.algorithm == "single_agent",
+        f"{level}-level ratios": m.gspo_config.importance_level == level,
+        "only the proposer trains": m.trained_roles == ["proposer"] and lora_b_sum(m, "reviewer") == 0,
+        "the proposer trains": lora_b_sum(m, "proposer") > 0,
+        "no controller learns": not states(m.proposer_controller) and not states(m.reviewer_controller),
+        "one call of G = 4 samples per problem": {float(r["train/calls_per_problem"]) for r in rows} == {4.0},
+    }
+
+
+# What each overlay must change, from the turns of every training dialogue and the trained module. Each check
+# is also run on a plain TRACER run (test_no_check_passes_on_plain_tracer), where it must fail.
 CHECKS = {
-    "ablations/no_reviewer.yaml": lambda m, rows: (
-        m.trained_roles == ["proposer"] and not states(m.reviewer_controller)
-        and all(float(r["controller/reviewer/p_speak"] or 0) == 0 for r in rows)),
-    "ablations/no_proposer_controller.yaml": lambda m, rows: (
-        not states(m.proposer_controller) and bool(states(m.reviewer_controller))),
-    "ablations/always_speak_refresh.yaml": lambda m, rows: (
-        not states(m.proposer_controller) and not states(m.reviewer_controller)
-        and {float(r["controller/reviewer/p_speak"]) for r in rows} == {1.0}),
-    "ablations/always_keep_skip.yaml": lambda m, rows: (
-        not states(m.proposer_controller) and not states(m.reviewer_controller)
-        # 4 candidates + 1 utterance per proposal; only an unreadable answer is refreshed (invalid_pending) and the
-        # reviewer (not trained: 1 call per review) never speaks, so every problem's calls are a multiple of 5
-        and all(float(r["train/calls_per_problem"]) * 2 % 5 == 0 for r in rows)),
-    "ablations/no_counterfactual.yaml": lambda m, rows: (
-        not m.dialogue_config.counterfactual and bool(states(m.proposer_controller))),
-    "ablations/frozen_controllers.yaml": lambda m, rows: (
-        not states(m.proposer_controller) and not states(m.reviewer_controller)),
-    "ablations/no_vote_state.yaml": lambda m, rows: bool(states(m.proposer_controller)) and all(
-        s in {("last",), ("not_last",)} for c in m.controllers for s in states(c)),
-    "ablations/no_time_state.yaml": lambda m, rows: all(
-        len(s) == 1 and s[0] not in {"last", "not_last"} for c in m.controllers for s in states(c)),
-    "ablations/no_proposer_gspo.yaml": lambda m, rows: (
-        m.trained_roles == ["reviewer"] and lora_b_sum(m, "proposer") == 0),
-    "ablations/no_reviewer_gspo.yaml": lambda m, rows: (
-        m.trained_roles == ["proposer"] and lora_b_sum(m, "reviewer") == 0),
+    "ablations/no_reviewer.yaml": lambda m, rows, turns: {
+        "reviewer untrained": m.trained_roles == ["proposer"] and lora_b_sum(m, "reviewer") == 0,
+        "reviewer always skips": actions(turns, "reviewer") == {"skip"},
+        "reviewer never generates, not even a counterfactual": all(
+            t.calls == 0 for t in turns if t.role == "reviewer"),
+        "proposer controller still learns": bool(states(m.proposer_controller)),
+    },
+    "ablations/no_proposer_controller.yaml": lambda m, rows, turns: {
+        "proposer always refreshes": actions(turns, "proposer") == {"refresh"},
+        "proposer controller never learns": not states(m.proposer_controller),
+        "reviewer controller learns": bool(states(m.reviewer_controller)),
+    },
+    "ablations/always_speak_refresh.yaml": lambda m, rows, turns: {
+        "proposer always refreshes": actions(turns, "proposer") == {"refresh"},
+        "reviewer always speaks": actions(turns, "reviewer") == {"speak"},
+        "no controller learns": not states(m.proposer_controller) and not states(m.reviewer_controller),
+    },
+    "ablations/always_keep_skip.yaml": lambda m, rows, turns: {
+        "proposer always keeps": actions(turns, "proposer") == {"keep"},
+        "reviewer always skips": actions(turns, "reviewer") == {"skip"},
+        "no controller learns": not states(m.proposer_controller) and not states(m.reviewer_controller),
+        # round 1 proposes (G = 4 + 1 calls); later proposals are only the forced refreshes of unreadable answers
+        "only forced proposals": all(t.forced for t in turns if t.role == "proposer" and t.action == "refresh"),
+        "the reviewer never generates": all(t.calls == 0 for t in turns if t.role == "reviewer"),
+    },
+    "ablations/no_counterfactual.yaml": lambda m, rows, turns: {
+        "no counterfactual sample": all(t.counterfactual_text is None for t in turns),
+        "decisions are still valued": bool(valued(turns, "proposer")),
+        "the unchosen action is valued 0": all(0.0 in v.values() for v in valued(turns, "proposer")),
+        "proposer controller learns": bool(states(m.proposer_controller)),
+    },
+    "ablations/frozen_controllers.yaml": lambda m, rows, turns: {
+        "no controller learns": not states(m.proposer_controller) and not states(m.reviewer_controller),
+        "free decisions exist": bool(free_states(turns)),
+        "every free decision is drawn from the uniform strategy": all(
+            t.probabilities == [0.5, 0.5] for t in turns if not t.forced),
+    },
+    "ablations/no_vote_state.yaml": lambda m, rows, turns: {
+        "controllers learn": bool(states(m.proposer_controller)) and bool(states(m.reviewer_controller)),
+        "states are the time bucket only": bool(free_states(turns)) and set(free_states(turns)) <= {
+            ("last",), ("not_last",)},
+    },
+    "ablations/no_time_state.yaml": lambda m, rows, turns: {
+        "controllers learn": bool(states(m.proposer_controller)) and bool(states(m.reviewer_controller)),
+        "states are the vote bucket only": bool(free_states(turns)) and all(
+            len(s) == 1 and s[0] not in {"last", "not_last"} for s in free_states(turns)),
+    },
+    "ablations/no_proposer_gspo.yaml": lambda m, rows, turns: {
+        "only the reviewer trains": m.trained_roles == ["reviewer"] and lora_b_sum(m, "proposer") == 0,
+        "the reviewer trains": lora_b_sum(m, "reviewer") > 0,
+    },
+    "ablations/no_reviewer_gspo.yaml": lambda m, rows, turns: {
+        "only the proposer trains": m.trained_roles == ["proposer"] and lora_b_sum(m, "reviewer") == 0,
+        "the proposer trains": lora_b_sum(m, "proposer") > 0,
+    },
+    "baselines/single_agent_gspo.yaml": single_agent("sequence"),
+    "baselines/single_agent_grpo.yaml": single_agent("token"),
 }
 
+# Roles whose rewards vary on the tiny model's text, so that every GSPO step that can happen does happen.
+WITH_SIGNAL = ["--model.proposer=roles_for_tests.ByteSumProposer", "--model.reviewer=roles_for_tests.ByteSumReviewer",
+               "--trainer.callbacks+=record_checks.TrainingRecords", "--trainer.limit_train_batches=2"]
 
+
+def train_and_check(overlays, tmp_path):
+    """Fit the tiny config with ``overlays``; the named results of every check on that run."""
+    cli = build_cli(["fit", "-c", TINY, *[a for o in overlays for a in ("-c", str(CONFIGS / o))], *WITH_SIGNAL])
+    rows = [r for r in csv.DictReader((tmp_path / "runs/tiny/logs/version_0/metrics.csv").open())
+            if r.get("train/calls_per_problem")]
+    assert len(rows) == 2
+    (collector,) = [c for c in cli.trainer.callbacks if isinstance(c, TrainingRecords)]
+    turns = [t for record in collector.records for t in record.turns]
+    assert len(collector.records) == 4  # 2 batches of 2
+    return {name: check(cli.model, rows, turns) for name, check in CHECKS.items()}
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_trains_and_tests(overlay, tmp_path):
-    cli = build_cli(["fit", "-c", TINY, "-c", str(CONFIGS / overlay), "--trainer.limit_train_batches=2"])
-    rows = list(csv.DictReader((tmp_path / "runs/tiny/logs/version_0/metrics.csv").open()))
-    rows = [r for r in rows if r.get("train/calls_per_problem")]
-    assert len(rows) == 2
-    if overlay.startswith("baselines/"):
-        check_single_agent(cli.model, rows, "token" if "grpo" in overlay else "sequence")
-    else:
-        assert CHECKS[overlay](cli.model, rows)
+    results = train_and_check([overlay], tmp_path)[overlay]
+    assert [name for name, passed in results.items() if not passed] == []
     build_cli(["test", "-c", TINY, "-c", str(CONFIGS / overlay), "--data.test_limit=2",
                "--ckpt_path=runs/tiny/checkpoints/last.ckpt"])
-    metrics = json.loads(next((tmp_path / "runs/tiny/logs").glob("version_1/test_metrics.json")).read_text())
-    assert 0 <= metrics[next(k for k in metrics if k.endswith("/accuracy"))] <= 1
+    directory = tmp_path / "runs/tiny/logs/version_1"
+    metrics = json.loads((directory / "test_metrics.json").read_text())
+    assert_metrics_match_records(metrics, "test/basic_arithmetic", directory / "test_records_basic_arithmetic.jsonl")
 
 
+@pytest.mark.e2e
+def test_no_check_passes_on_plain_tracer(tmp_path):
+    """Every overlay's check fails on a run without the overlay, so each one tests what its overlay does."""
+    results = train_and_check([], tmp_path)
+    assert [overlay for overlay, named in results.items() if all(named.values())] == []
+
+
+@pytest.mark.e2e
 def test_both_protocols_and_speak_rates_per_state_in_one_test_run(tmp_path):
     build_cli(["fit", "-c", TINY, "--trainer.limit_train_batches=2"])
     rows = list(csv.DictReader((tmp_path / "runs/tiny/logs/version_0/metrics.csv").open()))

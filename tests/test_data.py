@@ -10,7 +10,7 @@ from tracer_pl.data import ProblemStream, ReasoningDataModule
 from tracer_pl.errors import ConfigError, DataError
 from tracer_pl.sources import BadRows, load_problems
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 GSM = DATA / "gsm8k" / "test_sample64.jsonl"
 MATH = DATA / "math500" / "test_sample64.jsonl"
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
+pytestmark = [pytest.mark.ddp, pytest.mark.subprocess, pytest.mark.timeout(900)]
 
 
 def free_port() -> int:

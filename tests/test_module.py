@@ -14,7 +14,7 @@ from tracer_pl.errors import ConfigError
 from tracer_pl.gspo import GSPOConfig
 from tracer_pl.module import BackboneConfig, TracerModule
 
-GSM = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test_sample64.jsonl"
+GSM = Path(__file__).resolve().parent / "data" / "gsm8k" / "test_sample64.jsonl"
 
 
 def make_module(**overrides):
@@ -42,6 +42,7 @@ def lora_state(module):
     return {k: v.clone() for k, v in module.backbone.model.state_dict().items() if "lora_" in k}
 
 
+@pytest.mark.e2e
 def test_exact_resume_two_plus_two_equals_four(tmp_path):
     straight, straight_trainer = fit(tmp_path / "a", 4, keep_every=2)
     middle = tmp_path / "a" / "checkpoints" / "step-000002.ckpt"  # written after batch 2, as before a crash
@@ -65,6 +66,7 @@ def test_exact_resume_two_plus_two_equals_four(tmp_path):
     assert resumed_trainer.datamodule.state_dict()["consumed"] == 8
 
 
+@pytest.mark.e2e
 def test_checkpoint_holds_adapters_controllers_and_position_not_the_base(tmp_path):
     module, _ = fit(tmp_path, 2)
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
@@ -75,6 +77,7 @@ def test_checkpoint_holds_adapters_controllers_and_position_not_the_base(tmp_pat
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))  # atomic: no temporary left behind
 
 
+@pytest.mark.e2e
 def test_nonfinite_loss_skips_the_update(tmp_path, monkeypatch):
     import tracer_pl.gspo_step as gspo_step_lib
 
@@ -84,6 +87,7 @@ def test_nonfinite_loss_skips_the_update(tmp_path, monkeypatch):
     assert trainer.callback_metrics["gspo/proposer/skipped_nonfinite"] > 0
 
 
+@pytest.mark.e2e
 def test_frozen_roles_and_fixed_controllers(tmp_path):
     from tracer_pl.controllers import ControllerConfig
 

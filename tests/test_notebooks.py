@@ -10,6 +10,9 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 
 
+pytestmark = [pytest.mark.notebook, pytest.mark.subprocess, pytest.mark.timeout(900)]
+
+
 @pytest.mark.parametrize("name", ["01_quickstart.ipynb", "02_custom_role.ipynb"])
 def test_notebook_executes(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TRACER_PL_ROOT", str(ROOT))

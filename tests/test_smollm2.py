@@ -11,7 +11,7 @@ from tracer_pl.gspo import GSPOConfig
 from tracer_pl.models import cache_dir, load_base_model
 from tracer_pl.module import BackboneConfig, TracerModule
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a model conversion on a loaded CPU
 
 SOURCE = ("reasoning_gym:basic_arithmetic?size=8&max_terms=2&max_digits=1&allow_negation=false"
           "&allow_parentheses=false&operators=+,-")

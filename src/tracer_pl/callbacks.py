@@ -10,16 +10,23 @@ temporary file beside the target (never in ``$TMPDIR``: a small ``/tmp`` must no
 place, so ``last.ckpt`` is never a half-written file; a failed write removes its temporary file. It also holds a
 lock on its directory for the whole fit, so a second run into the same directory is refused instead of
 overwriting the first one's ``last.ckpt``, and it saves at the batch boundary when the run receives SIGTERM.
+
+:class:`DialogueTable` logs a table of sampled training dialogues (question, turns, actions, rewards) to Weights &
+Biases every N batches, as TRL logs a table of completions.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tracer_pl.controllers import controller_table
@@ -187,3 +194,73 @@ class ControllerMonitor(L.Callback):
             table.update(controller_table(controller))
         if table:
             pl_module.log_dict(table, on_step=True, on_epoch=False, batch_size=1)
+
+
+DIALOGUE_COLUMNS = ("batch", "question", "gold", "turns", "actions", "rewards", "final_answer", "correct")
+"""Columns of :class:`DialogueTable`, one row per dialogue."""
+
+
+def dialogue_rows(records: Sequence[Any], batch: int, max_rows: int) -> list[list[Any]]:
+    """Rows of :data:`DIALOGUE_COLUMNS` for the first ``max_rows`` dialogue records of a batch.
+
+    ``turns`` gives every round as ``round <r> <role> <action>`` followed by the utterance when one entered the
+    dialogue; ``actions`` is the rounds' actions in order (``speak``/``skip``, ``keep``/``refresh``; round 1's
+    forced proposal included); ``rewards`` the role reward of each utterance, ``-`` for a silent round.
+    """
+    rows = []
+    for record in records[:max_rows]:
+        turns = "\n\n".join(_turn_text(t) for t in record.turns)
+        actions = " ".join(t.action for t in record.turns)
+        rewards = " ".join("-" if t.reward is None else f"{t.reward:g}" for t in record.turns)
+        rows.append([batch, record.problem.question, record.problem.gold, turns, actions, rewards,
+                     record.final_answer, bool(record.correct)])
+    return rows
+
+
+def _turn_text(turn: Any) -> str:
+    heading = f"round {turn.round} {turn.role} {turn.action}"
+    return heading if turn.text is None else f"{heading}:\n{turn.text}"
+
+
+class DialogueTable(L.Callback):
+    """Log sampled training dialogues as a ``wandb.Table`` every ``every_n_batches`` batches.
+
+    Reads the records that :meth:`TracerModule.training_step <tracer_pl.module.TracerModule.training_step>` returns
+    and logs them through every :class:`~lightning.pytorch.loggers.WandbLogger` of the trainer (other loggers
+    cannot show tables; without a W&B logger the callback warns once and logs nothing). Each call logs a new
+    table under ``key``, as TRL's ``log_completions`` does.
+
+    Args:
+        every_n_batches: Log after every this many training batches.
+        max_rows: Dialogues per table (the first ones of the batch).
+        key: The table's name in W&B.
+    """
+
+    def __init__(self, every_n_batches: int = 10, max_rows: int = 4, key: str = "train/dialogues") -> None:
+        if every_n_batches < 1:
+            raise ValueError(f"every_n_batches must be at least 1, got {every_n_batches}")
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        self.every_n_batches = every_n_batches
+        self.max_rows = max_rows
+        self.key = key
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._wandb_loggers(trainer):
+            warnings.warn("DialogueTable: the trainer has no WandbLogger, so no dialogue table will be logged "
+                          "(add configs/loggers/wandb.yaml)", stacklevel=2)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        records = outputs.get("records") if isinstance(outputs, Mapping) else None
+        loggers = self._wandb_loggers(trainer)
+        if done % self.every_n_batches or not records or not loggers:
+            return
+        rows = dialogue_rows(records, done, self.max_rows)
+        for logger in loggers:
+            logger.log_table(key=self.key, columns=list(DIALOGUE_COLUMNS), data=rows, step=trainer.global_step)
+
+    @staticmethod
+    def _wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
+        return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]

@@ -180,11 +180,16 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         return batch
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Sequence[Problem], batch_idx: int) -> None:
-        """TRACER on a batch, round by round in the method's order (§2-§3)."""
+    def training_step(self, batch: Sequence[Problem], batch_idx: int) -> dict[str, Any]:
+        """TRACER on a batch, round by round in the method's order (§2-§3).
+
+        Returns ``{"records": [DialogueRecord, ...]}``, which callbacks receive as ``outputs``.
+        """
         self._step_stats, self._step_means = {}, {}
         if self.algorithm == "single_agent":
-            return self._log_training(self._single_agent_step(batch))
+            result = self._single_agent_step(batch)
+            self._log_training(result)
+            return {"records": result.records}
         dialogue = self._dialogue(batch, training=True)
         for round_index, seat in dialogue.schedule():
             current = dialogue.decide(round_index, seat)  # the seat's controller: speak or stay silent
@@ -193,7 +198,9 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
             dialogue.speak(current)  # fresh utterances from the updated policy (and counterfactual samples)
             dialogue.settle(current)  # controller credit: both actions valued, regrets updated
             self._sync_controllers(round_index)
-        self._log_training(dialogue.result())
+        result = dialogue.result()
+        self._log_training(result)
+        return {"records": result.records}
 
     def _single_agent_step(self, batch: Sequence[Problem]) -> DialogueResult:
         """The single-agent baseline: G proposals per problem, one policy update on them."""
