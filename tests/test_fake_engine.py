@@ -79,6 +79,7 @@ def test_fake_engine_trains_tracer_and_hears_every_optimizer_step(tmp_path):
         assert policy.logits[role].detach().abs().sum() > 0  # moved away from the uniform start
 
 
+@pytest.mark.e2e
 def test_fake_engine_resumes_exactly(tmp_path):
     straight, _ = fit(tmp_path / "a", 4)
     resumed, _ = fit(tmp_path / "b", 4, ckpt_path=tmp_path / "a" / "checkpoints" / "step-000002.ckpt")
@@ -88,6 +89,7 @@ def test_fake_engine_resumes_exactly(tmp_path):
         assert a.matcher.state_dict() == b.matcher.state_dict() and a.matcher.states()
 
 
+@pytest.mark.e2e
 def test_evaluate_from_python_writes_what_the_cli_writes(tmp_path):
     import json
 

@@ -51,6 +51,7 @@ def _flat(table, prefix=""):
             yield f"{prefix}{key}", value
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("run", sorted(RUNS))
 def test_same_seed_same_records_and_controller_tables(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
