@@ -27,7 +27,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
-from tracer_pl.agent import Completion, Messages
+from tracer_pl.agent import Agent, Completion
 
 
 @dataclass
@@ -77,15 +77,14 @@ class BackboneConfig:
 
 
 @runtime_checkable
-class Policy(Protocol):
-    """The model as the training loop sees it: one set of weights per role, behind role names."""
+class Policy(Agent, Protocol):
+    """The model as the training loop sees it: one set of weights per role, behind role names.
+
+    Its ``generate`` is the :class:`~tracer_pl.agent.Agent`'s, and the completions it returns carry
+    ``prompt_ids`` and ``completion_ids`` (what :meth:`token_logprobs` scores).
+    """
 
     roles: list[str]
-
-    def generate(self, role: str, prompts: Sequence[Messages], num_samples: int | Sequence[int] = 1, *,
-                 greedy: bool = False) -> list[list[Completion]]:
-        """``num_samples[i]`` completions of ``prompts[i]`` under ``role``, each with its token ids."""
-        ...
 
     def token_logprobs(self, role: str, completions: Sequence[Completion]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(token_logp, mask)``, shape ``[N, C]``: the tokens' log-probs, differentiable in the role's weights."""
