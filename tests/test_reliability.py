@@ -350,7 +350,7 @@ def test_settings_documented_as_safe_are_accepted_on_resume():
     data = ReasoningDataModule(train=changed.datamodule.train, batch_size=2, test="x.jsonl", test_limit=3,
                                eval_batch_size=9, on_bad_row="skip")
     checkpoints.check_data(saved["ReasoningDataModule"]["settings"], data.resume_settings())  # no error
-    assert all(checkpoints.is_safe(flag) for flag in ("model.evaluation.method", "data.test_limit"))
+    assert all(checkpoints.is_safe(flag) for flag in ("model.evaluation.method", "data.test_limit", "model.engine"))
     assert not any(checkpoints.is_safe(flag) for flag in ("model.dialogue.group_size", "data.batch_size"))
 
 

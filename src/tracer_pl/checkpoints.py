@@ -43,6 +43,7 @@ SAFE_TO_CHANGE = (
     "model.eval_seed",  # the RNG of evaluation only
     "model.dialogue.eval_greedy",  # decoding in evaluation only
     "model.controllers.argmax_tie",  # the argmax evaluation protocol only
+    "model.engine",  # what generates: the adapters, optimizers and controllers mean the same under any engine
     "data.test", "data.val", "data.test_limit", "data.eval_batch_size",  # evaluation sets
     "data.on_bad_row",  # a bad row either stops the run or was never part of the stream
     # not recorded, so never compared: trainer.limit_train_batches (the data order does not depend on it),
