@@ -1,0 +1,68 @@
+"""The sampling-engine mismatch and truncated importance weights (gspo.py), with hand-computed numbers."""
+
+import math
+
+import pytest
+import torch
+
+from tracer_pl.gspo import grpo_loss, gspo_loss, sampling_logp_mismatch, truncated_importance_weights
+
+# two candidates: 2 real tokens + 1 pad, and 3 real tokens
+TRAIN = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -3.0]])
+SAMPLER = torch.tensor([[-1.5, -1.0, 7.0], [-0.5, -1.5, -3.0]])
+MASK = torch.tensor([[1, 1, 0], [1, 1, 1]])
+
+
+def test_mismatch_is_the_mean_absolute_gap_over_real_tokens():
+    # gaps 0.5, 1.0 | 0, 1.0, 0 -> 2.5 / 5 (the padded 7.0 is ignored)
+    assert sampling_logp_mismatch(TRAIN, SAMPLER, MASK) == pytest.approx(0.5)
+
+
+def test_token_weights_are_truncated_ratios_zero_on_padding():
+    weights = truncated_importance_weights(TRAIN, SAMPLER, MASK, cap=2.0, level="token")
+    expected = torch.tensor([[math.exp(0.5), math.exp(-1.0), 0.0], [1.0, 2.0, 1.0]])  # exp(1.0) = 2.72 -> cap 2
+    torch.testing.assert_close(weights, expected)
+
+
+def test_sequence_weights_use_the_length_normalised_log_ratio():
+    weights = truncated_importance_weights(TRAIN, SAMPLER, MASK, cap=1.5, level="sequence")
+    # (0.5 - 1.0) / 2 = -0.25 ; (0 + 1.0 + 0) / 3 -> exp(1/3) = 1.3956 (below the cap)
+    torch.testing.assert_close(weights, torch.tensor([math.exp(-0.25), math.exp(1 / 3)]))
+    capped = truncated_importance_weights(TRAIN, SAMPLER, MASK, cap=1.2, level="sequence")
+    assert capped[1].item() == pytest.approx(1.2)
+
+
+def test_identical_engines_give_weight_one():
+    weights = truncated_importance_weights(TRAIN, TRAIN.clone(), MASK, cap=2.0, level="token")
+    torch.testing.assert_close(weights, MASK.float())
+
+
+@pytest.mark.parametrize("cap", [0.0, -1.0])
+def test_cap_must_be_positive(cap):
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        truncated_importance_weights(TRAIN, SAMPLER, MASK, cap=cap)
+
+
+def test_shapes_must_agree():
+    with pytest.raises(ValueError, match="shapes differ"):
+        truncated_importance_weights(TRAIN, SAMPLER[:, :2], MASK, cap=2.0)
+
+
+def test_weights_scale_the_gspo_loss_per_candidate():
+    logp = torch.tensor([-3.0, -4.0], requires_grad=True)
+    advantages = torch.tensor([1.0, -1.0])
+    weights = torch.tensor([0.5, 2.0])
+    loss = gspo_loss(logp, logp.detach(), torch.tensor([2, 3]), advantages, weights=weights)
+    # on-policy ratio 1: -(0.5 * 1 + 2 * -1) / 2 = 0.75
+    assert loss.item() == pytest.approx(0.75)
+    loss.backward()
+    # d/dlogp_i of -w_i * A_i * exp((logp_i - old_i)/n_i) / N at ratio 1 = -w_i A_i / (n_i N)
+    torch.testing.assert_close(logp.grad, torch.tensor([-0.5 / 4, 2.0 / 6]))
+
+
+def test_weights_scale_the_grpo_loss_per_token():
+    token_logp = TRAIN.clone().requires_grad_(True)
+    weights = torch.tensor([[1.0, 3.0, 0.0], [2.0, 2.0, 2.0]])
+    loss = grpo_loss(token_logp, TRAIN, MASK, torch.tensor([1.0, 1.0]), weights=weights)
+    # per sequence: (1 + 3) / 2 = 2 and 6 / 3 = 2 -> -(2 + 2) / 2
+    assert loss.item() == pytest.approx(-2.0)
