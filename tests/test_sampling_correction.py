@@ -66,3 +66,76 @@ def test_weights_scale_the_grpo_loss_per_token():
     loss = grpo_loss(token_logp, TRAIN, MASK, torch.tensor([1.0, 1.0]), weights=weights)
     # per sequence: (1 + 3) / 2 = 2 and 6 / 3 = 2 -> -(2 + 2) / 2
     assert loss.item() == pytest.approx(-2.0)
+
+
+# ---------------------------------------------------------------- wired into TracerModule (fake engine, no model)
+import lightning as L  # noqa: E402
+
+from tracer_pl.dialogue import DialogueConfig  # noqa: E402
+from tracer_pl.errors import ConfigError  # noqa: E402
+from tracer_pl.fake_engine import FakeEngine, FakePolicy  # noqa: E402
+from tracer_pl.gspo import GSPOConfig  # noqa: E402
+from tracer_pl.module import BackboneConfig, TracerModule  # noqa: E402
+from tracer_pl.problem import Problem  # noqa: E402
+
+GAP = 0.25
+PROBLEMS = [Problem(question=f"What is {i} + {4 - i}?", gold="4", dataset="gsm8k", uid=f"p{i}") for i in range(4)]
+
+
+class ReportingPolicy(FakePolicy):
+    """Reports sampling log-probs GAP nats below its own, as an engine with other numerics would."""
+
+    def generate(self, role, prompts, num_samples=1, *, greedy=False):
+        groups = super().generate(role, prompts, num_samples, greedy=greedy)
+        table = torch.log_softmax(self.logits[role].detach(), dim=-1)
+        for completion in (c for group in groups for c in group):
+            completion.sampling_logprobs = table[completion.completion_ids] - GAP
+        return groups
+
+
+class ReportingEngine(FakeEngine):
+    def build(self, config, roles):
+        return ReportingPolicy(roles, max_new_tokens=config.max_new_tokens, temperature=config.temperature)
+
+
+class _Means(L.Callback):
+    def __init__(self):
+        self.values = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for key, values in pl_module._step_means.items():
+            self.values.setdefault(key, []).extend(values)
+
+
+def fit(engine, correction):
+    L.seed_everything(3)
+    module = TracerModule(backbone=BackboneConfig(max_new_tokens=1, temperature=1.0), engine=engine,
+                          dialogue=DialogueConfig(rounds=3, group_size=4),
+                          gspo=GSPOConfig(lr=0.5, importance_sampling_correction=correction))
+    means = _Means()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[means])
+    loader = torch.utils.data.DataLoader(PROBLEMS, batch_size=2, collate_fn=list)
+    trainer.fit(module, train_dataloaders=loader)
+    return means.values
+
+
+def test_module_logs_the_gap_and_the_correction_scales_the_loss():
+    plain, corrected = fit(ReportingEngine(), False), fit(ReportingEngine(), True)
+    for values in (plain, corrected):
+        gaps = values.get("gspo/proposer/sampling_logp_mismatch", []) + values.get(
+            "gspo/reviewer/sampling_logp_mismatch", [])
+        assert gaps and all(g == pytest.approx(GAP, abs=1e-6) for g in gaps)  # one per update, before it steps
+    # the seeded run takes a single update, so both runs score the same candidates; every candidate's sequence
+    # weight is exp(mean gap) = exp(GAP) (below the cap 2), so the gradient (norm before clipping) grows by it
+    norms = {key: values for key, values in plain.items() if key.endswith("/grad_norm")}
+    assert [len(v) for v in norms.values()] == [1], norms
+    (key, (plain_norm,)), = norms.items()
+    assert plain_norm > 0
+    assert corrected[key][0] == pytest.approx(math.exp(GAP) * plain_norm, rel=1e-5)
+
+
+def test_correction_without_reported_logprobs_is_a_config_error():
+    with pytest.raises(ConfigError, match="importance_sampling_correction needs an engine that reports"):
+        fit(FakeEngine(), True)
