@@ -126,7 +126,7 @@ def training(batches: int, extra: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, "4 prompts x G = 4, 48 new tokens, 2 training steps")
+    parser = benchmark_parser(__doc__, "4 prompts x G = 4, 48 new tokens; 3 rounds of 32 tokens, 2 timed steps")
     parser.add_argument("--part", choices=["rollout", "training"], default=None, help="run one part in this process")
     parser.add_argument("--qlora", action="store_true",
                         help="CUDA: train on a 4-bit NF4 base (vLLM serves bf16), on the GPU")
@@ -137,7 +137,8 @@ def main() -> None:
         return
     if args.part == "training":
         gpu = ["--trainer.accelerator=gpu", "--model.backbone.precision=4bit"] if args.qlora else []
-        emit(training(sizes[3], [f"--model.backbone.name={args.model}", *gpu]))
+        short = ["--model.dialogue.rounds=3", "--model.backbone.max_new_tokens=32"] if args.quick else []
+        emit(training(sizes[3], [f"--model.backbone.name={args.model}", *short, *gpu]))
         return
     options = ["--model", args.model] + (["--quick"] if args.quick else []) + (["--qlora"] if args.qlora else [])
     emit({"machine": machine(),
