@@ -37,3 +37,21 @@ def test_impossible_options_name_their_flag(options, flag):
 def test_too_few_lora_slots_is_refused_before_loading():
     with pytest.raises(ConfigError, match="max_loras=1 cannot hold the adapters of 2 roles"):
         VLLMEngine(max_loras=1).build(None, ["proposer", "reviewer"])  # type: ignore[arg-type]
+
+
+def test_vllm_loads_the_base_the_training_side_loaded(tmp_path):
+    from tracer_pl.vllm_engine import base_directory
+
+    assert base_directory(str(tmp_path), tmp_path) == str(tmp_path)  # a local folder as is
+    hub = "Qwen/Qwen2.5-0.5B-Instruct"
+    assert base_directory(hub, tmp_path) == hub  # a hub id: vLLM finds it in the Hugging Face cache
+    saved = Path(base_directory("tiny-qwen2", tmp_path))  # built in code: saved, without adapters
+    assert saved == tmp_path / "base" and (saved / "config.json").is_file()
+    assert not any("lora" in name for name in _tensor_names(saved / "model.safetensors"))
+
+
+def _tensor_names(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys())

@@ -105,7 +105,7 @@ class VLLMEngine(HFEngine):
             )
         backbone = super().build(config, roles)
         workdir = Path(tempfile.mkdtemp(prefix="tracer_pl_vllm_"))
-        llm = self.start(base_directory(config.name, backbone, workdir), len(roles), config.lora_r)
+        llm = self.start(base_directory(config.name, workdir), len(roles), config.lora_r)
         return VLLMBackbone.wrap(backbone, llm, workdir, keep_versions=self.keep_versions,
                                  sleep=self.enable_sleep_mode)
 
@@ -132,21 +132,24 @@ class VLLMEngine(HFEngine):
         return LLM(**options)
 
 
-def base_directory(name: str, backbone: Backbone, workdir: Path) -> str:
+def base_directory(name: str, workdir: Path) -> str:
     """The folder (or hub id) vLLM loads the base from: the same weights the training side loaded.
 
     A local directory is used as is and a hub id is passed on (vLLM finds it in the Hugging Face cache); the
-    ``smollm2-135m-instruct`` alias is its converted folder; a tiny model built in code is saved to
-    ``workdir/base`` first.
+    ``smollm2-135m-instruct`` alias is its converted folder; a tiny model built in code (seeded, so the same
+    weights as the training side's) is built again without adapters and saved to ``workdir/base`` first. vLLM
+    serving the tiny models' byte-level tokenizer is untested.
     """
     from tracer_pl.models import SMOLLM2, TINY_ALIASES, smollm2_directory
+    from tracer_pl.tiny import build_tiny_model
 
     if name == SMOLLM2:
         return str(smollm2_directory())
     if name in TINY_ALIASES:
         target = workdir / "base"
-        backbone.model.get_base_model().save_pretrained(target)
-        backbone.tokenizer.save_pretrained(target)
+        model, tokenizer = build_tiny_model(TINY_ALIASES[name])  # type: ignore[arg-type]
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
         return str(target)
     return name
 
