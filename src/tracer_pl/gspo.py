@@ -12,6 +12,9 @@ from typing import Literal
 
 import torch
 
+ImportanceLevel = Literal["sequence", "token"]
+"""``sequence``: GSPO's length-normalised sequence ratio; ``token``: GRPO's per-token ratios."""
+
 ZERO_SIGNAL_STD = 0.05
 """Groups whose reward standard deviation is below this carry no signal and are not trained on."""
 
@@ -52,6 +55,7 @@ def gspo_loss(
     epsilon: float = 0.1,
     epsilon_high: float | None = None,
     log_ratio_clamp: float | None = 2.0,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Clipped sequence-level surrogate loss, averaged over the candidates.
 
@@ -66,12 +70,17 @@ def gspo_loss(
         epsilon: Lower clip range.
         epsilon_high: Upper clip range; defaults to ``epsilon``.
         log_ratio_clamp: Clamp of the per-token log ratio before exponentiation; None disables it.
+        weights: Optional constant weight per candidate, shape ``[N]`` (the sampling correction of
+            :func:`truncated_importance_weights`); None weighs all by 1.
 
     Returns:
         A scalar tensor.
     """
     ratio = torch.exp(sequence_log_ratio(logp, old_logp.detach(), num_tokens, log_ratio_clamp))
-    return -_surrogate(ratio, advantages.to(ratio.dtype), epsilon, epsilon_high).mean()
+    terms = _surrogate(ratio, advantages.to(ratio.dtype), epsilon, epsilon_high)
+    if weights is not None:
+        terms = terms * weights.detach().to(terms.dtype)
+    return -terms.mean()
 
 
 def clip_fraction(
@@ -97,6 +106,7 @@ def grpo_loss(
     epsilon: float = 0.1,
     epsilon_high: float | None = None,
     log_ratio_clamp: float | None = 2.0,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Clipped token-level surrogate of GRPO: each token has its own ratio; tokens averaged per sequence.
 
@@ -112,9 +122,13 @@ def grpo_loss(
         epsilon: Lower clip range.
         epsilon_high: Upper clip range; defaults to ``epsilon``.
         log_ratio_clamp: Clamp of the token log ratio before exponentiation; None disables it.
+        weights: Optional constant weight per token, ``[N, C]`` (the sampling correction of
+            :func:`truncated_importance_weights`); None weighs all by 1.
     """
     ratio, mask = _token_ratio(token_logp, old_token_logp.detach(), mask, log_ratio_clamp)
     terms = _surrogate(ratio, advantages.to(ratio.dtype).unsqueeze(-1), epsilon, epsilon_high)
+    if weights is not None:
+        terms = terms * weights.detach().to(terms.dtype)
     per_sequence = (terms * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     return -per_sequence.mean()
 
@@ -133,6 +147,52 @@ def token_clip_fraction(
         ratio, mask = _token_ratio(token_logp, old_token_logp, mask, log_ratio_clamp)
         clipped = _clip_active(ratio, advantages.to(ratio.dtype).unsqueeze(-1), epsilon, epsilon_high)
         return float((clipped * mask).sum() / mask.sum().clamp(min=1))
+
+
+def sampling_logp_mismatch(train_token_logp: torch.Tensor, sampling_token_logp: torch.Tensor,
+                           mask: torch.Tensor) -> float:
+    """Mean ``|log pi_train - log pi_sampler|`` over the real completion tokens (0 when there are none).
+
+    Both ``[N, C]``: the training model's log-probs of the sampled tokens and those the sampling engine
+    (e.g. vLLM) reported for the same tokens; ``mask`` is 1 on real tokens.
+    """
+    mask = mask.to(train_token_logp.dtype)
+    gap = (train_token_logp.detach() - sampling_token_logp.to(train_token_logp)).abs() * mask
+    return float(gap.sum() / mask.sum().clamp(min=1))
+
+
+def truncated_importance_weights(train_token_logp: torch.Tensor, sampling_token_logp: torch.Tensor,
+                                 mask: torch.Tensor, cap: float, level: ImportanceLevel = "sequence"
+                                 ) -> torch.Tensor:
+    """Truncated importance weights that correct for sampling with another engine's numerics.
+
+    The candidates were drawn from the sampling engine's distribution ``mu`` while the loss treats them as drawn
+    from the training model's ``pi_old``; each term is reweighted by ``min(pi_old / mu, cap)`` (truncated
+    importance sampling, as TRL's ``vllm_importance_sampling_correction``). At the ``token`` level the weight
+    is per token, ``min(exp(logp_old_t - logp_mu_t), cap)`` (0 on padding); at the ``sequence`` level (GSPO) it
+    is per candidate, from the length-normalised log ratio ``min(exp(mean_t(logp_old_t - logp_mu_t)), cap)``,
+    matching GSPO's length-normalised sequence ratio (TRL's sequence mode uses the unnormalised sum instead).
+
+    Args:
+        train_token_logp: ``[N, C]`` training-model log-probs of the sampled tokens, before the update.
+        sampling_token_logp: ``[N, C]`` the sampling engine's log-probs of the same tokens.
+        mask: ``[N, C]``, 1 on real completion tokens.
+        cap: Upper bound of a weight (> 0).
+        level: ``token`` (``[N, C]`` weights) or ``sequence`` (``[N]`` weights).
+
+    Raises:
+        ValueError: ``cap`` is not positive or the shapes differ.
+    """
+    if cap <= 0:
+        raise ValueError(f"the importance-sampling cap must be > 0, got {cap}")
+    if train_token_logp.shape != sampling_token_logp.shape or train_token_logp.shape != mask.shape:
+        raise ValueError(f"shapes differ: train {tuple(train_token_logp.shape)}, sampling "
+                         f"{tuple(sampling_token_logp.shape)}, mask {tuple(mask.shape)}")
+    mask = mask.to(train_token_logp.dtype)
+    log_ratio = (train_token_logp.detach() - sampling_token_logp.to(train_token_logp)) * mask
+    if level == "token":
+        return torch.exp(log_ratio).clamp(max=cap) * mask
+    return torch.exp(log_ratio.sum(-1) / mask.sum(-1).clamp(min=1)).clamp(max=cap)
 
 
 def _surrogate(ratio: torch.Tensor, advantages: torch.Tensor, epsilon: float, epsilon_high: float | None
@@ -158,9 +218,6 @@ def _token_ratio(token_logp: torch.Tensor, old_token_logp: torch.Tensor, mask: t
     return torch.exp(log_ratio), mask
 
 
-ImportanceLevel = Literal["sequence", "token"]
-"""``sequence``: GSPO's length-normalised sequence ratio; ``token``: GRPO's per-token ratios."""
-
 
 @dataclass
 class GSPOConfig:
@@ -180,6 +237,11 @@ class GSPOConfig:
         update_per: ``group``: each candidate group gets its own update of ``steps_per_group`` optimizer steps,
             the count of the paper's one-problem-at-a-time protocol (generation stays batched); ``round``: the
             groups of all problems of a batch in one round share one update (B times fewer steps at batch B).
+        importance_sampling_correction: Weight the loss by the truncated ratio between the training model's and
+            the sampling engine's probabilities of the sampled tokens
+            (:func:`truncated_importance_weights`); needs an engine that reports sampling log-probs
+            (``VLLMEngine``). Off by default.
+        importance_sampling_cap: The truncation of those weights.
     """
 
     lr: float = 5e-6
@@ -191,3 +253,5 @@ class GSPOConfig:
     weight_decay: float = 0.0
     importance_level: ImportanceLevel = "sequence"
     update_per: Literal["group", "round"] = "group"
+    importance_sampling_correction: bool = False
+    importance_sampling_cap: float = 2.0

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from tracer_pl.dialogue import CandidateGroup
 from tracer_pl.distributed import all_reduce_sum, gather_objects, is_distributed, weighted_gradient_mean
-from tracer_pl.gspo import clip_fraction, grpo_loss, gspo_loss, token_clip_fraction
+from tracer_pl.errors import ConfigError
+from tracer_pl.gspo import (
+    clip_fraction,
+    grpo_loss,
+    gspo_loss,
+    sampling_logp_mismatch,
+    token_clip_fraction,
+    truncated_importance_weights,
+)
 
 
 class GSPOStepMixin:
@@ -69,14 +78,17 @@ class GSPOStepMixin:
         parameters = self.backbone.role_parameters(role)
         completions = [c for g in live for c in g.completions]
         advantages = torch.cat([g.advantages for g in live]).to(self.device) if live else None  # type: ignore[misc]
-        for _ in range(self.gspo_config.steps_per_group):
+        weights = None
+        for step in range(self.gspo_config.steps_per_group):
             optimizer.zero_grad(set_to_none=True)
             loss, clip_frac, finite = None, None, True
             if live:
                 token_logp, mask = self.backbone.token_logprobs(role, completions)
                 if old_logp is None:
                     old_logp = token_logp.detach()
-                loss, clip_frac = self._policy_loss(token_logp, old_logp, mask, advantages)
+                if step == 0:
+                    weights = self._sampling_correction(role, completions, old_logp, mask)
+                loss, clip_frac = self._policy_loss(token_logp, old_logp, mask, advantages, weights)
                 finite = bool(torch.isfinite(loss))
                 if finite:
                     self.manual_backward(loss)
@@ -101,15 +113,44 @@ class GSPOStepMixin:
                 self._average(f"gspo/{role}/clip_frac", clip_frac())
 
     def _policy_loss(self, token_logp: torch.Tensor, old_token_logp: torch.Tensor, mask: torch.Tensor,
-                     advantages: torch.Tensor) -> tuple[torch.Tensor, Callable[[], float]]:
+                     advantages: torch.Tensor, weights: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, Callable[[], float]]:
         """The clipped surrogate at the configured importance level, and a thunk for its clip fraction."""
         cfg = self.gspo_config
         clip = (cfg.epsilon, cfg.epsilon_high, cfg.log_ratio_clamp)
         if cfg.importance_level == "token":
             args = (token_logp, old_token_logp, mask, advantages, *clip)
-            return grpo_loss(*args), lambda: token_clip_fraction(*args)
+            return grpo_loss(*args, weights), lambda: token_clip_fraction(*args)
         args = (token_logp.sum(-1), old_token_logp.sum(-1), mask.sum(-1), advantages, *clip)
-        return gspo_loss(*args), lambda: clip_fraction(*args)
+        return gspo_loss(*args, weights), lambda: clip_fraction(*args)
+
+    def _sampling_correction(self, role: str, completions: Sequence[Any], old_token_logp: torch.Tensor,
+                             mask: torch.Tensor) -> torch.Tensor | None:
+        """Log how far the sampling engine's log-probs are from the training model's; the truncated IS weights.
+
+        Completions without ``sampling_logprobs`` (the Hugging Face engine samples with the training model
+        itself) have nothing to compare and get no weights.
+
+        Raises:
+            ConfigError: ``gspo.importance_sampling_correction`` is on but the engine reports no log-probs.
+        """
+        cfg = self.gspo_config
+        reported = [c.sampling_logprobs for c in completions]
+        if any(logp is None for logp in reported):
+            if cfg.importance_sampling_correction:
+                raise ConfigError(
+                    "--model.gspo.importance_sampling_correction needs an engine that reports the sampled tokens' "
+                    f"log-probs (tracer_pl.vllm_engine.VLLMEngine); {type(self.engine).__name__} does not"
+                )
+            return None
+        sampling = torch.zeros_like(old_token_logp)
+        for row, logp in enumerate(reported):
+            sampling[row, : len(logp)] = logp.to(sampling)
+        self._average(f"gspo/{role}/sampling_logp_mismatch", sampling_logp_mismatch(old_token_logp, sampling, mask))
+        if not cfg.importance_sampling_correction:
+            return None
+        return truncated_importance_weights(old_token_logp, sampling, mask, cfg.importance_sampling_cap,
+                                            cfg.importance_level)
 
     def _optimizer(self, role: str) -> torch.optim.Optimizer:
         optimizers = self.optimizers()
