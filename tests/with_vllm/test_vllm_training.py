@@ -48,7 +48,8 @@ def test_fit_resume_and_test_with_the_vllm_engine(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
 
-    cli("fit", *config, *SMALL, run, "--trainer.limit_train_batches=1", "--trainer.max_epochs=2",
+    # resume for one more batch: the batch limit is safe to change on resume (tracer_pl.checkpoints), max_epochs is not
+    cli("fit", *config, *SMALL, run, "--trainer.limit_train_batches=2", "--trainer.max_epochs=1",
         f"--ckpt_path={checkpoint}", cwd=tmp_path)
     resumed = metrics(tmp_path / "run")
     steps = [sum(column(rows, f"gspo/{role}/steps")) for rows in (first, resumed) for role in ("proposer", "reviewer")]
