@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Does TRACER learn on the quickstart model? Held-out accuracy before and after training, single-agent GSPO
 # trained on the same problems with as many generated tokens, the inference baselines at TRACER's cost, and
-# four ablations. Two queues run side by side, one CPU thread each (about 100 minutes on a 2-core CPU).
+# four ablations. Every trained checkpoint (and the base model) is also tested on two task families training
+# never saw (out of domain), and TRACER and single-agent GSPO are trained with a second seed. Two queues run side
+# by side, one CPU thread each (about two hours on a 2-core CPU).
 #
 #   bash docs/results/run_learning.sh [OUT] [REPORT]   # defaults: runs/learning, docs/results/learning
 #
@@ -14,7 +16,15 @@ OPTIONS='max_terms=2&max_digits=1&allow_negation=false&allow_parentheses=false&o
 TRAIN_PROBLEMS=80   # one epoch: 40 batches of 2
 TEST_PROBLEMS=200
 TRAIN="reasoning_gym:basic_arithmetic?size=$TRAIN_PROBLEMS&$OPTIONS"
-TEST="reasoning_gym:basic_arithmetic?size=$TEST_PROBLEMS&$OPTIONS"
+OOD_PROBLEMS=100
+SEED2=7  # the second seed: model, sampling, controllers and the training problems (the test sets stay fixed)
+# test sets pin seed=42 so that the second seed's runs are tested on the same problems
+TEST="reasoning_gym:basic_arithmetic?size=$TEST_PROBLEMS&seed=42&$OPTIONS"
+# out of domain: one-digit products and the GCD of two numbers up to 20; chosen among six reasoning-gym families
+# screened on 40 problems each as the two where the base model's CoT accuracy lies in the 20-60% window
+OOD_A="reasoning_gym:products?size=$OOD_PROBLEMS&seed=42&min_terms=2&max_terms=2&min_digits=1&max_digits=1"
+OOD_B="reasoning_gym:gcd?size=$OOD_PROBLEMS&seed=42&min_value=1&max_value=20"
+ALL_TESTS=(--data.test "[\"$TEST\", \"$OOD_A\", \"$OOD_B\"]")
 BASE=(-c configs/quickstart.yaml --data.train "$TRAIN" --data.test "$TEST" --data.eval_batch_size 20
       --trainer.limit_train_batches null --model.backbone.max_new_tokens 48 --model.gspo.lr 1.0e-4
       --model.evaluation.protocols '[sample]')
@@ -35,26 +45,30 @@ evaluate() {  # name, extra args...: the untrained adapters and uniform controll
   mark "$name"
 }
 
+evaluate_all() {  # the same, in domain and out of domain
+  evaluate "$@" "${ALL_TESTS[@]}"
+}
+
 train() {  # name, extra args...
   local name=$1; shift
   done_ "$name" && return 0
   stamp "fit $name"
   tracer-pl fit "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
   stamp "test $name"
-  tracer-pl test "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" \
+  tracer-pl test "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" "${ALL_TESTS[@]}" \
     --ckpt_path "$OUT/$name/checkpoints/last.ckpt" >> "$OUT/$name.log" 2>&1
   mark "$name"
 }
 
 queue_a() {
-  evaluate before_tracer
+  evaluate_all before_tracer
   train tracer
   train ablation_no_counterfactual -c configs/ablations/no_counterfactual.yaml
   train ablation_no_vote_state -c configs/ablations/no_vote_state.yaml
 }
 
 queue_b() {
-  evaluate before_cot -c configs/baselines/cot.yaml
+  evaluate_all before_cot -c configs/baselines/cot.yaml
   train ablation_no_reviewer -c configs/ablations/no_reviewer.yaml
   train ablation_no_proposer_controller -c configs/ablations/no_proposer_controller.yaml
   wait_for tracer
@@ -66,7 +80,7 @@ out, problems = sys.argv[1], int(sys.argv[2])
 rows = [r for f in glob.glob(f"{out}/tracer/logs/version_*/metrics.csv") for r in csv.DictReader(open(f))
         if r.get("train/completion_tokens_per_problem")]
 tracer_tokens = sum(float(r["train/completion_tokens_per_problem"]) * 2 for r in rows)  # batch_size 2
-records = sorted(glob.glob(f"{out}/before_cot/logs/version_*/test_records_*.jsonl"))[-1]
+records = sorted(glob.glob(f"{out}/before_cot/logs/version_*/test_records_basic_arithmetic.jsonl"))[-1]
 lengths = [json.loads(line)["completion_tokens"] for line in open(records)]
 per_epoch = problems * 4 * sum(lengths) / len(lengths)  # G = 4 samples of CoT length per problem
 print(max(1, round(tracer_tokens / per_epoch)))
@@ -81,12 +95,16 @@ PY
 import json, sys
 from tracer_pl.baselines import budget_matched_samples
 tracer, cot = (json.load(open(p)) for p in sys.argv[1:])
-pick = lambda m: next(v for k, v in m.items() if k.endswith("/tokens_per_problem") and "@" not in k)
+pick = lambda m: m["test/basic_arithmetic/tokens_per_problem"]
 print(budget_matched_samples(pick(tracer), pick(cot)))
 PY
 )
   evaluate "majority_vote_k$k" -c configs/baselines/majority_vote.yaml --model.evaluation.samples "$k"
   evaluate debate -c configs/baselines/debate.yaml
+  # the second seed, with the first seed's settings (single-agent GSPO keeps its epochs)
+  train tracer_seed$SEED2 --seed_everything "$SEED2" --data.seed "$SEED2"
+  train single_agent_gspo_seed$SEED2 -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$epochs" \
+    --seed_everything "$SEED2" --data.seed "$SEED2"
 }
 
 stamp "start $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -95,5 +113,7 @@ queue_b & b=$!
 wait "$a" && wait "$b"
 stamp "all done"
 tracer-pl report "$OUT"/{before_tracer,tracer,before_cot,single_agent_gspo,single_agent_gspo_1epoch} "$OUT"/majority_vote_k*/ "$OUT"/debate \
-  "$OUT"/ablation_*/ --paired tracer --paired before_cot --out "$REPORT" \
-  --title "Does TRACER learn? SmolLM2-135M on two-term arithmetic" --command "bash docs/results/run_learning.sh $*"
+  "$OUT"/ablation_*/ "$OUT"/*_seed$SEED2/ --paired tracer --paired before_cot --out "$REPORT" \
+  --title "Does TRACER learn? SmolLM2-135M on two-term arithmetic, and out of domain" \
+  --command "bash docs/results/run_learning.sh $*"
+python docs/results/out_of_domain.py "$OUT" "$REPORT"
