@@ -1,6 +1,7 @@
-"""Two-process (gloo) TRACER training on the tiny model; each rank dumps its final state for test_ddp.py.
+"""Two-process (gloo) TRACER training; each rank dumps its final state for test_ddp.py.
 
-Run as ``python tests/ddp_worker.py OUT_DIR``; Lightning starts rank 1 by running the same command again.
+Run as ``python tests/ddp_worker.py OUT_DIR [tiny|fake]``; Lightning starts rank 1 by running the same command
+again. ``tiny`` trains the tiny model; ``fake`` the fake engine with a third seat (a verifier), in seconds.
 """
 
 import sys
@@ -15,6 +16,8 @@ from roles_for_tests import ByteSumProposer  # noqa: E402
 from tracer_pl.controllers import Controller  # noqa: E402
 from tracer_pl.data import ReasoningDataModule  # noqa: E402
 from tracer_pl.dialogue import DialogueConfig  # noqa: E402
+from tracer_pl.examples import Verifier  # noqa: E402
+from tracer_pl.fake_engine import FakeEngine  # noqa: E402
 from tracer_pl.gspo import GSPOConfig  # noqa: E402
 from tracer_pl.module import BackboneConfig, TracerModule  # noqa: E402
 
@@ -41,17 +44,26 @@ class Dump(L.Callback):
     def on_train_end(self, trainer, pl_module):
         torch.save({
             "controllers": {c.name: c.matcher.state_dict() for c in pl_module.controllers},
-            "adapters": {n: p.detach().clone() for n, p in pl_module.backbone.model.named_parameters() if "lora_" in n},
+            "adapters": {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad},
             "local_updates": len(LOCAL_UPDATES),
             "seen": self.seen,
             "steps": {k: v for k, v in pl_module._step_stats.items() if k.endswith("/steps")},
         }, self.out / f"rank{trainer.global_rank}.pt")
 
 
-def main(out: Path) -> None:
+def tracer(model: str) -> TracerModule:
+    if model == "fake":  # one-token answers and verdicts: most candidate groups have signal
+        return TracerModule(backbone=BackboneConfig(max_new_tokens=1), engine=FakeEngine(), extra_roles=[Verifier()],
+                            dialogue=DialogueConfig(rounds=5, group_size=4, schedule=[
+                                "proposer", "reviewer", "proposer", "verifier", "proposer"]),
+                            gspo=GSPOConfig(lr=0.5))
+    return TracerModule(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=8), proposer=ByteSumProposer(),
+                        dialogue=DialogueConfig(rounds=5, group_size=4), gspo=GSPOConfig(lr=1e-2))
+
+
+def main(out: Path, model: str) -> None:
     L.seed_everything(0)
-    module = TracerModule(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=8), proposer=ByteSumProposer(),
-                          dialogue=DialogueConfig(rounds=5, group_size=4), gspo=GSPOConfig(lr=1e-2))
+    module = tracer(model)
     data = ReasoningDataModule(train="reasoning_gym:basic_arithmetic?size=32&max_terms=2&max_digits=2",
                                batch_size=2)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="tracer_ddp", max_epochs=1, limit_train_batches=3,
@@ -61,4 +73,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "tiny")

@@ -72,6 +72,31 @@ def test_a_subclassed_role_is_selected_from_yaml(tmp_path):
 
 
 @pytest.mark.e2e
+def test_the_third_role_example_fits_and_tests_with_three_adapters(tmp_path):
+    third = str(CONFIGS / "examples" / "third_role.yaml")
+    fitted = build_cli(["fit", "-c", TINY, "-c", third, "--trainer.limit_train_batches=2"])
+    schedule = fitted.model.dialogue_config.schedule
+    assert schedule == ["proposer", "reviewer", "verifier", "proposer", "reviewer", "verifier", "proposer"]
+    adapters = tmp_path / "runs/tiny/logs/version_0/adapters"
+    base, _ = build_tiny_model("qwen2")
+    for role in ("proposer", "reviewer", "verifier"):  # one adapter per seat, each in the standard peft format
+        assert PeftModel.from_pretrained(base, adapters / role, adapter_name=role).peft_config[role].r == 8
+    header = (tmp_path / "runs/tiny/logs/version_0/metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("train/verifier/reward", "controller/verifier/p_speak", "controller/verifier/avg_regret"):
+        assert key in header
+    assert any(k.startswith("controller/verifier/") and k.endswith("/avg_p_speak") for k in header)
+
+    build_cli(["test", "-c", TINY, "-c", third, "--data.test_limit=2", "--ckpt_path=last"])
+    records = (tmp_path / "runs/tiny/logs/version_1/test_records_basic_arithmetic.jsonl").read_text().splitlines()
+    assert [[t["role"] for t in json.loads(line)["turns"]] for line in records] == [schedule, schedule]
+
+    from tracer_pl.report import write_report
+
+    report = write_report([tmp_path / "runs/tiny"], tmp_path / "report").read_text()
+    assert "| verifier (speak) |" in report and "| proposer (refresh) |" in report
+
+
+@pytest.mark.e2e
 def test_settings_given_at_test_time_win_over_the_checkpoint(tmp_path):
     build_cli(["fit", "-c", TINY, "--trainer.limit_train_batches=1"])
     checkpoint = "--ckpt_path=runs/tiny/checkpoints/last.ckpt"

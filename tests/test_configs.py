@@ -49,7 +49,8 @@ def tiny_stand_in(calls):
 
 
 def test_the_configs_found_here_include_every_kind():
-    assert {c.split("/")[1] for c in SHIPPED if c.count("/") == 2} == {"ablations", "baselines", "engines", "loggers"}
+    kinds = {c.split("/")[1] for c in SHIPPED if c.count("/") == 2}
+    assert kinds == {"ablations", "baselines", "engines", "examples", "loggers"}
     assert "configs/loggers/wandb.yaml" in SHIPPED and len(SHIPPED) >= 20
 
 
@@ -79,7 +80,7 @@ def test_every_shipped_config_builds_module_data_and_trainer(config, monkeypatch
     module.configure_model()
     wanted = module.backbone_config
     assert calls == [(wanted.name, wanted.precision, wanted.compute_dtype)]
-    assert module.backbone.roles == [module.proposer.name, module.reviewer.name]
+    assert module.backbone.roles == [role.name for role in module.roles]
     if wanted.precision == "4bit":  # the QLoRA config quantizes the base and trains the adapters
         assert getattr(module.backbone.model, "is_loaded_in_4bit", False)
         on_gpu = bnb_config(wanted.compute_dtype, torch.device("cuda"))  # what a GPU would get

@@ -19,11 +19,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+@pytest.fixture(scope="module", params=["tiny", "fake"])
+def ranks(request, tmp_path_factory):
+    """The tiny model with TRACER's two seats, and the fake engine with a third seat (a verifier)."""
+    out = tmp_path_factory.mktemp(f"ddp_{request.param}")
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(out)], env=env, cwd=out,
+    done = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(out), request.param], env=env, cwd=out,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
@@ -44,5 +45,14 @@ def test_adapters_are_identical_and_trained(ranks):
     a, b = ranks[0]["adapters"], ranks[1]["adapters"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert any(float(v.abs().sum()) > 0 for k, v in a.items() if "lora_B" in k)  # GSPO steps happened
+    # GSPO steps happened: LoRA B matrices (zero at the start) or the fake policy's logits (zero at the start)
+    assert any(float(v.abs().sum()) > 0 for k, v in a.items() if "lora_B" in k or "logits" in k)
     assert ranks[0]["steps"] == ranks[1]["steps"]  # every step was taken together
+
+
+def test_every_seat_has_a_controller_and_an_adapter(ranks):
+    seats = set(ranks[0]["controllers"])
+    assert seats in ({"proposer", "reviewer"}, {"proposer", "reviewer", "verifier"})
+    if "verifier" in seats:  # the fake engine's run: the third seat decided, and its adapter trained in step
+        assert ranks[0]["controllers"]["verifier"]["states"]
+        assert any("verifier" in k and float(v.abs().sum()) > 0 for k, v in ranks[0]["adapters"].items())

@@ -50,7 +50,7 @@ def test_the_drawn_bound_is_the_one_that_holds_for_the_run(tmp_path, logged, bou
     run = make_run(tmp_path, "tracer", {}, train_rows=train)
     text = write_report([run], tmp_path / "report").read_text()
     assert f"| {header} |" in text
-    assert f"| proposer | -1/last | 4 | 0.2500 | {bound_cell} |" in text
+    assert f"| proposer (refresh) | -1/last | 4 | 0.2500 | {bound_cell} |" in text
 
 
 def make_run(root, name, metrics, records=None, train_rows=None):
@@ -101,8 +101,8 @@ def test_report_table_plots_and_json(tmp_path):
     # the controller table: proposer state -1/last ends at M = 4 with average regret 1/4 and P(refresh) 0.7;
     # its regret fell like 1/M (slope -1); over the last quarter (step 1.5 to 2) P(refresh) went 0.6 -> 0.7;
     # the reviewer's regret stayed 0 (no slope) and its strategy at 0.5
-    assert ("| proposer | -1/last | 4 | 0.2500 | 1.414 | -1.00 | 0.700 | +0.100 | — |") in text
-    assert "| reviewer | none | 4 | 0.0000 | 1.414 | — | 0.500 | +0.000 | — |" in text
+    assert ("| proposer (refresh) | -1/last | 4 | 0.2500 | 1.414 | -1.00 | 0.700 | +0.100 | — |") in text
+    assert "| reviewer (speak) | none | 4 | 0.0000 | 1.414 | — | 0.500 | +0.000 | — |" in text
     rows = json.loads((out / "results.json").read_text())
     assert [(r["method"], r["accuracy"], r["problems"]) for r in rows] == [
         ("tracer", 0.8, 10), ("tracer (argmax)", 0.7, 10), ("cot", 0.5, 10)]

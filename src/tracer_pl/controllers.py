@@ -1,22 +1,24 @@
-"""The two turn-level controllers and their state (TRACER §2).
+"""The turn-level controllers and their state (TRACER §2): one per seat of the dialogue.
 
-* The **proposer controller** acts in proposal rounds 3, 5, ...: ``keep`` the pending answer or ``refresh`` it
-  with a new proposal.
-* The **reviewer controller** acts in review rounds 2, 4, ...: ``skip`` or ``speak`` (review the pending answer).
+* A **proposing seat's controller** (TRACER's proposer) acts in its rounds after the first: ``keep`` the pending
+  answer or ``refresh`` it with a new proposal.
+* A **reviewing seat's controller** (TRACER's reviewer) acts in its rounds: ``skip`` or ``speak`` (review the
+  pending answer).
 
-Both are regret matchers over the state ``(vote bucket, time bucket)``; each part of the state can be switched
+All are regret matchers over the state ``(vote bucket, time bucket)``; each part of the state can be switched
 off for the paper's ablations, and a controller can be frozen (no updates) or fixed to one action (the
 "always speak"/"always keep" protocols).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from tracer_pl.keys import average_speaking_rate, speaking_rate, state_key
 from tracer_pl.regret import RegretMatcher
 
 ControllerState = tuple[str, ...]
@@ -62,21 +64,27 @@ def is_proposal_round(round_index: int) -> bool:
     return round_index % 2 == 1
 
 
-def time_bucket(round_index: int, rounds: int) -> str:
-    """``last`` if at most one proposal round (this one included) remains in ``round_index..rounds``."""
-    remaining = sum(1 for r in range(round_index, rounds + 1) if is_proposal_round(r))
+def time_bucket(round_index: int, rounds: int, proposal_rounds: Collection[int] | None = None) -> str:
+    """``last`` if at most one proposal round (this one included) remains in ``round_index..rounds``.
+
+    ``proposal_rounds`` are the rounds of the dialogue's schedule that belong to a proposing seat; None means
+    TRACER's alternation (the odd rounds).
+    """
+    proposes = is_proposal_round if proposal_rounds is None else proposal_rounds.__contains__
+    remaining = sum(1 for r in range(round_index, rounds + 1) if proposes(r))
     return "last" if remaining <= 1 else "not_last"
 
 
 def controller_state(
-    features: StateFeatures, *, has_pending: bool, pending_parseable: bool, vote: int, round_index: int, rounds: int
+    features: StateFeatures, *, has_pending: bool, pending_parseable: bool, vote: int, round_index: int, rounds: int,
+    proposal_rounds: Collection[int] | None = None,
 ) -> ControllerState:
     """The tabular state a controller sees at ``round_index`` of an ``rounds``-round dialogue."""
     parts: list[str] = []
     if features.vote:
         parts.append(vote_bucket(has_pending, pending_parseable, vote, features.vote_clip))
     if features.time:
-        parts.append(time_bucket(round_index, rounds))
+        parts.append(time_bucket(round_index, rounds, proposal_rounds))
     return tuple(parts)
 
 
@@ -141,11 +149,11 @@ class Controller:
         """Whether decisions of this controller are valued and update its regrets."""
         return not self.frozen and self.fixed_action is None
 
-    def state(self, *, has_pending: bool, pending_parseable: bool, vote: int, round_index: int, rounds: int
-              ) -> ControllerState:
+    def state(self, *, has_pending: bool, pending_parseable: bool, vote: int, round_index: int, rounds: int,
+              proposal_rounds: Collection[int] | None = None) -> ControllerState:
         """The state for a decision (see :func:`controller_state`)."""
         return controller_state(self.features, has_pending=has_pending, pending_parseable=pending_parseable,
-                                vote=vote, round_index=round_index, rounds=rounds)
+                                vote=vote, round_index=round_index, rounds=rounds, proposal_rounds=proposal_rounds)
 
     def act(self, state: ControllerState, *, training: bool, protocol: EvalProtocol = "sample",
             generator: torch.Generator | None = None) -> tuple[int, torch.Tensor]:
@@ -233,24 +241,34 @@ class ReviewerController(Controller):
 def controller_table(controller: Controller) -> dict[str, float]:
     """Per visited state: visits, average regret and the speaking probability of both strategies.
 
-    Keys are ``controller/<name>/<state label>/<quantity>`` with quantities ``visits``, ``avg_regret`` (at most
+    Keys are :func:`tracer_pl.keys.state_key` with quantities ``visits``, ``avg_regret`` (at most
     ``regret_bound(visits) / visits`` for values in [-1, 1]), ``avg_p_<speaking>`` (the average strategy,
     what evaluation plays) and ``p_<speaking>`` (the current strategy, what training plays).
     """
     matcher, speaking = controller.matcher, controller.actions[1]
     table: dict[str, float] = {}
     for state in matcher.states():
-        prefix = f"controller/{controller.name}/{state_label(state)}"
-        table[f"{prefix}/visits"] = float(matcher.visits(state))
-        table[f"{prefix}/avg_regret"] = matcher.average_regret(state)
-        table[f"{prefix}/avg_p_{speaking}"] = float(matcher.average_strategy(state)[1])
-        table[f"{prefix}/p_{speaking}"] = float(matcher.strategy(state)[1])
+        label = state_label(state)
+        table[state_key(controller.name, label, "visits")] = float(matcher.visits(state))
+        table[state_key(controller.name, label, "avg_regret")] = matcher.average_regret(state)
+        table[state_key(controller.name, label, average_speaking_rate(speaking))] = float(
+            matcher.average_strategy(state)[1])
+        table[state_key(controller.name, label, speaking_rate(speaking))] = float(matcher.strategy(state)[1])
     return table
+
+
+SeatSpec = tuple[str, bool]
+"""A seat as the controllers see it: ``(role name, proposes)``."""
+
+TRACER_SEATS: tuple[SeatSpec, ...] = (("proposer", True), ("reviewer", False))
+"""TRACER's two seats."""
+
+ControllerMode = Literal["learned", "frozen", "always_refresh", "always_keep", "always_speak", "always_skip"]
 
 
 @dataclass
 class ControllerConfig:
-    """Settings of both controllers (the ablations of TRACER §4 are switches here).
+    """Settings of the seats' controllers (the ablations of TRACER §4 are switches here).
 
     Args:
         variant: ``rm`` (regret matching, as in the paper) or ``rm+`` (RM+: clipped regrets, linear averaging).
@@ -260,7 +278,11 @@ class ControllerConfig:
             (``always_refresh`` is the "no proposer controller" ablation).
         reviewer: ``learned``; ``frozen``; or ``always_speak``/``always_skip`` (``always_skip`` is the "no
             reviewer" ablation).
-        seed: Seed of the controllers' action-sampling RNGs (the reviewer's uses ``seed + 1``).
+        seats: The mode of every further seat's controller, by role name (``learned`` when not listed):
+            ``learned``, ``frozen``, or ``always_<action>`` with the seat's actions (``keep``/``refresh`` for a
+            proposing seat, ``skip``/``speak`` for a reviewing one).
+        seed: Seed of the controllers' action-sampling RNGs: seat ``i`` uses ``seed + i`` (the proposer's
+            ``seed``, the reviewer's ``seed + 1``).
         argmax_tie: The action the ``argmax`` evaluation protocol takes when the average strategy is a tie --
             in every state never visited in training, and in every state of the frozen-controllers ablation:
             ``silent`` (keep/skip, the authors' choice) or ``speaking`` (refresh/speak).
@@ -271,17 +293,26 @@ class ControllerConfig:
     state_time: bool = True
     proposer: Literal["learned", "frozen", "always_refresh", "always_keep"] = "learned"
     reviewer: Literal["learned", "frozen", "always_speak", "always_skip"] = "learned"
+    seats: dict[str, ControllerMode] = field(default_factory=dict)
     seed: int = 42
     argmax_tie: TieBreak = "silent"
 
-    def build(self) -> tuple[ProposerController, ReviewerController]:
-        """Fresh proposer and reviewer controllers with these settings."""
+    def build(self, seats: Sequence[SeatSpec] = TRACER_SEATS) -> list[Controller]:
+        """A fresh controller per seat, named after its role: the first two are TRACER's proposer and reviewer."""
         features = StateFeatures(vote=self.state_vote, time=self.state_time)
         common = {"plus": self.variant == "rm+", "features": features, "tie_break": self.argmax_tie}
-        return (
-            ProposerController(seed=self.seed, **common, **_mode(self.proposer)),
-            ReviewerController(seed=self.seed + 1, **common, **_mode(self.reviewer)),
-        )
+        controllers: list[Controller] = []
+        for i, (name, proposes) in enumerate(seats):
+            kind = ProposerController if proposes else ReviewerController
+            mode = self.mode(i, name)
+            if mode.startswith("always_") and mode.removeprefix("always_") not in kind.actions:
+                raise ValueError(f"{name} controller: {mode!r} is not one of its actions {kind.actions}")
+            controllers.append(kind(name, seed=self.seed + i, **common, **_mode(mode)))
+        return controllers
+
+    def mode(self, index: int, name: str) -> str:
+        """The mode of seat ``index`` (``proposer`` and ``reviewer`` for the first two, ``seats`` after)."""
+        return (self.proposer, self.reviewer)[index] if index < 2 else self.seats.get(name, "learned")
 
 
 def _mode(mode: str) -> dict[str, Any]:

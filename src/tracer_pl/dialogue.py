@@ -31,10 +31,11 @@ from typing import Literal
 import torch
 
 from tracer_pl.agent import Agent, Completion, Messages
-from tracer_pl.controllers import Controller, ControllerState, EvalProtocol, is_proposal_round
+from tracer_pl.controllers import Controller, ControllerState, EvalProtocol
 from tracer_pl.gspo import ZERO_SIGNAL_STD, group_advantages
 from tracer_pl.problem import Problem
 from tracer_pl.roles import RIGHT, WRONG, DialogueView, Role, is_correct, replaces_pending
+from tracer_pl.seats import Seat, turn_order
 
 
 @dataclass
@@ -42,7 +43,10 @@ class DialogueConfig:
     """Settings of the dialogue protocol.
 
     Args:
-        rounds: Number of rounds R (odd: proposal, even: review).
+        rounds: Number of rounds R (odd: proposal, even: review); with a ``schedule``, its length.
+        schedule: The role name of every round, e.g. ``[proposer, reviewer, proposer, reviewer, proposer,
+            verifier]``; None is TRACER's alternation of the first two seats (proposer in odd rounds, reviewer in
+            even rounds). The first round must belong to a proposing seat; every seat must have a round.
         group_size: Candidates G sampled per speaking turn for the GSPO step (training only).
         counterfactual: Value the unchosen action with one counterfactual sample (else importance weighting).
         eval_greedy: Decode greedily in evaluation.
@@ -53,6 +57,7 @@ class DialogueConfig:
     """
 
     rounds: int = 5
+    schedule: list[str] | None = None
     group_size: int = 4
     counterfactual: bool = True
     eval_greedy: bool = True
@@ -181,19 +186,6 @@ class _Decision:
 
 
 @dataclass
-class Seat:
-    """A place at the table: a role (prompt, parsing, reward, action values) with its controller.
-
-    A proposing seat's utterance becomes the pending answer (its controller chooses keep/refresh); a reviewing
-    seat's verdict moves the vote (skip/speak). The role's ``name`` selects its adapter.
-    """
-
-    role: Role
-    controller: Controller
-    proposes: bool
-
-
-@dataclass
 class Round:
     """A round in progress: its seat, the decision for every problem, the turns being written, the prompts."""
 
@@ -218,6 +210,7 @@ def run_dialogues(
     eval_generator: torch.Generator | None = None,
     eval_protocol: EvalProtocol = "sample",
     on_round_end: Callable[[int], None] | None = None,
+    extra_seats: Sequence[Seat] = (),
 ) -> DialogueResult:
     """Play the dialogue for ``problems`` in lockstep.
 
@@ -236,9 +229,10 @@ def run_dialogues(
         eval_protocol: How controllers act in evaluation: ``sample`` from or ``argmax`` of the average strategy.
         on_round_end: Called with the round index after every round (data-parallel training synchronises the
             controllers there).
+        extra_seats: Further seats after the proposer and the reviewer; ``config.schedule`` places them.
     """
-    dialogue = Dialogue(problems, agent, [Seat(proposer, proposer_controller, proposes=True),
-                                          Seat(reviewer, reviewer_controller, proposes=False)],
+    dialogue = Dialogue(problems, agent, [Seat(proposer, proposer_controller), Seat(reviewer, reviewer_controller),
+                                          *extra_seats],
                         config=config, training=training, eval_generator=eval_generator, eval_protocol=eval_protocol)
     for round_index, seat in dialogue.schedule():
         current = dialogue.decide(round_index, seat)
@@ -265,8 +259,9 @@ class Dialogue:
     Args:
         problems: The batch.
         agent: Generates completions per role.
-        seats: The proposing seat, then the reviewing seat; the schedule gives odd rounds to the first and even
-            rounds to the second (TRACER §1).
+        seats: The seats, TRACER's proposer and reviewer first; :func:`~tracer_pl.seats.turn_order` gives each
+            round its seat
+            (by default odd rounds to the first and even rounds to the second, TRACER §1).
         config: Protocol settings.
         training: Sample current strategies, value both actions and update controllers.
         eval_generator: RNG for sampling average strategies in evaluation.
@@ -281,6 +276,8 @@ class Dialogue:
             raise ValueError(f"rounds must be at least 1, got {self.config.rounds}")
         self.agent = agent
         self.seats = list(seats)
+        self.turns = turn_order(self.seats, self.config.schedule, self.config.rounds)
+        self.proposal_rounds = frozenset(r for r, seat in enumerate(self.turns, start=1) if seat.proposes)
         self.training = training
         self.eval_generator = eval_generator
         self.eval_protocol = eval_protocol
@@ -288,10 +285,8 @@ class Dialogue:
         self.groups: list[CandidateGroup] = []
 
     def schedule(self) -> Iterator[tuple[int, Seat]]:
-        """``(round, seat)`` for every round: the proposing seat in odd rounds, the reviewing one in even rounds."""
-        proposing, reviewing = self.seats
-        for round_index in range(1, self.config.rounds + 1):
-            yield round_index, proposing if is_proposal_round(round_index) else reviewing
+        """``(round, seat)`` for every round (see :func:`~tracer_pl.seats.turn_order`)."""
+        yield from enumerate(self.turns, start=1)
 
     def result(self) -> DialogueResult:
         return DialogueResult(records=self.records, groups=self.groups)
@@ -368,7 +363,8 @@ class Dialogue:
             return _Decision(index, 1 if seat.proposes else 0, True, None, None)
         controller = seat.controller
         state = controller.state(has_pending=True, pending_parseable=record.pending_answer is not None,
-                                 vote=record.vote, round_index=round_index, rounds=self.config.rounds)
+                                 vote=record.vote, round_index=round_index, rounds=self.config.rounds,
+                                 proposal_rounds=self.proposal_rounds)
         action, strategy = controller.act(state, training=self.training, protocol=self.eval_protocol,
                                           generator=self.eval_generator)
         return _Decision(index, action, False, state, strategy)

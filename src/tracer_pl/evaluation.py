@@ -21,6 +21,7 @@ from tracer_pl.baselines import chain_of_thought, debate, majority_vote
 from tracer_pl.controllers import EvalProtocol
 from tracer_pl.dialogue import DialogueRecord, DialogueResult
 from tracer_pl.distributed import gather_objects
+from tracer_pl.keys import eval_key
 from tracer_pl.metrics import problem_metrics, record_json, state_decisions
 from tracer_pl.problem import Problem
 
@@ -96,9 +97,9 @@ class EvaluationMixin:
         """Per-problem metrics, speak rates per controller state, and the records for the JSONL file."""
         self._eval_records.setdefault(name, []).extend(record_json(r) for r in records)
         rows = [problem_metrics(r) for r in records]
-        values = {f"{stage}/{name}/{metric}": [row[metric] for row in rows] for metric in rows[0]}
+        values = {eval_key(stage, name, metric): [row[metric] for row in rows] for metric in rows[0]}
         for key, rates in state_decisions(records, self.controllers).items():
-            count = self._state_counts.setdefault(f"{stage}/{name}/{key}", [0.0, 0])
+            count = self._state_counts.setdefault(eval_key(stage, name, key), [0.0, 0])
             count[0], count[1] = count[0] + sum(rates), count[1] + len(rates)
         for key, samples in values.items():
             if key not in self.eval_metrics:

@@ -26,6 +26,7 @@ from tracer_pl.gspo import (
     token_clip_fraction,
     truncated_importance_weights,
 )
+from tracer_pl.keys import seat_key
 
 
 class GSPOStepMixin:
@@ -47,7 +48,7 @@ class GSPOStepMixin:
         """
         broken = sum(not torch.isfinite(g.rewards).all() for g in groups)
         if broken:  # group_advantages already refused them; count them so they show in the logs
-            self._count(f"gspo/{role}/skipped_nonfinite", float(broken))
+            self._count(seat_key("gspo", role, "skipped_nonfinite"), float(broken))
         live = [g for g in groups if g.has_signal]
         updates = [live] if self.gspo_config.update_per == "round" else [[g] for g in live]
         if is_distributed():
@@ -99,18 +100,18 @@ class GSPOStepMixin:
             grad_norm = _grad_norm(parameters) if finite else math.nan
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
-                self._count(f"gspo/{role}/skipped_nonfinite", 1.0)
+                self._count(seat_key("gspo", role, "skipped_nonfinite"), 1.0)
                 break
             cfg = self.gspo_config
             if cfg.max_grad_norm:
                 self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
             self.backbone.after_optimizer_step(role)
-            self._count(f"gspo/{role}/steps", 1.0)
-            self._average(f"gspo/{role}/grad_norm", grad_norm)
+            self._count(seat_key("gspo", role, "steps"), 1.0)
+            self._average(seat_key("gspo", role, "grad_norm"), grad_norm)
             if loss is not None and clip_frac is not None:
-                self._average(f"gspo/{role}/loss", loss.item())
-                self._average(f"gspo/{role}/clip_frac", clip_frac())
+                self._average(seat_key("gspo", role, "loss"), loss.item())
+                self._average(seat_key("gspo", role, "clip_frac"), clip_frac())
 
     def _policy_loss(self, token_logp: torch.Tensor, old_token_logp: torch.Tensor, mask: torch.Tensor,
                      advantages: torch.Tensor, weights: torch.Tensor | None = None
@@ -146,7 +147,8 @@ class GSPOStepMixin:
         sampling = torch.zeros_like(old_token_logp)
         for row, logp in enumerate(reported):
             sampling[row, : len(logp)] = logp.to(sampling)
-        self._average(f"gspo/{role}/sampling_logp_mismatch", sampling_logp_mismatch(old_token_logp, sampling, mask))
+        self._average(seat_key("gspo", role, "sampling_logp_mismatch"),
+                      sampling_logp_mismatch(old_token_logp, sampling, mask))
         if not cfg.importance_sampling_correction:
             return None
         return truncated_importance_weights(old_token_logp, sampling, mask, cfg.importance_sampling_cap,

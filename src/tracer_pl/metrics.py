@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from tracer_pl.controllers import Controller, is_proposal_round, state_label
+from tracer_pl.controllers import Controller, state_label
 from tracer_pl.dialogue import CandidateGroup, DialogueConfig, DialogueRecord
+from tracer_pl.keys import REGRET_BOUND_BATCH, REGRET_UNBOUNDED, eval_state_key, seat_key, speaking_rate
 
 
 def problem_metrics(record: DialogueRecord) -> dict[str, float]:
@@ -69,20 +70,24 @@ def group_metrics(groups: Sequence[CandidateGroup], roles: Sequence[str]) -> dic
             continue
         rewards = torch.stack([g.rewards for g in mine]).double()
         lengths = [c.completion_tokens for g in mine for c in g.completions]
-        metrics[f"train/{role}/reward"] = float(rewards.mean())
-        metrics[f"train/{role}/reward_std"] = float(rewards.std(dim=1, unbiased=False).mean())
-        metrics[f"train/{role}/frac_reward_zero_std"] = sum(not g.has_signal for g in mine) / len(mine)
-        metrics[f"train/{role}/completions/mean_length"] = sum(lengths) / len(lengths)
+        metrics[seat_key("train", role, "reward")] = float(rewards.mean())
+        metrics[seat_key("train", role, "reward_std")] = float(rewards.std(dim=1, unbiased=False).mean())
+        metrics[seat_key("train", role, "frac_reward_zero_std")] = sum(not g.has_signal for g in mine) / len(mine)
+        metrics[seat_key("train", role, "completions/mean_length")] = sum(lengths) / len(lengths)
     return metrics
 
 
 def free_turns(records: Sequence[Any], controllers: Sequence[Controller]) -> Iterator[tuple[Controller, Any]]:
-    """Each turn a controller decided (not forced), with that controller: the proposer's in proposal rounds."""
-    proposer_controller, reviewer_controller = controllers
+    """Each turn a controller decided (not forced), with that controller: the one named after the turn's seat."""
+    by_seat = {controller.name: controller for controller in controllers}
     for record in records:
         for turn in record.turns:
-            if not turn.forced:
-                yield (proposer_controller if is_proposal_round(turn.round) else reviewer_controller), turn
+            if turn.forced:
+                continue
+            if turn.role not in by_seat:
+                raise ValueError(f"a decision of the seat {turn.role!r} has no controller of that name among "
+                                 f"{sorted(by_seat)}")
+            yield by_seat[turn.role], turn
 
 
 def decision_metrics(records: Sequence[Any], controllers: Sequence[Controller]) -> dict[str, float]:
@@ -90,7 +95,7 @@ def decision_metrics(records: Sequence[Any], controllers: Sequence[Controller]) 
     counts: dict[str, list[int]] = {}
     for controller, turn in free_turns(records, controllers):
         speaking = controller.actions[1]
-        seen = counts.setdefault(f"controller/{controller.name}/p_{speaking}", [0, 0])
+        seen = counts.setdefault(seat_key("controller", controller.name, speaking_rate(speaking)), [0, 0])
         seen[0] += turn.action == speaking
         seen[1] += 1
     return {key: spoke / total for key, (spoke, total) in counts.items()}
@@ -106,7 +111,7 @@ def state_decisions(records: Sequence[Any], controllers: Sequence[Controller]) -
         if turn.state is None:
             continue
         speaking = controller.actions[1]
-        key = f"{controller.name}/p_{speaking}/{state_label(turn.state)}"
+        key = eval_state_key(controller.name, speaking, state_label(turn.state))
         decisions.setdefault(key, []).append(float(turn.action == speaking))
     return decisions
 
@@ -120,8 +125,8 @@ def regret_bound_terms(decisions_per_round: int, dialogue: DialogueConfig) -> di
     and neither is the regret: ``controller/regret_unbounded`` says so.
     """
     if not dialogue.counterfactual:
-        return {"controller/regret_unbounded": 1.0}
-    return {"controller/regret_bound_batch": float(decisions_per_round)}
+        return {REGRET_UNBOUNDED: 1.0}
+    return {REGRET_BOUND_BATCH: float(decisions_per_round)}
 
 
 def worst_average_regret(controller: Controller) -> float:

@@ -1,9 +1,10 @@
 """``TracerModule``: the Lightning layer that wires the dialogue, the controllers and GSPO to one backbone.
 
-Manual optimization, one Adam per trained role adapter. A training step plays the dialogues of a batch of
-problems; inside it, every speaking turn of a trained role runs that role's GSPO step (``gspo_step``) before the
-fresh utterance is sampled, and the controllers are updated from the values of both actions -- the order of
-TRACER §3. Validation and test play the dialogues without any update.
+The dialogue's seats are the proposer, the reviewer and any ``extra_roles``: each gets its own adapter,
+controller, optimizer and metric keys. Manual optimization, one Adam per trained role adapter. A training step
+plays the dialogues of a batch of problems; inside it, every speaking turn of a trained role runs that role's
+GSPO step (``gspo_step``) before the fresh utterance is sampled, and the controllers are updated from the
+values of both actions -- the order of TRACER §3. Validation and test play the dialogues without any update.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torchmetrics.aggregation import MeanMetric
 from tracer_pl import checkpoints, limits
 from tracer_pl.baselines import single_agent_rollouts
 from tracer_pl.controllers import Controller, ControllerConfig, EvalProtocol
-from tracer_pl.dialogue import Dialogue, DialogueConfig, DialogueResult, Seat
+from tracer_pl.dialogue import Dialogue, DialogueConfig, DialogueResult
 from tracer_pl.distributed import (
     TracerDDPStrategy,
     gather_objects,
@@ -33,6 +34,7 @@ from tracer_pl.errors import ConfigError
 from tracer_pl.evaluation import EvaluationMixin
 from tracer_pl.gspo import GSPOConfig
 from tracer_pl.gspo_step import GSPOStepMixin
+from tracer_pl.keys import SKIPPED_NONFINITE, seat_key
 from tracer_pl.metrics import (
     decision_metrics,
     group_metrics,
@@ -41,6 +43,7 @@ from tracer_pl.metrics import (
 )
 from tracer_pl.problem import Problem
 from tracer_pl.roles import Proposer, Reviewer, Role
+from tracer_pl.seats import Seat, turn_order
 
 
 @dataclass
@@ -73,6 +76,9 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         backbone: The base model and adapters.
         proposer: The proposing role (any :class:`~tracer_pl.roles.Proposer` subclass, by ``class_path``).
         reviewer: The reviewing role (any :class:`~tracer_pl.roles.Reviewer` subclass, by ``class_path``).
+        extra_roles: Further seats, each a role with a name of its own (a :class:`~tracer_pl.roles.Proposer` or
+            :class:`~tracer_pl.roles.Reviewer` subclass, by ``class_path``): each gets its own adapter,
+            controller (``controllers.seats``), GSPO step and metrics. ``dialogue.schedule`` gives them rounds.
         dialogue: Rounds, group size, counterfactual values and evaluation protocol.
         gspo: Learning rate and the clipped objective of each role's GSPO step.
         controllers: Regret-matching variant, state parts and the fixed/frozen ablations.
@@ -92,6 +98,7 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         backbone: BackboneConfig = BackboneConfig(),  # noqa: B008 - frozen-in-practice config defaults
         proposer: Proposer = lazy_instance(Proposer),  # noqa: B008
         reviewer: Reviewer = lazy_instance(Reviewer),  # noqa: B008
+        extra_roles: list[Role] | None = None,
         dialogue: DialogueConfig = DialogueConfig(),  # noqa: B008
         gspo: GSPOConfig = GSPOConfig(),  # noqa: B008
         controllers: ControllerConfig = ControllerConfig(),  # noqa: B008
@@ -110,15 +117,19 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         self.gspo_config = gspo
         self.controller_config = controllers
         self.proposer, self.reviewer = proposer, reviewer
+        self.extra_roles = list(extra_roles or [])
         self.engine = engine
         self.algorithm = algorithm
+        extra = [(role, algorithm == "tracer") for role in self.extra_roles]
         if algorithm == "single_agent":
             train_reviewer = False
-        self.trained_roles = [r.name for r, on in ((proposer, train_proposer), (reviewer, train_reviewer)) if on]
+        self.trained_roles = [r.name for r, on in ((proposer, train_proposer), (reviewer, train_reviewer), *extra)
+                              if on]
         self.eval_seed = eval_seed
         self.evaluation = evaluation
         validate(self)
-        self.proposer_controller, self.reviewer_controller = self.controller_config.build()
+        self.seat_controllers = build_controllers(controllers, self.roles)
+        self.proposer_controller, self.reviewer_controller = self.seat_controllers[:2]
         self.backbone: Any = None
         self.train_accuracy = MeanMetric()
         self.eval_metrics = torch.nn.ModuleDict()
@@ -132,7 +143,8 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         self.save_hyperparameters({  # plain data, so checkpoints load with torch.load(weights_only=True)
             "backbone": asdict(backbone), "dialogue": asdict(dialogue), "gspo": asdict(gspo),
             "controllers": asdict(controllers), "proposer": type(proposer).__qualname__,
-            "reviewer": type(reviewer).__qualname__, "train_proposer": train_proposer,
+            "reviewer": type(reviewer).__qualname__, "extra_roles": [type(r).__qualname__ for r in self.extra_roles],
+            "train_proposer": train_proposer,
             "train_reviewer": train_reviewer, "eval_seed": eval_seed, "evaluation": asdict(evaluation),
             "algorithm": algorithm, "engine": type(engine).__qualname__,
         })
@@ -143,7 +155,7 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         if self.backbone is not None:
             return
         try:
-            self.backbone = self.engine.build(self.backbone_config, [self.proposer.name, self.reviewer.name])
+            self.backbone = self.engine.build(self.backbone_config, [role.name for role in self.roles])
         except OSError as error:  # transformers: no such directory, hub id or files, hub switched off
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             name = self.backbone_config.name
@@ -159,12 +171,19 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         ]
 
     @property
-    def roles(self) -> tuple[Role, Role]:
-        return self.proposer, self.reviewer
+    def roles(self) -> tuple[Role, ...]:
+        """Every seat's role: the proposer, the reviewer, then ``extra_roles``."""
+        return (self.proposer, self.reviewer, *self.extra_roles)
 
     @property
-    def controllers(self) -> tuple[Controller, Controller]:
-        return self.proposer_controller, self.reviewer_controller
+    def controllers(self) -> tuple[Controller, ...]:
+        """Every seat's controller, in the order of :attr:`roles`."""
+        return tuple(self.seat_controllers)
+
+    @property
+    def seats(self) -> list[Seat]:
+        """The dialogue's seats: every role with its controller."""
+        return [Seat(role, controller) for role, controller in zip(self.roles, self.seat_controllers)]
 
     def on_fit_start(self) -> None:
         """Transformers loads models in eval mode; training forwards run in train mode (generation switches)."""
@@ -236,16 +255,16 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         if self.algorithm == "tracer":
             metrics.update(regret_bound_terms(len(records) * self.trainer.world_size, self.dialogue_config))
         for controller in self.controllers if self.algorithm == "tracer" else ():
-            metrics[f"controller/{controller.name}/avg_regret"] = worst_average_regret(controller)
+            metrics[seat_key("controller", controller.name, "avg_regret")] = worst_average_regret(controller)
         nonfinite = sum(t.nonfinite_values for r in records for t in r.turns)
         if nonfinite:
-            metrics["controller/skipped_nonfinite"] = float(nonfinite)
+            metrics[SKIPPED_NONFINITE] = float(nonfinite)
         self.log_dict(metrics, batch_size=len(records))
         self.log("train/accuracy", self.train_accuracy.compute(), prog_bar=True, batch_size=len(records))
         self.log("train/tokens", metrics["train/tokens_per_problem"], prog_bar=True, batch_size=len(records))
 
     def _dialogue(self, batch: Sequence[Problem], *, training: bool, protocol: EvalProtocol = "sample") -> Dialogue:
-        """A :class:`~tracer_pl.dialogue.Dialogue` of the batch over this module's two seats.
+        """A :class:`~tracer_pl.dialogue.Dialogue` of the batch over this module's seats.
 
         In data-parallel training the controllers record their updates and apply every process's at the end of
         each round (:meth:`_sync_controllers`), so the tables stay identical on all processes.
@@ -253,10 +272,8 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         if training and is_distributed():
             for controller in self.controllers:
                 controller.defer()
-        seats = [Seat(self.proposer, self.proposer_controller, proposes=True),
-                 Seat(self.reviewer, self.reviewer_controller, proposes=False)]
         generator = None if training else self._eval_generators.get(protocol)
-        return Dialogue(list(batch), self.backbone, seats, config=self.dialogue_config, training=training,
+        return Dialogue(list(batch), self.backbone, self.seats, config=self.dialogue_config, training=training,
                         eval_generator=generator, eval_protocol=protocol)
 
     def on_train_end(self) -> None:
@@ -319,7 +336,7 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         expected = {name for name, _ in self.named_parameters() if "lora_" in name}
         if adapters and adapters != expected:
             raise ConfigError(
-                f"--model.proposer/--model.reviewer: the checkpoint holds adapters for the roles "
+                f"--model.proposer/--model.reviewer/--model.extra_roles: the checkpoint holds adapters for the roles "
                 f"{_adapter_roles(adapters)}, this run has {_adapter_roles(expected)}; use the roles it was trained on"
             )
 
@@ -337,6 +354,14 @@ class TracerModule(GSPOStepMixin, EvaluationMixin, L.LightningModule):
         if pending[1] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(pending[1])
         self._pending_rng = None
+
+
+def build_controllers(config: ControllerConfig, roles: Sequence[Role]) -> list[Controller]:
+    """One controller per seat, named after its role (``--model.controllers.seats`` sets the modes of extra seats)."""
+    try:
+        return config.build([(role.name, role.proposes) for role in roles])
+    except ValueError as error:
+        raise ConfigError(f"--model.controllers.seats: {error}") from None
 
 
 def _adapter_roles(keys: set[str]) -> list[str]:
@@ -381,12 +406,23 @@ def validate(module: TracerModule) -> None:
         (module.algorithm == "tracer" or module.proposer.name in module.trained_roles,
          "--model.train_proposer", "must be true with algorithm single_agent (it trains the proposer alone)"),
         (bool(module.evaluation.protocols), "--model.evaluation.protocols", "must list at least one protocol"),
-        (module.proposer.name != module.reviewer.name, "--model.reviewer",
-         f"the two roles need distinct names (one adapter each), both are {module.proposer.name!r}"),
     ]
     for ok, flag, message in checks:
         if not ok:
             raise ConfigError(f"{flag} {message}")
+    names = [role.name for role in module.roles]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--model.reviewer/--model.extra_roles: every role needs a name of its own (one adapter "
+                          f"each), found {names}; set a class attribute name on the role class")
+    unknown = sorted(set(module.controller_config.seats) - set(names[2:]))
+    if unknown:
+        raise ConfigError(f"--model.controllers.seats names {unknown}, which are no extra role; the extra roles are "
+                          f"{names[2:]}")
+    if module.algorithm == "tracer":
+        try:
+            turn_order(module.roles, d.schedule, d.rounds)
+        except ValueError as error:
+            raise ConfigError(f"--model.dialogue.schedule: {error}") from None
     limits.check_bounds({"dialogue": asdict(d), "gspo": asdict(g), "backbone": asdict(b),
                          "evaluation": asdict(module.evaluation)})
 

@@ -34,8 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tracer_pl.controller_log import bound_batch, bound_label, state_series
+from tracer_pl.controller_log import bound_batch, bound_label, speaking_actions, state_series
 from tracer_pl.errors import DataError
+from tracer_pl.keys import average_speaking_rate, speaking_rate
 from tracer_pl.report_plots import plot_accuracy_vs_tokens, plot_regret, plot_speak_rates
 from tracer_pl.statistics import mcnemar_p, paired_difference_interval, regret_bound, regret_slope, wilson_interval
 
@@ -179,21 +180,23 @@ class StateSummary:
     avg_p: float | None
     avg_p_change: float | None
     p: float | None
+    action: str = ""  # the seat's speaking action, whose probabilities these are (refresh, speak, ...)
 
 
 def controller_summary(log: Sequence[dict[str, float]]) -> list[StateSummary]:
     """The last logged value of every controller state, with the bound at its visits and its regret slope."""
     regret = state_series(log, "avg_regret")
-    probabilities = {quantity: state_series(log, quantity)
-                     for quantity in ("avg_p_refresh", "avg_p_speak", "p_refresh", "p_speak")}
+    actions = speaking_actions(log)  # the seats of the run, with their speaking actions
+    probabilities = {quantity: state_series(log, quantity) for action in set(actions.values())
+                     for quantity in (average_speaking_rate(action), speaking_rate(action))}
 
     def last(quantity: str, key: tuple[str, str]) -> float | None:
-        series = probabilities[quantity].get(key)
+        series = probabilities.get(quantity, {}).get(key)
         return series[-1][2] if series else None
 
     def last_quarter_change(quantity: str, key: tuple[str, str]) -> float | None:
         """The value at the end minus the value at 3/4 of the training steps (how far it still moves)."""
-        series = probabilities[quantity].get(key)
+        series = probabilities.get(quantity, {}).get(key)
         if not series:
             return None
         before = [value for step, _, value in series if step <= 0.75 * series[-1][0]]
@@ -203,13 +206,14 @@ def controller_summary(log: Sequence[dict[str, float]]) -> list[StateSummary]:
     summary = []
     for key, points in sorted(regret.items()):
         visits = int(points[-1][1]) if not math.isnan(points[-1][1]) else 0
-        action = "refresh" if key[0] == "proposer" else "speak"
+        action = actions.get(key[0], "")
         summary.append(StateSummary(
             controller=key[0], state=key[1], visits=visits, avg_regret=points[-1][2],
             bound=regret_bound(visits, batch) if visits else float("inf"),
             slope=regret_slope([(m, r) for _, m, r in points]),
-            avg_p=last(f"avg_p_{action}", key), avg_p_change=last_quarter_change(f"avg_p_{action}", key),
-            p=last(f"p_{action}", key)))
+            avg_p=last(average_speaking_rate(action), key),
+            avg_p_change=last_quarter_change(average_speaking_rate(action), key),
+            p=last(speaking_rate(action), key), action=action))
     return summary
 
 
@@ -326,9 +330,10 @@ def paired_markdown(rows: Sequence[Paired]) -> str:
 def controller_markdown(summary: Sequence[StateSummary], batch: float = 1) -> str:
     """The controller states as a Markdown table."""
     header = ("controller", "state", "visits M", "avg regret", bound_label(batch), "log-log slope",
-              "avg P(speak/refresh)", "its change over the last quarter", "current P")
+              "avg P(speaking action)", "its change over the last quarter", "current P")
     cells = [
-        (s.controller, s.state, str(s.visits), f"{s.avg_regret:.4f}", f"{s.bound:.3f}", _number(s.slope, ".2f"),
+        (f"{s.controller} ({s.action})" if s.action else s.controller, s.state, str(s.visits),
+         f"{s.avg_regret:.4f}", f"{s.bound:.3f}", _number(s.slope, ".2f"),
          _number(s.avg_p), _number(s.avg_p_change, "+.3f"), _number(s.p))
         for s in summary
     ]

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tracer_pl.controller_log import bound_batch, bound_label, state_series
+from tracer_pl.controller_log import bound_batch, bound_label, speaking_actions, state_series
+from tracer_pl.keys import average_speaking_rate
 from tracer_pl.statistics import regret_bound
 
 if TYPE_CHECKING:
@@ -77,9 +78,10 @@ def plot_speak_rates(log: Sequence[dict[str, float]], title: str, path: Path) ->
     """Average-strategy speaking probability per state over training steps. False when nothing to plot."""
     import matplotlib.pyplot as plt
 
+    actions = speaking_actions(log)  # the seats of the run, with their speaking actions
     series: dict[tuple[str, str], list[tuple[float, ...]]] = {}
-    for quantity in ("avg_p_refresh", "avg_p_speak"):
-        series.update(state_series(log, quantity))
+    for action in set(actions.values()):
+        series.update(state_series(log, average_speaking_rate(action)))
     controllers = sorted({c for c, _ in series})
     if not controllers:
         return False
@@ -88,7 +90,7 @@ def plot_speak_rates(log: Sequence[dict[str, float]], title: str, path: Path) ->
         for (c, state), points in sorted(series.items()):
             if c == controller:
                 ax.plot([p[0] for p in points], [p[2] for p in points], marker=".", label=state)
-        action = "refresh" if controller == "proposer" else "speak"
+        action = actions[controller]
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"average-strategy P({action})")

@@ -98,7 +98,11 @@ class Role(ABC):
     """
 
     name: str = "role"
+    """The seat's name: it selects the role's adapter, controller and metric keys (unique in a dialogue)."""
     default_system_prompt: str = ""
+    proposes: bool = False
+    """Whether the role's utterance becomes the pending answer (a proposing seat: keep/refresh) or judges it
+    (a reviewing seat: skip/speak, its verdict moves the vote)."""
 
     def __init__(
         self,
@@ -186,6 +190,7 @@ class Proposer(Role):
 
     name = "proposer"
     default_system_prompt = "You are a careful problem solver. Reason step by step, briefly."
+    proposes = True
 
     def render(self, view: DialogueView) -> str:
         instruction = get_answer_format(view.problem.dataset).answer_instruction
