@@ -29,3 +29,6 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
         assert "question:" in text and "round 1 proposer" in text
     else:
         assert (tmp_path / "my_roles.py").exists() and (tmp_path / "runs/notebook_custom_role").is_dir()
+        adapters = tmp_path / "runs/notebook_third_role/logs/version_0/adapters"
+        assert sorted(p.name for p in adapters.iterdir() if p.is_dir()) == ["proposer", "reviewer", "verifier"]
+        assert list((tmp_path / "runs/notebook_third_role/logs/version_1").glob("test_records_*.jsonl"))

@@ -67,3 +67,17 @@ class Agent(Protocol):
             greedy: Decode greedily instead of sampling.
         """
         ...
+
+
+def sample_counts(num_samples: int | Sequence[int], num_prompts: int) -> list[int]:
+    """``num_samples`` of :meth:`Agent.generate` as one count per prompt, checked.
+
+    Raises:
+        ValueError: A list of the wrong length, or a negative count.
+    """
+    counts = [num_samples] * num_prompts if isinstance(num_samples, int) else list(num_samples)
+    if len(counts) != num_prompts:
+        raise ValueError(f"num_samples has {len(counts)} entries for {num_prompts} prompts")
+    if any(n < 0 for n in counts):
+        raise ValueError(f"num_samples must be >= 0, got {counts}")
+    return counts

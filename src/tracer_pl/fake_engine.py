@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tracer_pl.agent import Completion, Messages
+from tracer_pl.agent import Completion, Messages, sample_counts
 from tracer_pl.engine import BackboneConfig, Engine, Policy
 from tracer_pl.errors import ConfigError, DataError
 
@@ -54,7 +54,7 @@ class FakePolicy(torch.nn.Module):
 
     def generate(self, role: str, prompts: Sequence[Messages], num_samples: int | Sequence[int] = 1, *,
                  greedy: bool = False) -> list[list[Completion]]:
-        counts = [num_samples] * len(prompts) if isinstance(num_samples, int) else list(num_samples)
+        counts = sample_counts(num_samples, len(prompts))
         probabilities = torch.softmax(self._row(role).detach() / max(self.temperature, 1e-6), dim=-1)
         return [[self._complete(prompt, probabilities, greedy) for _ in range(n)] for prompt, n in zip(prompts, counts)]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tracer_pl.agent import Completion, Messages
+from tracer_pl.agent import Completion, Messages, sample_counts
 
 
 class GenerationMixin:
@@ -54,7 +54,7 @@ class GenerationMixin:
         Raises:
             ValueError: ``num_samples`` has the wrong length or a negative count.
         """
-        counts = _sample_counts(num_samples, len(prompts))
+        counts = sample_counts(num_samples, len(prompts))
         live = [i for i, n in enumerate(counts) if n]
         if not live:
             return [[] for _ in prompts]
@@ -141,15 +141,6 @@ class GenerationMixin:
                 )
             )
         return completions
-
-
-def _sample_counts(num_samples: int | Sequence[int], num_prompts: int) -> list[int]:
-    counts = [num_samples] * num_prompts if isinstance(num_samples, int) else list(num_samples)
-    if len(counts) != num_prompts:
-        raise ValueError(f"num_samples has {len(counts)} entries for {num_prompts} prompts")
-    if any(n < 0 for n in counts):
-        raise ValueError(f"num_samples must be >= 0, got {counts}")
-    return counts
 
 
 

@@ -29,11 +29,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from tracer_pl.agent import Completion, Messages
+from tracer_pl.agent import Completion, Messages, sample_counts
 from tracer_pl.backbone import Backbone
 from tracer_pl.engine import HFEngine, Policy
 from tracer_pl.errors import ConfigError
-from tracer_pl.generation import _sample_counts
 
 if TYPE_CHECKING:
     from tracer_pl.engine import BackboneConfig
@@ -263,7 +262,7 @@ class VLLMBackbone(Backbone):
         (``sampling_logprobs``, of the unmodified distribution, temperature 1, like the training side's).
         """
         return self.generate_mixed([(role, prompt, n) for prompt, n in
-                                    zip(prompts, _sample_counts(num_samples, len(prompts)))], greedy=greedy)
+                                    zip(prompts, sample_counts(num_samples, len(prompts)))], greedy=greedy)
 
     def generate_mixed(self, requests: Sequence[tuple[str, Messages, int]], *, greedy: bool = False
                        ) -> list[list[Completion]]:
