@@ -3,12 +3,14 @@
 # trained on the same problems with as many generated tokens, the inference baselines at TRACER's cost, and
 # four ablations. Every trained checkpoint (and the base model) is also tested on two task families training
 # never saw (out of domain), and TRACER and single-agent GSPO are trained with a second seed. Two queues run side
-# by side, one CPU thread each (about two hours on a 2-core CPU).
+# by side, one CPU thread each (see docs/results/learning.md for the minutes).
 #
 #   bash docs/results/run_learning.sh [OUT] [REPORT]   # defaults: runs/learning, docs/results/learning
+#   QUEUES=b bash docs/results/run_learning.sh ...     # one queue only (a or b), e.g. to give it another machine
 #
 # The report (tables, paired tests, plots) goes to REPORT; docs/results/learning.md discusses it.
-# A run whose directory holds a `.done` file is skipped, so the script continues where it stopped.
+# A run whose directory holds a `.done` file is skipped, and a run whose fit finished is only tested, so the script
+# continues where it stopped.
 set -euo pipefail
 OUT=${1:-runs/learning}
 REPORT=${2:-docs/results/learning}
@@ -49,11 +51,15 @@ evaluate_all() {  # the same, in domain and out of domain
   evaluate "$@" "${ALL_TESTS[@]}"
 }
 
+fitted() { grep -qs '"finished"' "$OUT/$1"/logs/version_*/fit_status.json; }
+
 train() {  # name, extra args...
   local name=$1; shift
   done_ "$name" && return 0
-  stamp "fit $name"
-  tracer-pl fit "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+  if ! fitted "$name"; then
+    stamp "fit $name"
+    tracer-pl fit "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+  fi
   stamp "test $name"
   tracer-pl test "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" "${ALL_TESTS[@]}" \
     --ckpt_path "$OUT/$name/checkpoints/last.ckpt" >> "$OUT/$name.log" 2>&1
@@ -65,6 +71,21 @@ queue_a() {
   train tracer
   train ablation_no_counterfactual -c configs/ablations/no_counterfactual.yaml
   train ablation_no_vote_state -c configs/ablations/no_vote_state.yaml
+  # single-agent GSPO for one epoch: as many optimizer steps and problems as TRACER, far fewer generated tokens
+  train single_agent_gspo_1epoch -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs 1
+  # the inference baselines at TRACER's cost (in domain only)
+  wait_for tracer
+  local k
+  k=$(python - "$(metrics tracer)" "$(metrics before_cot)" <<'PY'
+import json, sys
+from tracer_pl.baselines import budget_matched_samples
+tracer, cot = (json.load(open(p)) for p in sys.argv[1:])
+pick = lambda m: m["test/basic_arithmetic/tokens_per_problem"]
+print(budget_matched_samples(pick(tracer), pick(cot)))
+PY
+)
+  evaluate "majority_vote_k$k" -c configs/baselines/majority_vote.yaml --model.evaluation.samples "$k"
+  evaluate debate -c configs/baselines/debate.yaml
 }
 
 queue_b() {
@@ -88,29 +109,20 @@ PY
 )
   stamp "single-agent GSPO epochs for TRACER's generated tokens: $epochs"
   train single_agent_gspo -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$epochs"
-  # and for one epoch: as many optimizer steps and problems as TRACER, far fewer generated tokens
-  train single_agent_gspo_1epoch -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs 1
-  local k
-  k=$(python - "$(metrics tracer)" "$(metrics before_cot)" <<'PY'
-import json, sys
-from tracer_pl.baselines import budget_matched_samples
-tracer, cot = (json.load(open(p)) for p in sys.argv[1:])
-pick = lambda m: m["test/basic_arithmetic/tokens_per_problem"]
-print(budget_matched_samples(pick(tracer), pick(cot)))
-PY
-)
-  evaluate "majority_vote_k$k" -c configs/baselines/majority_vote.yaml --model.evaluation.samples "$k"
-  evaluate debate -c configs/baselines/debate.yaml
   # the second seed, with the first seed's settings (single-agent GSPO keeps its epochs)
   train tracer_seed$SEED2 --seed_everything "$SEED2" --data.seed "$SEED2"
   train single_agent_gspo_seed$SEED2 -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$epochs" \
     --seed_everything "$SEED2" --data.seed "$SEED2"
 }
 
-stamp "start $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-queue_a & a=$!
-queue_b & b=$!
-wait "$a" && wait "$b"
+QUEUES=${QUEUES:-a b}
+stamp "start $(git rev-parse --short HEAD 2>/dev/null || echo unknown), queues: $QUEUES"
+pids=()
+for queue in $QUEUES; do
+  "queue_$queue" & pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+[[ "$QUEUES" == "a b" ]] || exit 0  # the report needs both queues' runs
 stamp "all done"
 tracer-pl report "$OUT"/{before_tracer,tracer,before_cot,single_agent_gspo,single_agent_gspo_1epoch} "$OUT"/majority_vote_k*/ "$OUT"/debate \
   "$OUT"/ablation_*/ "$OUT"/*_seed$SEED2/ --paired tracer --paired before_cot --out "$REPORT" \
