@@ -19,6 +19,9 @@ TRAIN_PROBLEMS=80   # one epoch: 40 batches of 2
 TEST_PROBLEMS=200
 TRAIN="reasoning_gym:basic_arithmetic?size=$TRAIN_PROBLEMS&$OPTIONS"
 OOD_PROBLEMS=100
+# Single-agent GSPO's epochs for TRACER's generated tokens, fixed so that it need not wait for TRACER: 7 matched
+# them in this study's first run (TRACER's training tokens over G = 4 samples of CoT's length per problem).
+SA_EPOCHS=7
 SEED2=7  # the second seed: model, sampling, controllers and the training problems (the test sets stay fixed)
 # test sets pin seed=42 so that the second seed's runs are tested on the same problems
 TEST="reasoning_gym:basic_arithmetic?size=$TEST_PROBLEMS&seed=42&$OPTIONS"
@@ -69,12 +72,11 @@ train() {  # name, extra args...
 queue_a() {
   evaluate_all before_tracer
   train tracer
+  train ablation_no_proposer_controller -c configs/ablations/no_proposer_controller.yaml
   train ablation_no_counterfactual -c configs/ablations/no_counterfactual.yaml
   train ablation_no_vote_state -c configs/ablations/no_vote_state.yaml
-  # single-agent GSPO for one epoch: as many optimizer steps and problems as TRACER, far fewer generated tokens
-  train single_agent_gspo_1epoch -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs 1
   # the inference baselines at TRACER's cost (in domain only)
-  wait_for tracer
+  wait_for before_cot
   local k
   k=$(python - "$(metrics tracer)" "$(metrics before_cot)" <<'PY'
 import json, sys
@@ -91,28 +93,14 @@ PY
 queue_b() {
   evaluate_all before_cot -c configs/baselines/cot.yaml
   train ablation_no_reviewer -c configs/ablations/no_reviewer.yaml
-  train ablation_no_proposer_controller -c configs/ablations/no_proposer_controller.yaml
-  wait_for tracer
-  # single-agent GSPO: the same 80 problems, for as many epochs as it takes to generate TRACER's training tokens
-  local epochs
-  epochs=$(python - "$OUT" "$TRAIN_PROBLEMS" <<'PY'
-import csv, glob, json, sys
-out, problems = sys.argv[1], int(sys.argv[2])
-rows = [r for f in glob.glob(f"{out}/tracer/logs/version_*/metrics.csv") for r in csv.DictReader(open(f))
-        if r.get("train/completion_tokens_per_problem")]
-tracer_tokens = sum(float(r["train/completion_tokens_per_problem"]) * 2 for r in rows)  # batch_size 2
-records = sorted(glob.glob(f"{out}/before_cot/logs/version_*/test_records_basic_arithmetic.jsonl"))[-1]
-lengths = [json.loads(line)["completion_tokens"] for line in open(records)]
-per_epoch = problems * 4 * sum(lengths) / len(lengths)  # G = 4 samples of CoT length per problem
-print(max(1, round(tracer_tokens / per_epoch)))
-PY
-)
-  stamp "single-agent GSPO epochs for TRACER's generated tokens: $epochs"
-  train single_agent_gspo -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$epochs"
-  # the second seed, with the first seed's settings (single-agent GSPO keeps its epochs)
-  train tracer_seed$SEED2 --seed_everything "$SEED2" --data.seed "$SEED2"
-  train single_agent_gspo_seed$SEED2 -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$epochs" \
+  # single-agent GSPO on the same 80 problems: for one epoch (as many optimizer steps and problems as TRACER, far
+  # fewer generated tokens), and for SA_EPOCHS epochs (about TRACER's generated tokens; the report gives the ratio)
+  train single_agent_gspo_1epoch -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs 1
+  train single_agent_gspo -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$SA_EPOCHS"
+  # the second seed, with the first seed's settings
+  train single_agent_gspo_seed$SEED2 -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$SA_EPOCHS" \
     --seed_everything "$SEED2" --data.seed "$SEED2"
+  train tracer_seed$SEED2 --seed_everything "$SEED2" --data.seed "$SEED2"
 }
 
 QUEUES=${QUEUES:-a b}
