@@ -13,6 +13,7 @@ from tracer_pl.gspo import GSPOConfig, group_advantages, gspo_loss
 from tracer_pl.problem import Problem
 from tracer_pl.regret import RegretMatcher
 from tracer_pl.roles import DialogueView, Proposer, Reviewer, Role
+from tracer_pl.seats import Seat
 
 __version__ = "0.1.0.dev0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "Reviewer",
     "ReviewerController",
     "Role",
+    "Seat",
     "StateFeatures",
     "TracerError",
     "extract_answer",
