@@ -71,13 +71,13 @@ def _acc_cell(a: dict[str, float] | None) -> str:
 
 
 def _p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _diff_cell(d: dict[str, float] | None) -> str:
     if d is None:
         return "—"
-    return f"{d['difference']:+.3f} ({d['ci_low']:+.3f} to {d['ci_high']:+.3f}), p = {_p(d['p_value'])}"
+    return f"{d['difference']:+.3f} ({d['ci_low']:+.3f} to {d['ci_high']:+.3f}), {_p(d['p_value'])}"
 
 
 def analyse(runs: Path) -> dict:
