@@ -7,15 +7,23 @@ REPORT: ``out_of_domain.md`` (accuracies with 95% Wilson intervals; paired diffe
 the base model's CoT with 95% Bonett-Price intervals and exact McNemar p-values, per family and pooled; how much
 the main differences move with the second seed), ``out_of_domain.json`` (the same numbers) and
 ``in_vs_out_of_domain.png`` (in-domain against pooled out-of-domain accuracy per method).
+
+Graded accuracy reads an answer the way the library does: a stated answer ("Final answer: 6", a box), else the
+last number of the text. Out of domain the last-number fallback can be right by accident -- "The problem is to find
+the GCD of 2, 1." ends in the gold 1 -- so the page also gives the accuracy over answered problems only: a right
+answer must follow a final-answer marker, sit in a box, or be the result of an equation that ends the text
+("... = 7").
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
-from tracer_pl.report import correctness
+from tracer_pl.answer_text import clean_text, final_answer_line, last_boxed
+from tracer_pl.report import correctness, newest
 from tracer_pl.statistics import mcnemar_p, paired_difference_interval, wilson_interval
 
 IN_DOMAIN = "basic_arithmetic"
@@ -38,11 +46,43 @@ BASE, TRACER = "before_cot", "tracer"
 SEEDS = {42: ("tracer", "single_agent_gspo"), 7: ("tracer_seed7", "single_agent_gspo_seed7")}
 
 
-def outcomes(runs: Path) -> dict[str, dict[str, dict[str, bool]]]:
-    """run -> test set -> uid -> correct, with the out-of-domain families pooled under :data:`POOLED`."""
+def final_text(record: dict) -> str:
+    """The text whose answer ended pending: the last proposal that replaced it, else the first turn's text."""
+    proposals = [t for t in record["turns"] if t.get("replaced_pending") and t.get("text")]
+    if proposals:
+        return proposals[-1]["text"]
+    return next((t["text"] for t in record["turns"] if t.get("text")), "")
+
+
+_EQUATION_RESULT = re.compile(r"=\s*-?\d+(?:\.\d+)?\s*\.?\s*$")
+
+
+def is_answered(text: str) -> bool:
+    """Whether the text gives an answer: after a final-answer marker, in a box, or as the result of a final equation.
+
+    What is left is the last-number fallback on text that restates the problem or stops mid-way.
+    """
+    return (final_answer_line(text) is not None or last_boxed(clean_text(text)) is not None
+            or _EQUATION_RESULT.search(text.strip()) is not None)
+
+
+def answered_correctness(run: Path) -> dict[str, dict[str, bool]]:
+    """Like :func:`tracer_pl.report.correctness`, but right only when the answer was given (:func:`is_answered`)."""
+    path = newest(run, "test_metrics.json")
+    found: dict[str, dict[str, bool]] = {}
+    for records in sorted(path.parent.glob("test_records_*.jsonl")) if path else []:
+        rows = [json.loads(line) for line in records.open() if line.strip()]
+        name = records.name.removeprefix("test_records_").removesuffix(".jsonl")
+        found[name] = {r["uid"]: bool(r["correct"]) and is_answered(final_text(r)) for r in rows}
+    return found
+
+
+def outcomes(runs: Path, strict: bool = False) -> dict[str, dict[str, dict[str, bool]]]:
+    """For each run, test set and problem: right or not; the out-of-domain families also pooled (:data:`POOLED`)."""
     found = {}
     for run in METHODS:
-        sets = {k: v for k, v in correctness(runs / run).items() if "@" not in k}
+        graded = answered_correctness(runs / run) if strict else correctness(runs / run)
+        sets = {k: v for k, v in graded.items() if "@" not in k}
         if not sets:
             continue
         if all(f in sets for f in FAMILIES):
@@ -52,12 +92,14 @@ def outcomes(runs: Path) -> dict[str, dict[str, dict[str, bool]]]:
 
 
 def accuracy(results: dict[str, bool]) -> dict[str, float]:
+    """Accuracy with its 95% Wilson interval."""
     n, right = len(results), sum(results.values())
     low, high = wilson_interval(right, n)
     return {"problems": n, "accuracy": right / n, "ci_low": low, "ci_high": high}
 
 
 def paired(method: dict[str, bool], reference: dict[str, bool]) -> dict[str, float]:
+    """The paired difference on the shared problems, its 95% Bonett-Price interval and the McNemar p-value."""
     shared = sorted(method.keys() & reference.keys())
     b = sum(method[u] and not reference[u] for u in shared)
     c = sum(reference[u] and not method[u] for u in shared)
@@ -81,9 +123,15 @@ def _diff_cell(d: dict[str, float] | None) -> str:
 
 
 def analyse(runs: Path) -> dict:
+    """Every number of the page, as plain data."""
     found = outcomes(runs)
     sets = [IN_DOMAIN, *FAMILIES, POOLED]
     table = {run: {s: accuracy(found[run][s]) for s in sets if s in found[run]} for run in found}
+    strict = outcomes(runs, strict=True)
+    answered = {run: {s: accuracy(strict[run][s]) for s in sets if s in strict[run]} for run in strict}
+    answered_against_base = {
+        run: {s: paired(strict[run][s], strict[BASE][s]) for s in sets if s in strict[run] and s in strict[BASE]}
+        for run in strict if run != BASE and BASE in strict}
     against = {}
     for reference in (TRACER, BASE):
         if reference not in found:
@@ -101,10 +149,12 @@ def analyse(runs: Path) -> dict:
             for name, a, b in (("TRACER − base CoT", tracer, BASE), ("single-agent GSPO − base CoT", single, BASE),
                                ("single-agent GSPO − TRACER", single, tracer))
             for s in (IN_DOMAIN, POOLED) if s in found[a] and s in found[b]}
-    return {"accuracy": table, "paired": against, "seeds": seeds}
+    return {"accuracy": table, "paired": against, "seeds": seeds, "answered_accuracy": answered,
+            "answered_paired_base": answered_against_base}
 
 
 def markdown(result: dict) -> str:
+    """The page's tables."""
     lines = ["# In domain and out of domain", "",
              f"In domain: `{IN_DOMAIN}` (the training family). Out of domain: `{'`, `'.join(FAMILIES)}`, pooled as "
              f"\"{POOLED}\". Accuracies carry 95% Wilson intervals; differences 95% Bonett–Price intervals and exact "
@@ -121,6 +171,16 @@ def markdown(result: dict) -> str:
         for run, sets in rows.items():
             cells = [_diff_cell(sets.get(s)) for s in (IN_DOMAIN, *FAMILIES, POOLED)]
             lines.append(f"| {METHODS[run]} | " + " | ".join(cells) + " |")
+    lines += ["", "## Answered problems only", "",
+              "Right only when the right answer follows a final-answer marker, sits in a box or ends the text as an "
+              "equation's result (no accidental last number); differences against the base model's CoT graded the "
+              "same way.", "",
+              "| method | in domain | " + " | ".join(FAMILIES) + f" | {POOLED} | {POOLED}: against {METHODS[BASE]} |",
+              "|---|---|" + "---|" * (len(FAMILIES) + 2)]
+    for run, sets in result["answered_accuracy"].items():
+        cells = [_acc_cell(sets.get(s)) for s in (IN_DOMAIN, *FAMILIES, POOLED)]
+        cells.append(_diff_cell(result["answered_paired_base"].get(run, {}).get(POOLED)))
+        lines.append(f"| {METHODS[run]} | " + " | ".join(cells) + " |")
     if result["seeds"]:
         names = list(next(iter(result["seeds"].values())))
         seeds = list(result["seeds"])
@@ -136,6 +196,7 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
+    """In-domain against pooled out-of-domain accuracy, one point per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,6 +226,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
+    """``RUNS REPORT``: write the page, its JSON and its plot."""
     if len(argv) != 2:
         raise SystemExit(__doc__)
     runs, out = Path(argv[0]), Path(argv[1])
