@@ -72,9 +72,6 @@ train() {  # name, extra args...
 queue_a() {
   evaluate_all before_tracer
   train tracer
-  train ablation_no_proposer_controller -c configs/ablations/no_proposer_controller.yaml
-  train ablation_no_counterfactual -c configs/ablations/no_counterfactual.yaml
-  train ablation_no_vote_state -c configs/ablations/no_vote_state.yaml
   # the inference baselines at TRACER's cost (in domain only)
   wait_for before_cot
   local k
@@ -88,6 +85,9 @@ PY
 )
   evaluate "majority_vote_k$k" -c configs/baselines/majority_vote.yaml --model.evaluation.samples "$k"
   evaluate debate -c configs/baselines/debate.yaml
+  train ablation_no_proposer_controller -c configs/ablations/no_proposer_controller.yaml
+  train ablation_no_counterfactual -c configs/ablations/no_counterfactual.yaml
+  train ablation_no_vote_state -c configs/ablations/no_vote_state.yaml
 }
 
 queue_b() {
