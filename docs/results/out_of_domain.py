@@ -142,12 +142,11 @@ def analyse(runs: Path) -> dict:
             for run in found if run != reference}
     seeds = {}
     for seed, (tracer, single) in SEEDS.items():
-        if not {tracer, single, BASE} <= found.keys():
-            continue
-        seeds[seed] = {
+        pairs = (("TRACER − base CoT", tracer, BASE), ("single-agent GSPO − base CoT", single, BASE),
+                 ("single-agent GSPO − TRACER", single, tracer))
+        seeds[seed] = {  # the differences whose runs exist (a seed's run may still be missing)
             f"{name} ({s})": paired(found[a][s], found[b][s])
-            for name, a, b in (("TRACER − base CoT", tracer, BASE), ("single-agent GSPO − base CoT", single, BASE),
-                               ("single-agent GSPO − TRACER", single, tracer))
+            for name, a, b in pairs if a in found and b in found
             for s in (IN_DOMAIN, POOLED) if s in found[a] and s in found[b]}
     return {"accuracy": table, "paired": against, "seeds": seeds, "answered_accuracy": answered,
             "answered_paired_base": answered_against_base}
@@ -181,9 +180,9 @@ def markdown(result: dict) -> str:
         cells = [_acc_cell(sets.get(s)) for s in (IN_DOMAIN, *FAMILIES, POOLED)]
         cells.append(_diff_cell(result["answered_paired_base"].get(run, {}).get(POOLED)))
         lines.append(f"| {METHODS[run]} | " + " | ".join(cells) + " |")
-    if result["seeds"]:
-        names = list(next(iter(result["seeds"].values())))
+    if any(result["seeds"].values()):
         seeds = list(result["seeds"])
+        names = list(dict.fromkeys(name for values in result["seeds"].values() for name in values))
         lines += ["", "## The main differences under two seeds", "",
                   "| difference | " + " | ".join(f"seed {s}" for s in seeds) + " | moved by |",
                   "|---|" + "---|" * (len(seeds) + 1)]
