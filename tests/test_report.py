@@ -10,6 +10,7 @@ import pytest
 from tracer_pl.cli import main
 from tracer_pl.errors import DataError
 from tracer_pl.report import (
+    correctness,
     mcnemar_p,
     paired_difference_interval,
     regret_bound,
@@ -249,3 +250,13 @@ def test_malformed_metrics_rows_and_unusable_out_paths(tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(DataError, match="--out .*a_file/out: cannot write the report there"):
         write_report([run], tmp_path / "a_file" / "out")
+
+
+def test_correctness_reads_the_correct_field_or_a_stricter_grade(tmp_path):
+    run = make_run(tmp_path, "tracer", {})
+    records = [{"uid": "a", "correct": True, "note": "stated"}, {"uid": "b", "correct": True, "note": "lucky"},
+               {"uid": "c", "correct": False, "note": "stated"}]
+    (run / "logs/version_0/test_records_arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert correctness(run) == {"arith": {"a": True, "b": True, "c": False}}
+    strict = correctness(run, grade=lambda row: row["correct"] and row["note"] == "stated")
+    assert strict == {"arith": {"a": True, "b": False, "c": False}}

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from tracer_pl.answer_text import clean_text, final_answer_line, last_boxed
-from tracer_pl.report import correctness, newest
+from tracer_pl.report import correctness
 from tracer_pl.statistics import mcnemar_p, paired_difference_interval, wilson_interval
 
 IN_DOMAIN = "basic_arithmetic"
@@ -66,22 +66,16 @@ def is_answered(text: str) -> bool:
             or _EQUATION_RESULT.search(text.strip()) is not None)
 
 
-def answered_correctness(run: Path) -> dict[str, dict[str, bool]]:
-    """Like :func:`tracer_pl.report.correctness`, but right only when the answer was given (:func:`is_answered`)."""
-    path = newest(run, "test_metrics.json")
-    found: dict[str, dict[str, bool]] = {}
-    for records in sorted(path.parent.glob("test_records_*.jsonl")) if path else []:
-        rows = [json.loads(line) for line in records.open() if line.strip()]
-        name = records.name.removeprefix("test_records_").removesuffix(".jsonl")
-        found[name] = {r["uid"]: bool(r["correct"]) and is_answered(final_text(r)) for r in rows}
-    return found
+def answered(record: dict) -> bool:
+    """Right, and the answer was given (:func:`is_answered`), not an accidental last number."""
+    return bool(record["correct"]) and is_answered(final_text(record))
 
 
 def outcomes(runs: Path, strict: bool = False) -> dict[str, dict[str, dict[str, bool]]]:
     """For each run, test set and problem: right or not; the out-of-domain families also pooled (:data:`POOLED`)."""
     found = {}
     for run in METHODS:
-        graded = answered_correctness(runs / run) if strict else correctness(runs / run)
+        graded = correctness(runs / run, grade=answered if strict else None)
         sets = {k: v for k, v in graded.items() if "@" not in k}
         if not sets:
             continue

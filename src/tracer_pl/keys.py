@@ -23,9 +23,6 @@ REGRET_UNBOUNDED = "controller/regret_unbounded"
 SKIPPED_NONFINITE = "controller/skipped_nonfinite"
 """Decisions whose values were not finite and so did not update a controller."""
 
-STATE_QUANTITIES = ("visits", "avg_regret")
-"""Per-state quantities that do not name an action (see :func:`state_key`)."""
-
 
 def seat_key(section: str, seat: str, quantity: str) -> str:
     """``<section>/<seat>/<quantity>``, e.g. ``gspo/proposer/loss`` or ``controller/reviewer/p_speak``."""

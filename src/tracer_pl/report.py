@@ -235,8 +235,11 @@ class Paired:
     p_value: float
 
 
-def correctness(run: Path) -> dict[str, dict[str, bool]]:
-    """Per dataset key (``<dataset>`` or ``<dataset>@<protocol>``) of the newest test: ``uid -> correct``."""
+def correctness(run: Path, grade: Callable[[dict], bool] | None = None) -> dict[str, dict[str, bool]]:
+    """Per dataset key (``<dataset>`` or ``<dataset>@<protocol>``) of the newest test: ``uid -> correct``.
+
+    ``grade`` judges a record instead of its ``correct`` field (a stricter reading of the same records).
+    """
     path = newest(run, "test_metrics.json")
     if path is None:
         return {}
@@ -248,7 +251,7 @@ def correctness(run: Path) -> dict[str, dict[str, bool]]:
                 continue
             try:
                 row = json.loads(line)
-                uid, correct = row["uid"], bool(row["correct"])
+                uid, correct = row["uid"], bool(row["correct"]) if grade is None else grade(row)
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise DataError(f"{records}, line {number}: expected a JSON record with 'uid' and 'correct' "
                                 f"({error!r})") from None
