@@ -260,8 +260,7 @@ class Dialogue:
         problems: The batch.
         agent: Generates completions per role.
         seats: The seats, TRACER's proposer and reviewer first; :func:`~tracer_pl.seats.turn_order` gives each
-            round its seat
-            (by default odd rounds to the first and even rounds to the second, TRACER §1).
+            round its seat (by default odd rounds to the first and even rounds to the second, TRACER §1).
         config: Protocol settings.
         training: Sample current strategies, value both actions and update controllers.
         eval_generator: RNG for sampling average strategies in evaluation.
