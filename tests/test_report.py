@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import sys
 
 import pytest
@@ -18,6 +19,7 @@ from tracer_pl.report import (
     wilson_interval,
     write_report,
 )
+from tracer_pl.run_files import training_log, training_log_path
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -260,3 +262,29 @@ def test_correctness_reads_the_correct_field_or_a_stricter_grade(tmp_path):
     assert correctness(run) == {"arith": {"a": True, "b": True, "c": False}}
     strict = correctness(run, grade=lambda row: row["correct"] and row["note"] == "stated")
     assert strict == {"arith": {"a": True, "b": False, "c": False}}
+
+
+def write_log(version, steps, tag, when):
+    """A ``metrics.csv`` in ``version`` with one training row per step (``train/tokens`` = tag·100 + step)."""
+    version.mkdir(parents=True, exist_ok=True)
+    path = version / "metrics.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", "train/tokens"])
+        writer.writeheader()
+        writer.writerows({"step": s, "train/tokens": tag * 100 + s} for s in steps)
+    os.utime(path, (when, when))
+
+
+def test_a_resumed_fit_joins_its_logs_and_a_fresh_fit_replaces_them(tmp_path):
+    run = tmp_path / "run"
+    logs = run / "logs"
+    write_log(logs / "version_0", range(7), 0, when=1_000)  # checkpoint after step 4, killed during step 7
+    write_log(logs / "version_1", range(5, 10), 1, when=2_000)  # resumed: steps 5 and 6 again, then 7-9
+    (logs / "version_2").mkdir()  # a test after it: no training rows
+    (logs / "version_2" / "metrics.csv").write_text("epoch\n0\n")
+    joined = [(row["step"], row["train/tokens"]) for row in training_log(run)]
+    assert joined == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 105), (6, 106), (7, 107), (8, 108), (9, 109)]
+    assert training_log_path(run) == logs / "version_1" / "metrics.csv"
+
+    write_log(logs / "version_3", range(3), 3, when=3_000)  # trained again from the start in the same directory
+    assert [row["train/tokens"] for row in training_log(run)] == [300, 301, 302]

@@ -87,7 +87,6 @@ PY
   evaluate debate -c configs/baselines/debate.yaml
   train ablation_no_proposer_controller -c configs/ablations/no_proposer_controller.yaml
   train ablation_no_counterfactual -c configs/ablations/no_counterfactual.yaml
-  train ablation_no_vote_state -c configs/ablations/no_vote_state.yaml
 }
 
 queue_b() {
@@ -101,6 +100,8 @@ queue_b() {
   train single_agent_gspo_seed$SEED2 -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$SA_EPOCHS" \
     --seed_everything "$SEED2" --data.seed "$SEED2"
   train tracer_seed$SEED2 --seed_everything "$SEED2" --data.seed "$SEED2"
+  # last ablation here: about 250 minutes of work per queue either way (docs/results/learning.md)
+  train ablation_no_vote_state -c configs/ablations/no_vote_state.yaml
 }
 
 QUEUES=${QUEUES:-a b}

@@ -5,8 +5,8 @@ reads, from each one,
 
 * the newest ``test_metrics.json`` (written by ``tracer-pl test``) and the ``test_records_<dataset>.jsonl``
   beside it (the number of problems);
-* the newest ``metrics.csv`` with training rows (``CSVLogger``), for the regret and speak-rate plots fed by
-  :class:`~tracer_pl.callbacks.ControllerMonitor`.
+* the training rows of its ``metrics.csv`` files (``CSVLogger``; a resumed fit's files joined), for the regret
+  and speak-rate plots fed by :class:`~tracer_pl.callbacks.ControllerMonitor`.
 
 It writes ``report.md`` (accuracy with a 95% Wilson interval, tokens and calls per problem, correction and
 preservation per method and dataset), ``results.json`` (the same rows), ``accuracy_vs_tokens.png`` and, per
@@ -27,7 +27,6 @@ separates smaller differences than two overlapping Wilson intervals can.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from tracer_pl.controller_log import bound_batch, bound_label, speaking_actions,
 from tracer_pl.errors import DataError
 from tracer_pl.keys import average_speaking_rate, speaking_rate
 from tracer_pl.report_plots import plot_accuracy_vs_tokens, plot_regret, plot_speak_rates
+from tracer_pl.run_files import fit_status, newest, training_log, training_log_path
 from tracer_pl.statistics import mcnemar_p, paired_difference_interval, regret_bound, regret_slope, wilson_interval
 
 COLUMNS = ("accuracy", "tokens_per_problem", "calls_per_problem", "correction", "preservation")
@@ -80,38 +80,6 @@ def run_labels(runs: Sequence[Path]) -> dict[Path, str]:
             depth[run] += 1
 
 
-def newest(directory: Path, pattern: str, keep: Callable[[Path], bool] = lambda path: True) -> Path | None:
-    """The most recently modified file matching ``pattern`` under ``directory`` (and ``keep``), from one run only.
-
-    The files of one run sit in the version directories of one logger (``<run>/logs/version_N/``); files under
-    several loggers' directories mean ``directory`` holds several runs.
-
-    Raises:
-        DataError: when ``directory`` holds files of several runs (name them one by one instead).
-    """
-    found = sorted((p for p in directory.rglob(pattern) if keep(p)), key=lambda p: p.stat().st_mtime)
-    loggers = sorted({str(p.parent.parent.relative_to(directory)) for p in found})
-    if len(loggers) > 1:
-        raise DataError(f"{directory}: holds {pattern} of several runs (under {', '.join(loggers)}); give each run's "
-                        "directory to tracer-pl report instead")
-    return found[-1] if found else None
-
-
-def fit_status(log_dir: Path) -> str:
-    """``finished``, ``preempted`` or ``unfinished`` (crashed, killed or still running) for a fit's log directory.
-
-    ``tracer-pl fit`` writes ``fit_status.json``; a run trained without it counts as finished when it exported
-    its adapters, which happens only at the end of training.
-    """
-    status = log_dir / "fit_status.json"
-    if status.is_file():
-        try:
-            return str(json.loads(status.read_text())["status"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            return "unfinished"
-    return "finished" if (log_dir / "adapters").is_dir() else "unfinished"
-
-
 def test_rows(run: Path, label: str | None = None) -> list[Row]:
     """The rows of a run's newest ``test_metrics.json`` (one per dataset, and per extra protocol)."""
     label = label or run.name
@@ -139,31 +107,6 @@ def test_rows(run: Path, label: str | None = None) -> list[Row]:
         method = f"{label} ({protocol})" if protocol else label
         rows.append(Row(method, base, n, values["accuracy"], low, high,
                         *(values[c] for c in COLUMNS[1:])))
-    return rows
-
-
-def training_log(run: Path) -> list[dict[str, float]]:
-    """The training rows (with a ``step``) of the run's newest ``metrics.csv`` that has any, as floats."""
-    path = training_log_path(run)
-    return _training_rows(path) if path is not None else []
-
-
-def training_log_path(run: Path) -> Path | None:
-    """The run's newest ``metrics.csv`` with training rows."""
-    return newest(run, "metrics.csv", keep=lambda path: bool(_training_rows(path)))
-
-
-def _training_rows(path: Path) -> list[dict[str, float]]:
-    rows = []
-    with path.open(newline="") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):
-            try:
-                values = {k: float(v) for k, v in row.items() if v not in ("", None)}
-            except (TypeError, ValueError):
-                raise DataError(f"{path}, line {number}: expected numbers in every column of a metrics.csv row, "
-                                f"found {dict(list(row.items())[:4])!r}") from None
-            if any(k.startswith(("train/", "controller/")) for k in values if k):
-                rows.append(values)
     return rows
 
 
