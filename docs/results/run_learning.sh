@@ -9,8 +9,9 @@
 #   QUEUES=b bash docs/results/run_learning.sh ...     # one queue only (a or b), e.g. to give it another machine
 #
 # The report (tables, paired tests, plots) goes to REPORT; docs/results/learning.md discusses it.
-# A run whose directory holds a `.done` file is skipped, and a run whose fit finished is only tested, so the script
-# continues where it stopped.
+# A run whose directory holds a `.done` file is skipped, a run whose fit finished is only tested, and an unfinished fit
+# resumes from its last checkpoint (saved every 2 batches, and at once on SIGTERM), so the script continues where it
+# stopped.
 set -euo pipefail
 OUT=${1:-runs/learning}
 REPORT=${2:-docs/results/learning}
@@ -59,9 +60,9 @@ fitted() { grep -qs '"finished"' "$OUT/$1"/logs/version_*/fit_status.json; }
 train() {  # name, extra args...
   local name=$1; shift
   done_ "$name" && return 0
-  if ! fitted "$name"; then
+  if ! fitted "$name"; then  # from the run's last checkpoint if an earlier attempt saved one, else from the start
     stamp "fit $name"
-    tracer-pl fit "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+    tracer-pl fit "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" --ckpt_path last >> "$OUT/$name.log" 2>&1
   fi
   stamp "test $name"
   tracer-pl test "${BASE[@]}" --trainer.default_root_dir "$OUT/$name" "$@" "${ALL_TESTS[@]}" \
