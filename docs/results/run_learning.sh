@@ -101,7 +101,7 @@ queue_b() {
   train single_agent_gspo_seed$SEED2 -c configs/baselines/single_agent_gspo.yaml --trainer.max_epochs "$SA_EPOCHS" \
     --seed_everything "$SEED2" --data.seed "$SEED2"
   train tracer_seed$SEED2 --seed_everything "$SEED2" --data.seed "$SEED2"
-  # the last ablation runs here so that both queues hold about as much work (about 320 minutes each on the
+  # the last ablation runs here so that both queues hold about as much work (about 280-290 minutes each on the
   # machine of docs/results/learning.md)
   train ablation_no_vote_state -c configs/ablations/no_vote_state.yaml
 }
