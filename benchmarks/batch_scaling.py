@@ -15,11 +15,11 @@ import time
 import torch
 from _common import benchmark_parser, emit, machine, peak_memory_gb
 
-from tracer_pl.backbone import Backbone
-from tracer_pl.controllers import ControllerConfig
-from tracer_pl.dialogue import DialogueConfig, run_dialogues
-from tracer_pl.roles import Proposer, Reviewer
-from tracer_pl.sources import load_problems
+from tracer_pl.core.controllers import ControllerConfig
+from tracer_pl.core.dialogue import DialogueConfig, run_dialogues
+from tracer_pl.core.roles import Proposer, Reviewer
+from tracer_pl.data.sources import load_problems
+from tracer_pl.engines.hf.policy import HFPolicy
 
 SOURCE = "reasoning_gym:basic_arithmetic?size=64&max_terms=2&max_digits=2&allow_negation=false" \
          "&allow_parentheses=false&operators=+,-"
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batches, args.rounds, args.max_new_tokens, args.problems = [1, 4], 3, 32, 4
-    backbone = Backbone.from_pretrained(args.model, max_new_tokens=args.max_new_tokens, temperature=0.7)
+    backbone = HFPolicy.from_pretrained(args.model, max_new_tokens=args.max_new_tokens, temperature=0.7)
     problems = list(load_problems(SOURCE, seed=5))[: args.problems]
     torch.manual_seed(0)
     rollout(backbone, problems[:1], rounds=1, seed=0)  # warm-up

@@ -18,9 +18,9 @@ import torch
 from _common import benchmark_parser, emit, machine
 
 from tracer_pl.baselines import budget_matched_samples
-from tracer_pl.metrics import mean_metrics
-from tracer_pl.module import BackboneConfig, EvaluationConfig, TracerModule
-from tracer_pl.sources import load_problems
+from tracer_pl.data.sources import load_problems
+from tracer_pl.training.metrics import mean_metrics
+from tracer_pl.training.module import BackboneConfig, EvaluationConfig, TracerModule
 
 SOURCE = "reasoning_gym:basic_arithmetic?size=64&max_terms=2&max_digits=1&allow_negation=false" \
          "&allow_parentheses=false&operators=+,-"

@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py [--quick] [--configs configs/tiny.yaml configs/quickstart.yaml] [--batches 4]
 
 Each config trains for ``--batches`` batches in its own process through the real CLI, with timers around
-``Backbone.generate``, ``Backbone.token_logprobs`` (the GSPO forward), ``manual_backward``, the Adam step
+``HFPolicy.generate``, ``HFPolicy.token_logprobs`` (the GSPO forward), ``manual_backward``, the Adam step
 (with gradient clipping), the controllers (act/update/flush) and the roles (parse/reward, including answer
 grading). ``other`` is the rest of the step (Lightning, logging, the dialogue's bookkeeping). The first batch is
 warm-up and is left out. The last output line is JSON.
@@ -47,14 +47,14 @@ def profile(config: str, batches: int) -> dict:
     import lightning as L
     import torch
 
-    from tracer_pl.backbone import Backbone
     from tracer_pl.cli import build_cli
-    from tracer_pl.controllers import Controller
-    from tracer_pl.module import TracerModule
-    from tracer_pl.roles import Role
+    from tracer_pl.core.controllers import Controller
+    from tracer_pl.core.roles import Role
+    from tracer_pl.engines.hf.policy import HFPolicy
+    from tracer_pl.training.module import TracerModule
 
-    timed(Backbone, "generate", "generate")
-    timed(Backbone, "token_logprobs", "logprob_forward")
+    timed(HFPolicy, "generate", "generate")
+    timed(HFPolicy, "token_logprobs", "logprob_forward")
     timed(TracerModule, "manual_backward", "backward")
     timed(TracerModule, "clip_gradients", "optimizer")
     timed(torch.optim.Adam, "step", "optimizer")

@@ -2,7 +2,7 @@
 
     python benchmarks/prompt_cache.py [--quick] [--model smollm2-135m-instruct] [--group-size 8]
 
-The same ``Backbone.generate`` call (B prompts, G samples each) runs with ``share_prompt_cache`` on and off,
+The same ``HFPolicy.generate`` call (B prompts, G samples each) runs with ``share_prompt_cache`` on and off,
 alternating, with the same seed, so both produce the same samples; the ratio of their times is the saving.
 The last output line is JSON.
 """
@@ -15,9 +15,9 @@ import time
 import torch
 from _common import benchmark_parser, emit, machine
 
-from tracer_pl.backbone import Backbone
-from tracer_pl.roles import DialogueView, Proposer
-from tracer_pl.sources import load_problems
+from tracer_pl.core.roles import DialogueView, Proposer
+from tracer_pl.data.sources import load_problems
+from tracer_pl.engines.hf.policy import HFPolicy
 
 SOURCE = "reasoning_gym:basic_arithmetic?size=16&max_terms=2&max_digits=2"
 
@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.max_new_tokens = 2, 16
-    backbone = Backbone.from_pretrained(args.model, max_new_tokens=args.max_new_tokens, temperature=1.0)
+    backbone = HFPolicy.from_pretrained(args.model, max_new_tokens=args.max_new_tokens, temperature=1.0)
     proposer = Proposer()
     prompts = [proposer.messages(DialogueView(problem=p)) for p in load_problems(SOURCE)][: args.prompts]
     backbone.generate("proposer", prompts[:1], 2)  # warm-up

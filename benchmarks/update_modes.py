@@ -5,7 +5,7 @@
 ``gspo.update_per: group`` (the default, the paper's step count) takes an optimizer step for each candidate
 group with signal; ``round`` takes one step over all of a round's groups. Both modes train the same config
 (``configs/quickstart.yaml`` with the model, batch size and token limit given here) for ``--batches`` batches,
-each in its own process, with timers around the training step, ``Backbone.generate`` and the GSPO updates. The
+each in its own process, with timers around the training step, ``HFPolicy.generate`` and the GSPO updates. The
 first batch is warm-up and left out. Reported per mode: seconds per training step, of which generation and of
 which GSPO, optimizer steps per training step, and seconds per optimizer step. The last output line is JSON.
 """
@@ -24,9 +24,9 @@ from _common import benchmark_parser, emit, machine, peak_memory_gb, run_child
 def child(mode: str, model: str, batch_size: int, batches: int, max_new_tokens: int) -> dict:
     import lightning as L
 
-    from tracer_pl.backbone import Backbone
     from tracer_pl.cli import build_cli
-    from tracer_pl.module import TracerModule
+    from tracer_pl.engines.hf.policy import HFPolicy
+    from tracer_pl.training.module import TracerModule
 
     totals = {"generate": 0.0, "gspo": 0.0}
 
@@ -43,7 +43,7 @@ def child(mode: str, model: str, batch_size: int, batches: int, max_new_tokens: 
 
         setattr(owner, name, wrapper)
 
-    timed(Backbone, "generate", "generate")
+    timed(HFPolicy, "generate", "generate")
     timed(TracerModule, "gspo_step", "gspo")
 
     class Steps(L.Callback):

@@ -2,7 +2,7 @@
 
     python benchmarks/vs_full_copies.py [--quick] [--model smollm2-135m-instruct] [--roles 2 3 4]
 
-For each number of roles, two fresh processes load the same model: one ``Backbone`` with an adapter per role,
+For each number of roles, two fresh processes load the same model: one ``HFPolicy`` with an adapter per role,
 and one full copy of the model per role, each with its own LoRA adapter of the same shape. Reported: the bytes of
 all parameters and buffers held, the process's peak memory, the load time, and the ratios copies / shared. The
 last output line is JSON.
@@ -33,14 +33,14 @@ def load(layout: str, model: str, roles: int) -> dict:
     start = time.perf_counter()
     names = [f"role{i}" for i in range(roles)]
     if layout == "shared":
-        from tracer_pl.backbone import Backbone
+        from tracer_pl.engines.hf.policy import HFPolicy
 
-        modules = [Backbone.from_pretrained(model, roles=names).model]
+        modules = [HFPolicy.from_pretrained(model, roles=names).model]
     else:
         from peft import LoraConfig, get_peft_model
 
-        from tracer_pl.backbone import infer_target_modules
-        from tracer_pl.models import load_base_model
+        from tracer_pl.engines.hf.models import load_base_model
+        from tracer_pl.engines.hf.policy import infer_target_modules
 
         modules = []
         for name in names:

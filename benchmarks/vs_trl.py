@@ -25,7 +25,7 @@ SOURCE = "reasoning_gym:basic_arithmetic?size=64&max_terms=2&max_digits=2&allow_
 
 
 def problems(n: int):
-    from tracer_pl.sources import load_problems
+    from tracer_pl.data.sources import load_problems
 
     return list(load_problems(SOURCE, seed=3))[:n]
 
@@ -35,9 +35,8 @@ def run_tracer(args: argparse.Namespace) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from tracer_pl.dialogue import DialogueConfig
-    from tracer_pl.gspo import GSPOConfig
-    from tracer_pl.module import BackboneConfig, EvaluationConfig, TracerModule
+    from tracer_pl.core.gspo import GSPOConfig
+    from tracer_pl.training.module import BackboneConfig, EvaluationConfig, TracerModule
 
     class Timer(L.Callback):
         def __init__(self) -> None:
@@ -55,8 +54,9 @@ def run_tracer(args: argparse.Namespace) -> dict:
     module = TracerModule(
         backbone=BackboneConfig(name=args.model, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=1.0, lora_r=8, lora_alpha=16),
-        algorithm="single_agent", dialogue=DialogueConfig(group_size=args.group_size),
-        gspo=GSPOConfig(lr=args.lr, epsilon=0.2, max_grad_norm=1.0), evaluation=EvaluationConfig(method="cot"),
+        algorithm="single_agent",
+        gspo=GSPOConfig(group_size=args.group_size, lr=args.lr, epsilon=0.2, max_grad_norm=1.0),
+        evaluation=EvaluationConfig(method="cot"),
     )
     loader = DataLoader(problems(args.problems * (args.steps + 1)), batch_size=args.problems, collate_fn=list)
     timer = Timer()
@@ -74,9 +74,9 @@ def run_trl(args: argparse.Namespace) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from tracer_pl.backbone import infer_target_modules
-    from tracer_pl.models import load_base_model
-    from tracer_pl.roles import DialogueView, Proposer
+    from tracer_pl.core.roles import DialogueView, Proposer
+    from tracer_pl.engines.hf.models import load_base_model
+    from tracer_pl.engines.hf.policy import infer_target_modules
 
     class Timer(TrainerCallback):
         def __init__(self) -> None:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from math_verify import parse, verify  # noqa: E402
 
-from tracer_pl.answers import extract_answer, is_equivalent  # noqa: E402
+from tracer_pl import extract_answer, is_equivalent  # noqa: E402
 
 CORPUS = ROOT / "tests" / "corpus"
 DOC = ROOT / "docs" / "grading.md"

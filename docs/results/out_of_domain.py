@@ -22,9 +22,9 @@ import re
 import sys
 from pathlib import Path
 
-from tracer_pl.answer_text import clean_text, final_answer_line, last_boxed
-from tracer_pl.report import correctness
-from tracer_pl.statistics import mcnemar_p, paired_difference_interval, wilson_interval
+from tracer_pl.grading.text import clean_text, final_answer_line, last_boxed
+from tracer_pl.reporting.report import correctness
+from tracer_pl.reporting.statistics import mcnemar_p, paired_difference_interval, wilson_interval
 
 IN_DOMAIN = "basic_arithmetic"
 FAMILIES = ("products", "gcd")

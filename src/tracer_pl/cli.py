@@ -1,7 +1,7 @@
 """``tracer-pl``: the command line, a ``LightningCLI`` over :class:`TracerModule` and :class:`ReasoningDataModule`.
 
 ``tracer-pl fit -c configs/quickstart.yaml``, ``tracer-pl test -c ... --ckpt_path ...``, ``validate``,
-``tracer-pl report RUN_DIR ... --out DIR`` (see :mod:`tracer_pl.report`),
+``tracer-pl report RUN_DIR ... --out DIR`` (see :mod:`tracer_pl.reporting.report`),
 ``--print_config``; every field can be overridden (``--model.dialogue.group_size=8``). Configs may use OmegaConf
 interpolation (``${trainer.default_root_dir}/checkpoints``); it is resolved after every config file and
 command-line argument is read, so ``--trainer.default_root_dir runs/mine`` also moves the logs and checkpoints.
@@ -18,12 +18,12 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from tracer_pl import checkpoints
-from tracer_pl.callbacks import BatchCheckpoint
-from tracer_pl.data import ReasoningDataModule
+from tracer_pl.data.datamodule import ReasoningDataModule
 from tracer_pl.errors import CheckpointError, ConfigError, DataError, PreemptedError, TracerError
-from tracer_pl.evaluation import Stage, stage_metrics, write_metrics
-from tracer_pl.module import TracerModule
+from tracer_pl.training import checkpoints
+from tracer_pl.training.callbacks import BatchCheckpoint
+from tracer_pl.training.evaluation import Stage, stage_metrics, write_metrics
+from tracer_pl.training.module import TracerModule
 
 PREEMPTED_EXIT_CODE = 143
 """Exit code of a run stopped by SIGTERM after saving (128 + 15, the shell's code for a SIGTERM)."""
@@ -117,7 +117,7 @@ class TracerCLI(LightningCLI):
         """Read and verify the checkpoint file before the model loads.
 
         One-line errors for a missing, empty or damaged file, for adapters that do not fit the backbone, and, when
-        ``resuming``, for an experiment that differs (see :mod:`tracer_pl.checkpoints`).
+        ``resuming``, for an experiment that differs (see :mod:`tracer_pl.training.checkpoints`).
         """
         if ckpt_path is None or ckpt_path in ("best", "hpc", "registry", "last"):
             return
@@ -211,11 +211,11 @@ def build_cli(args: Any = None, run: bool = True) -> TracerCLI:
 def main() -> None:
     """Console entry point: errors about data and configuration end with their message, not a traceback.
 
-    ``tracer-pl report RUN_DIR ...`` goes to :mod:`tracer_pl.report`; everything else to the LightningCLI.
+    ``tracer-pl report RUN_DIR ...`` goes to :mod:`tracer_pl.reporting.report`; everything else to the LightningCLI.
     """
     try:
         if sys.argv[1:2] == ["report"]:
-            from tracer_pl.report import main as report
+            from tracer_pl.reporting.report import main as report
 
             report(sys.argv[2:])
             return

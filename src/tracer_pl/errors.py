@@ -29,3 +29,19 @@ class CheckpointError(TracerError, ValueError):
 
 class PreemptedError(TracerError):
     """The run was stopped by a signal (SIGTERM, SIGINT) after saving its checkpoint; the command exits with 143."""
+
+
+def require(ok: bool, flag: str, expected: str, got: object) -> None:
+    """Raise :class:`ConfigError` ``"<flag> must be <expected>, got <got>"`` unless ``ok``.
+
+    The settings' dataclasses call it from ``__post_init__``, so a bad value is refused where it is declared,
+    from the command line and from Python alike.
+    """
+    if not ok:
+        raise ConfigError(f"{flag} must be {expected}, got {got!r}")
+
+
+def require_between(value: object, flag: str, low: float, high: float) -> None:
+    """:func:`require` that ``value`` is a number (not a bool) in ``[low, high]``."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    require(number and low <= value <= high, flag, f"between {low} and {high}", value)  # type: ignore[operator]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracer_pl.roles import WRONG, DialogueView, Reviewer
+from tracer_pl.core.roles import WRONG, DialogueView, Reviewer
 
 
 class Verifier(Reviewer):
@@ -21,7 +21,7 @@ class Verifier(Reviewer):
 
     Args:
         confirm_reward: The reward of RIGHT on a right pending answer, in [0, 1].
-        **kwargs: :class:`~tracer_pl.roles.Role`'s arguments (``system_prompt``, ``reward_scale``, ...).
+        **kwargs: :class:`~tracer_pl.core.roles.Role`'s arguments (``system_prompt``, ``reward_scale``, ...).
     """
 
     name = "verifier"

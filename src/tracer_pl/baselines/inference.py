@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from tracer_pl.agent import Agent, Completion
-from tracer_pl.answers import is_equivalent
-from tracer_pl.dialogue import DialogueRecord, Turn
-from tracer_pl.problem import Problem
-from tracer_pl.roles import DialogueView, Role, is_correct
+from tracer_pl.core.agent import Agent, Completion
+from tracer_pl.core.dialogue import DialogueRecord, Turn
+from tracer_pl.core.problem import Problem
+from tracer_pl.core.roles import DialogueView, Role, is_correct
+from tracer_pl.grading.answers import is_equivalent
 
 
 def chain_of_thought(problems: Sequence[Problem], agent: Agent, proposer: Role, *, greedy: bool = True

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 import torch
 
-from tracer_pl.agent import Agent
 from tracer_pl.baselines.inference import settle, speaking_turn
-from tracer_pl.dialogue import CandidateGroup, DialogueRecord, DialogueResult
-from tracer_pl.gspo import ZERO_SIGNAL_STD, group_advantages
-from tracer_pl.problem import Problem
-from tracer_pl.roles import DialogueView, Role
+from tracer_pl.core.agent import Agent
+from tracer_pl.core.dialogue import CandidateGroup, DialogueRecord, DialogueResult
+from tracer_pl.core.gspo import ZERO_SIGNAL_STD, group_advantages
+from tracer_pl.core.problem import Problem
+from tracer_pl.core.roles import DialogueView, Role
 
 
 def single_agent_rollouts(problems: Sequence[Problem], agent: Agent, proposer: Role, *, group_size: int,

@@ -1,0 +1,140 @@
+"""Generation for the Hugging Face policy: chat prompts in, sampled or greedy completions with token ids out.
+
+:func:`generate` is what :meth:`~tracer_pl.engines.hf.policy.HFPolicy.generate` runs: every prompt and sample of a
+call go through one batched ``generate`` with left padding, the prompt's KV cache shared by its samples when
+asked. The functions read the policy's model, tokenizer and generation settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tracer_pl.core.agent import Completion, Messages, sample_counts
+
+if TYPE_CHECKING:
+    from tracer_pl.engines.hf.policy import HFPolicy
+
+
+def render(policy: HFPolicy, prompt: Messages) -> str:
+    """The prompt as text, through the tokenizer's chat template, ready for the assistant's turn."""
+    return policy.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+
+
+def generate(policy: HFPolicy,
+    role: str,
+    prompts: Sequence[Messages],
+    num_samples: int | Sequence[int] = 1,
+    *,
+    greedy: bool = False,
+) -> list[list[Completion]]:
+    """Return ``num_samples[i]`` completions for ``prompts[i]`` under ``role``'s adapter, in one batch.
+
+    Prompts are left-padded; sampling uses :attr:`temperature` and the filters of :meth:`sampling_settings`
+    (the model's own ``generation_config`` wherever a filter is None, as the authors' code does by passing
+    only the temperature). The model runs in eval mode without gradients and gets its previous mode back
+    afterwards.
+
+    Each :class:`~tracer_pl.core.agent.Completion` carries its ``prompt_ids`` and ``completion_ids``, 1-D CPU
+    LongTensors without padding; ``completion_ids`` ends with the stop token unless ``truncated``.
+
+    With :attr:`share_prompt_cache` and several samples of a prompt, the prompt is encoded once: one forward
+    pass over the distinct prompts (all but their last token) fills a KV cache whose rows are then copied
+    to the prompt's samples, and ``generate`` continues from it. The samples are the same as without
+    sharing (up to float rounding); the prompt's compute is paid once instead of ``num_samples`` times.
+
+    Raises:
+        ValueError: ``num_samples`` has the wrong length or a negative count.
+    """
+    counts = sample_counts(num_samples, len(prompts))
+    live = [i for i, n in enumerate(counts) if n]
+    if not live:
+        return [[] for _ in prompts]
+    policy.use(role)
+    shared = policy.share_prompt_cache and any(counts[i] > 1 for i in live)
+    texts = [render(policy, prompts[i]) for i in live for _ in range(1 if shared else counts[i])]
+    batch = policy.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+        policy.device
+    )
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    cache = {}
+    with torch.no_grad(), _eval_mode(policy.model):
+        if shared:
+            sizes = torch.tensor([counts[i] for i in live])
+            rows = torch.repeat_interleave(torch.arange(len(live)), sizes).to(policy.device)
+            if ids.shape[1] > 1:  # a one-token prompt has nothing to cache
+                cache["past_key_values"] = _prompt_cache(policy, ids, mask, rows)
+            ids, mask = ids[rows], mask[rows]
+        output = policy.model.generate(input_ids=ids, attention_mask=mask, **cache, **_decoding(policy, greedy))
+    completions = _completions(policy, ids, mask, output)
+    grouped, start = [], 0
+    for n in counts:
+        grouped.append(completions[start : start + n])
+        start += n
+    return grouped
+
+
+def _prompt_cache(policy: HFPolicy, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> Any:
+    """KV cache of every prompt but its last token, with row ``rows[j]`` of the batch copied to row ``j``."""
+    head, head_mask = ids[:, :-1], mask[:, :-1]
+    positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
+    out = policy.model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True,
+                     logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_select_indices(rows)
+    return cache
+
+
+def _decoding(policy: HFPolicy, greedy: bool) -> dict:
+    """``generate`` options: the set filters override the model's generation config, None ones keep it."""
+    settings = {
+        "max_new_tokens": policy.max_new_tokens,
+        "use_cache": True,  # also under gradient checkpointing, which turns the cache off in training
+        "pad_token_id": policy.tokenizer.pad_token_id,
+        "eos_token_id": policy.stop_token_ids,
+    }
+    if policy.repetition_penalty is not None:
+        settings["repetition_penalty"] = policy.repetition_penalty
+    if greedy or policy.temperature == 0:
+        return {**settings, "do_sample": False}
+    filters = {"top_p": policy.top_p, "top_k": policy.top_k}
+    return {**settings, "do_sample": True, "temperature": policy.temperature,
+            **{name: value for name, value in filters.items() if value is not None}}
+
+
+def _completions(policy: HFPolicy, input_ids: torch.Tensor, mask: torch.Tensor, output: torch.Tensor
+) -> list[Completion]:
+    generated = output[:, input_ids.shape[1] :].cpu()
+    stops = torch.isin(generated, torch.tensor(policy.stop_token_ids))
+    completions = []
+    for row in range(len(generated)):
+        ends = stops[row].nonzero()
+        length = int(ends[0]) + 1 if len(ends) else generated.shape[1]
+        completion_ids = generated[row, :length].clone()
+        prompt_ids = input_ids[row][mask[row].bool()].cpu()
+        completions.append(
+            Completion(
+                text=policy.tokenizer.decode(completion_ids, skip_special_tokens=True),
+                prompt_tokens=len(prompt_ids),
+                completion_tokens=length,
+                truncated=not len(ends),
+                prompt_ids=prompt_ids,
+                completion_ids=completion_ids,
+            )
+        )
+    return completions
+
+
+@contextlib.contextmanager
+
+
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
