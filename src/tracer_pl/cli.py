@@ -2,7 +2,7 @@
 
 ``tracer-pl fit -c configs/quickstart.yaml``, ``tracer-pl test -c ... --ckpt_path ...``, ``validate``,
 ``tracer-pl report RUN_DIR ... --out DIR`` (see :mod:`tracer_pl.reporting.report`),
-``--print_config``; every field can be overridden (``--model.dialogue.group_size=8``). Configs may use OmegaConf
+``--print_config``; every field can be overridden (``--model.gspo.group_size=8``). Configs may use OmegaConf
 interpolation (``${trainer.default_root_dir}/checkpoints``); it is resolved after every config file and
 command-line argument is read, so ``--trainer.default_root_dir runs/mine`` also moves the logs and checkpoints.
 """

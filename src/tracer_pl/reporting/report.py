@@ -40,9 +40,9 @@ from tracer_pl.reporting.plots import plot_accuracy_vs_tokens, plot_regret, plot
 from tracer_pl.reporting.rows import Row
 from tracer_pl.reporting.run_files import fit_status, newest, training_log, training_log_path
 from tracer_pl.reporting.statistics import (
+    average_regret_bound,
     mcnemar_p,
     paired_difference_interval,
-    regret_bound,
     regret_slope,
     wilson_interval,
 )
@@ -143,7 +143,7 @@ def controller_summary(log: Sequence[dict[str, float]]) -> list[StateSummary]:
         action = actions.get(key[0], "")
         summary.append(StateSummary(
             controller=key[0], state=key[1], visits=visits, avg_regret=points[-1][2],
-            bound=regret_bound(visits, batch) if visits else float("inf"),
+            bound=average_regret_bound(visits, batch) if visits else float("inf"),
             slope=regret_slope([(m, r) for _, m, r in points]),
             avg_p=last(average_speaking_rate(action), key),
             avg_p_change=last_quarter_change(average_speaking_rate(action), key),

@@ -19,7 +19,7 @@ def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def regret_bound(visits: int, batch: float = 1) -> float:
+def average_regret_bound(visits: int, batch: float = 1) -> float:
     """The bound on the average regret after ``visits`` updates with values in [-1, 1], ``batch`` per strategy.
 
     ``2*sqrt(2*batch/visits)`` (:func:`tracer_pl.core.regret.regret_bound` divided by ``visits``); infinite for

@@ -7,7 +7,7 @@ a flipped bit either breaks the file's structure or changes the digest, and is r
 
 Compatibility. Resuming ``fit`` from a checkpoint continues *that* experiment, so every training setting must be
 the one it was saved with. The check is default-deny: each model hyperparameter stored in the checkpoint
-(``model.dialogue.group_size``, ``model.controllers.state_vote``, ...) and each setting of the training run
+(``model.gspo.group_size``, ``model.controllers.state_vote``, ...) and each setting of the training run
 recorded beside it (``trainer.max_epochs``, the data settings and the data file's digest, see
 :meth:`~tracer_pl.data.ReasoningDataModule.state_dict`) is compared with this run's, and a difference is refused
 naming the flag -- except the settings in :data:`SAFE_TO_CHANGE`, which do not change what the checkpoint means.
