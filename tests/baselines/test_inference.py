@@ -1,6 +1,6 @@
 import pytest
 
-from scripted import PROMPT_TOKENS, ScriptedAgent
+from tests.helpers.scripted import PROMPT_TOKENS, ScriptedAgent
 from tracer_pl.baselines import budget_matched_samples, chain_of_thought, debate, majority_vote
 from tracer_pl.metrics import problem_metrics
 from tracer_pl.problem import Problem

@@ -1,32 +1,24 @@
 """The command line, in-process: fit then test on the tiny config, configs, subclassed roles from YAML."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 from peft import PeftModel
 
-from record_checks import assert_metrics_match_records
+from tests.helpers.paths import CONFIGS, GSM, TINY
+from tests.helpers.record_checks import assert_metrics_match_records
 from tracer_pl.cli import build_cli
 from tracer_pl.errors import ConfigError
 from tracer_pl.tiny import build_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-GSM = ROOT / "tests" / "data" / "gsm8k" / "test_sample64.jsonl"
-TINY = str(CONFIGS / "tiny.yaml")
-
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the tiny config writes under runs/tiny
+pytestmark = pytest.mark.usefixtures("run_dir")  # the tiny config writes under runs/tiny: in tmp_path
 
 
 @pytest.mark.e2e
 def test_fit_then_test_on_gsm8k_jsonl(tmp_path, capsys):
     build_cli(["fit", "-c", TINY, f"--data.train={GSM}", "--trainer.limit_train_batches=2",
-               "--model.proposer=roles_for_tests.ByteSumProposer"])
+               "--model.proposer=tests.helpers.roles_for_tests.ByteSumProposer"])
     out = capsys.readouterr().out
     checkpoint = tmp_path / "runs/tiny/checkpoints/last.ckpt"
     assert checkpoint.exists() and "checkpoint:     runs/tiny/checkpoints/last.ckpt" in out
@@ -56,7 +48,7 @@ def test_fit_then_test_on_gsm8k_jsonl(tmp_path, capsys):
 @pytest.mark.e2e
 def test_a_subclassed_role_is_selected_from_yaml(tmp_path):
     config = tmp_path / "verifier.yaml"
-    config.write_text(yaml.safe_dump({"model": {"reviewer": {"class_path": "roles_for_tests.Verifier"}}}))
+    config.write_text(yaml.safe_dump({"model": {"reviewer": {"class_path": "tests.helpers.roles_for_tests.Verifier"}}}))
     cli = build_cli(["fit", "-c", TINY, "-c", str(config), "--trainer.limit_train_batches=1"])
     module = cli.model
     assert type(module.reviewer).__name__ == "Verifier"

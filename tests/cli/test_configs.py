@@ -3,31 +3,25 @@
 import csv
 import importlib.util
 import json
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import yaml
 
-from record_checks import TrainingRecords, assert_metrics_match_records
+from tests.helpers.paths import CONFIGS, ROOT, TINY
+from tests.helpers.record_checks import TrainingRecords, assert_metrics_match_records
 from tracer_pl import backbone as backbone_module
 from tracer_pl.cli import build_cli
 from tracer_pl.models import bnb_config, load_base_model
 from tracer_pl.report import write_report
 from tracer_pl.sources import BENCHMARKS, load_problems
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-TINY = str(CONFIGS / "tiny.yaml")
 SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in CONFIGS.rglob("*.yaml"))
 OVERLAYS = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "ablations").glob("*.yaml")) + [
     "baselines/single_agent_gspo.yaml", "baselines/single_agent_grpo.yaml"]  # the overlays that train
 
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("run_dir")  # the configs write under runs/<name>: in tmp_path
 
 
 def documented_stack(config):
@@ -196,9 +190,10 @@ CHECKS = {
 # Roles whose rewards vary on the tiny model's text, so that every GSPO step that can happen does happen; and the
 # proposer controller decides after every pending answer, readable or not (the tiny model's text rarely is), so
 # every controller check has decisions to look at.
-WITH_SIGNAL = ["--model.proposer=roles_for_tests.ByteSumProposer", "--model.reviewer=roles_for_tests.ByteSumReviewer",
+WITH_SIGNAL = ["--model.proposer=tests.helpers.roles_for_tests.ByteSumProposer",
+               "--model.reviewer=tests.helpers.roles_for_tests.ByteSumReviewer",
                "--model.dialogue.invalid_pending=decide",
-               "--trainer.callbacks+=record_checks.TrainingRecords", "--trainer.limit_train_batches=2"]
+               "--trainer.callbacks+=tests.helpers.record_checks.TrainingRecords", "--trainer.limit_train_batches=2"]
 
 
 def train_and_check(overlays, tmp_path):

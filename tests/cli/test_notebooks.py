@@ -1,14 +1,12 @@
 """The notebooks run top to bottom on the tiny config (a fresh kernel each), so they never rot."""
 
 import os
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests.helpers.paths import ROOT
 
 pytestmark = [pytest.mark.notebook, pytest.mark.subprocess, pytest.mark.timeout(900)]
 

@@ -1,24 +1,22 @@
 import pytest
 import torch
 
-from scripted import PROMPT_TOKENS, ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
+from tests.helpers.problems import A5, A7, A42, P42
+from tests.helpers.scripted import (
+    PROMPT_TOKENS,
+    ScriptedAgent,
+    ScriptedProposerController,
+    ScriptedReviewerController,
+    play,
+)
 from tracer_pl.controllers import ProposerController, ReviewerController
 from tracer_pl.dialogue import DialogueConfig, run_dialogues
 from tracer_pl.problem import Problem
 from tracer_pl.roles import Proposer, Reviewer
 
-P42 = Problem(question="What is 6 times 7?", gold="42", dataset="gsm8k", uid="p42")
 P5 = Problem(question="What is 2 plus 3?", gold="5", dataset="gsm8k", uid="p5")
-A42, A7, A5, A3 = "6*7=42\nFinal answer: 42", "6+1=7\nFinal answer: 7", "Final answer: 5", "Final answer: 3"
+A3 = "Final answer: 3"
 NONE = "I am not sure."
-
-
-def play(problems, agent, proposer_actions, reviewer_actions, training, learn=None, **config):
-    pc = ScriptedProposerController(proposer_actions)
-    rc = ScriptedReviewerController(reviewer_actions)
-    result = run_dialogues(problems, agent, proposer=Proposer(), reviewer=Reviewer(), proposer_controller=pc,
-                           reviewer_controller=rc, config=DialogueConfig(**config), training=training, learn=learn)
-    return result, pc, rc
 
 
 def test_evaluation_five_rounds_correction():

@@ -71,15 +71,15 @@ def test_weights_scale_the_grpo_loss_per_token():
 # ---------------------------------------------------------------- wired into TracerModule (fake engine, no model)
 import lightning as L  # noqa: E402
 
+from tests.helpers.problems import ProblemList  # noqa: E402
+from tests.helpers.training import fit  # noqa: E402
 from tracer_pl.dialogue import DialogueConfig  # noqa: E402
 from tracer_pl.errors import ConfigError  # noqa: E402
 from tracer_pl.fake_engine import FakeEngine, FakePolicy  # noqa: E402
 from tracer_pl.gspo import GSPOConfig  # noqa: E402
-from tracer_pl.module import BackboneConfig, TracerModule  # noqa: E402
-from tracer_pl.problem import Problem  # noqa: E402
+from tracer_pl.module import BackboneConfig  # noqa: E402
 
 GAP = 0.25
-PROBLEMS = [Problem(question=f"What is {i} + {4 - i}?", gold="4", dataset="gsm8k", uid=f"p{i}") for i in range(4)]
 
 
 class ReportingPolicy(FakePolicy):
@@ -107,22 +107,20 @@ class _Means(L.Callback):
             self.values.setdefault(key, []).extend(values)
 
 
-def fit(engine, correction, root):
-    L.seed_everything(3)
-    module = TracerModule(backbone=BackboneConfig(max_new_tokens=1, temperature=1.0), engine=engine,
-                          dialogue=DialogueConfig(rounds=3, group_size=4),
-                          gspo=GSPOConfig(lr=0.5, importance_sampling_correction=correction))
+def logged_means(engine, correction, root, problems):
+    """Two batches of the fake ``engine`` on ``problems``; every per-update value each training step logged."""
     means = _Means()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False, default_root_dir=root,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[means])
-    loader = torch.utils.data.DataLoader(PROBLEMS, batch_size=2, collate_fn=list)
-    trainer.fit(module, train_dataloaders=loader)
+    fit(root, ProblemList(problems), batches=2, seed=3, callbacks=[means],
+        backbone=BackboneConfig(max_new_tokens=1, temperature=1.0), engine=engine,
+        dialogue=DialogueConfig(rounds=3, group_size=4),
+        gspo=GSPOConfig(lr=0.5, importance_sampling_correction=correction))
     return means.values
 
 
-def test_module_logs_the_gap_and_the_correction_scales_the_loss(tmp_path):
-    plain, corrected = fit(ReportingEngine(), False, tmp_path / "plain"), fit(ReportingEngine(), True, tmp_path / "on")
+@pytest.mark.e2e
+def test_module_logs_the_gap_and_the_correction_scales_the_loss(tmp_path, sum_problems):
+    plain = logged_means(ReportingEngine(), False, tmp_path / "plain", sum_problems)
+    corrected = logged_means(ReportingEngine(), True, tmp_path / "on", sum_problems)
     for values in (plain, corrected):
         gaps = values.get("gspo/proposer/sampling_logp_mismatch", []) + values.get(
             "gspo/reviewer/sampling_logp_mismatch", [])
@@ -136,6 +134,7 @@ def test_module_logs_the_gap_and_the_correction_scales_the_loss(tmp_path):
     assert corrected[key][0] == pytest.approx(math.exp(GAP) * plain_norm, rel=1e-5)
 
 
-def test_correction_without_reported_logprobs_is_a_config_error(tmp_path):
+def test_correction_without_reported_logprobs_is_a_config_error(tmp_path, sum_problems):
+    # refused as the fit starts, before any batch (so no e2e marker: nothing trains)
     with pytest.raises(ConfigError, match="importance_sampling_correction needs an engine that reports"):
-        fit(FakeEngine(), True, tmp_path)
+        logged_means(FakeEngine(), True, tmp_path, sum_problems)

@@ -1,10 +1,11 @@
 """Seats beyond TRACER's two: the schedule, a third seat's controller, values and GSPO step, and its errors."""
 
-import lightning as L
 import pytest
 import torch
 
-from scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
+from tests.helpers.problems import A5, A7, A42, P42, ProblemList
+from tests.helpers.scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
+from tests.helpers.training import fit
 from tracer_pl.controllers import ControllerConfig, ProposerController, ReviewerController, time_bucket
 from tracer_pl.dialogue import DialogueConfig, run_dialogues
 from tracer_pl.errors import ConfigError
@@ -12,12 +13,9 @@ from tracer_pl.examples import Verifier
 from tracer_pl.fake_engine import FakeEngine
 from tracer_pl.gspo import GSPOConfig
 from tracer_pl.module import BackboneConfig, TracerModule
-from tracer_pl.problem import Problem
 from tracer_pl.roles import DialogueView, Proposer, Reviewer
 from tracer_pl.seats import Seat, turn_order
 
-P42 = Problem(question="What is 6 times 7?", gold="42", dataset="gsm8k", uid="p42")
-A42, A7, A5 = "6*7=42\nFinal answer: 42", "6+1=7\nFinal answer: 7", "Final answer: 5"
 THREE = ["proposer", "reviewer", "verifier", "proposer", "reviewer", "verifier", "proposer"]
 
 
@@ -116,27 +114,20 @@ def test_controllers_are_built_per_seat_named_after_their_roles():
         ControllerConfig(seats={"verifier": "always_refresh"}).build([("p", True), ("r", False), ("verifier", False)])
 
 
-class _Problems(L.LightningDataModule):
-    def train_dataloader(self):
-        problems = [Problem(question=f"What is {i} + {4 - i}?", gold="4", dataset="gsm8k", uid=f"p{i}")
-                    for i in range(8)]
-        return torch.utils.data.DataLoader(problems, batch_size=2, collate_fn=list)
+def three_seat_settings(**overrides):
+    return {"backbone": BackboneConfig(max_new_tokens=1), "engine": FakeEngine(), "extra_roles": [Verifier()],
+            "dialogue": DialogueConfig(rounds=5, group_size=4,
+                                       schedule=["proposer", "reviewer", "proposer", "verifier", "proposer"]),
+            "gspo": GSPOConfig(lr=0.5), **overrides}
 
 
 def three_seats(**overrides):
-    settings = {"backbone": BackboneConfig(max_new_tokens=1), "engine": FakeEngine(), "extra_roles": [Verifier()],
-                "dialogue": DialogueConfig(rounds=5, group_size=4,
-                                           schedule=["proposer", "reviewer", "proposer", "verifier", "proposer"]),
-                "gspo": GSPOConfig(lr=0.5), **overrides}
-    return TracerModule(**settings)
+    return TracerModule(**three_seat_settings(**overrides))
 
 
-def test_a_third_seat_gets_its_adapter_controller_optimizer_and_gspo_steps(tmp_path):
-    L.seed_everything(5)
-    module = three_seats()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, logger=False, default_root_dir=tmp_path,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, _Problems())
+@pytest.mark.e2e
+def test_a_third_seat_gets_its_adapter_controller_optimizer_and_gspo_steps(tmp_path, sum_problems):
+    module, _ = fit(tmp_path, ProblemList(sum_problems), batches=4, seed=5, **three_seat_settings())
     policy = module.backbone
     assert policy.roles == module.trained_roles == ["proposer", "reviewer", "verifier"]
     assert len(module.optimizers()) == 3 and module.hparams["extra_roles"] == ["Verifier"]

@@ -1,19 +1,18 @@
 """TracerModule driven through the engine seam by the fake engine: training, the sync hook, exact resume."""
 
+import json
+
 import lightning as L
 import pytest
 import torch
 
-from tracer_pl.callbacks import BatchCheckpoint
+from tests.helpers.problems import ProblemList
+from tests.helpers.training import StepCounter, fit
 from tracer_pl.dialogue import DialogueConfig
 from tracer_pl.engine import Policy
 from tracer_pl.fake_engine import EOS, VOCAB, FakeEngine, FakePolicy, decode
 from tracer_pl.gspo import GSPOConfig
 from tracer_pl.module import BackboneConfig, TracerModule
-from tracer_pl.problem import Problem
-
-# one-token answers: a candidate is right with probability 1/13, so most groups of 4 hold a right and a wrong one
-PROBLEMS = [Problem(question=f"What is {i} + {4 - i}?", gold="4", dataset="gsm8k", uid=f"p{i}") for i in range(8)]
 
 
 def test_decode_reads_digits_as_one_number_and_words_apart():
@@ -37,42 +36,25 @@ def test_fake_policy_is_a_policy_and_scores_what_it_samples():
         assert token_logp[row].sum().item() == pytest.approx(sum(table[i].item() for i in ids), abs=1e-6)
 
 
-class _Problems(L.LightningDataModule):
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(PROBLEMS, batch_size=2, collate_fn=list)
+def fit_fake(root, problems, batches, ckpt_path=None):
+    """The fake engine on ``problems``, checkpointed every 2 batches: ``(module, trainer, step counter)``.
 
-
-class _StepCounter(L.Callback):
-    """Adds up the GSPO optimizer steps each training step reports."""
-
-    def __init__(self):
-        self.steps = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        for key, value in pl_module._step_stats.items():
-            if key.endswith("/steps"):
-                role = key.split("/")[1]
-                self.steps[role] = self.steps.get(role, 0) + int(value)
-
-
-def fit(root, batches, ckpt_path=None):
-    L.seed_everything(3)
-    module = TracerModule(backbone=BackboneConfig(max_new_tokens=1, temperature=1.0), engine=FakeEngine(),
+    One-token answers: a candidate is right with probability 1/13, so most groups of 4 hold a right and a wrong one.
+    """
+    counter = StepCounter()
+    module, trainer = fit(root, ProblemList(problems), batches=batches, seed=3, ckpt_path=ckpt_path,
+                          callbacks=[counter], checkpoint_every=2, keep_every=2,
+                          backbone=BackboneConfig(max_new_tokens=1, temperature=1.0), engine=FakeEngine(),
                           dialogue=DialogueConfig(rounds=3, group_size=4), gspo=GSPOConfig(lr=0.5))
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, logger=False,
-                        default_root_dir=root, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False,
-                        callbacks=[BatchCheckpoint(str(root / "checkpoints"), every_n_batches=2, keep_every=2),
-                                   _StepCounter()])
-    trainer.fit(module, _Problems(), ckpt_path=ckpt_path)
-    return module, trainer
+    return module, trainer, counter
 
 
-def test_fake_engine_trains_tracer_and_hears_every_optimizer_step(tmp_path):
-    module, trainer = fit(tmp_path, 4)
+@pytest.mark.e2e
+def test_fake_engine_trains_tracer_and_hears_every_optimizer_step(tmp_path, sum_problems):
+    module, _, counter = fit_fake(tmp_path, sum_problems, 4)
     policy = module.backbone
     assert isinstance(policy, FakePolicy) and module.hparams["engine"] == "FakeEngine"
-    counted = next(c for c in trainer.callbacks if isinstance(c, _StepCounter)).steps
+    counted = counter.steps
     assert counted["proposer"] > 0 and counted["reviewer"] > 0  # both roles had groups with signal
     assert policy.optimizer_steps == counted  # the sync hook ran after every optimizer step, and only then
     for role in policy.roles:
@@ -80,9 +62,10 @@ def test_fake_engine_trains_tracer_and_hears_every_optimizer_step(tmp_path):
 
 
 @pytest.mark.e2e
-def test_fake_engine_resumes_exactly(tmp_path):
-    straight, _ = fit(tmp_path / "a", 4)
-    resumed, _ = fit(tmp_path / "b", 4, ckpt_path=tmp_path / "a" / "checkpoints" / "step-000002.ckpt")
+def test_fake_engine_resumes_exactly(tmp_path, sum_problems):
+    straight, _, _ = fit_fake(tmp_path / "a", sum_problems, 4)
+    resumed, _, _ = fit_fake(tmp_path / "b", sum_problems, 4,
+                             ckpt_path=tmp_path / "a" / "checkpoints" / "step-000002.ckpt")
     for role in straight.backbone.roles:
         assert torch.equal(straight.backbone.logits[role], resumed.backbone.logits[role]), role
     for a, b in zip(straight.controllers, resumed.controllers):
@@ -91,8 +74,6 @@ def test_fake_engine_resumes_exactly(tmp_path):
 
 @pytest.mark.e2e
 def test_evaluate_from_python_writes_what_the_cli_writes(tmp_path):
-    import json
-
     from tracer_pl.data import ReasoningDataModule
 
     data_file = tmp_path / "sums.jsonl"

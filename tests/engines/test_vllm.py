@@ -5,18 +5,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.paths import CONFIGS
 from tracer_pl.cli import build_cli
 from tracer_pl.errors import ConfigError
 from tracer_pl.vllm_engine import VLLMEngine
 
-ROOT = Path(__file__).resolve().parents[1]
-OVERLAY = ROOT / "configs" / "engines" / "vllm.yaml"
+OVERLAY = CONFIGS / "engines" / "vllm.yaml"
 
 
 def test_overlay_selects_the_vllm_engine(capsys):
     assert OVERLAY.read_text().startswith("# tracer-pl fit -c configs/quickstart.yaml -c configs/engines/vllm.yaml")
     with pytest.raises(SystemExit):
-        build_cli(["fit", "-c", str(ROOT / "configs" / "tiny.yaml"), "-c", str(OVERLAY), "--print_config"])
+        build_cli(["fit", "-c", str(CONFIGS / "tiny.yaml"), "-c", str(OVERLAY), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     engine = printed["model"]["engine"]
     assert engine["class_path"] == "tracer_pl.vllm_engine.VLLMEngine"

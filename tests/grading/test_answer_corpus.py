@@ -7,13 +7,12 @@ code) but the known misreads listed below, which are expected to fail until the 
 """
 
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import CORPUS
 from tracer_pl.answers import extract_answer, is_equivalent
 
-CORPUS = Path(__file__).resolve().parent / "corpus"
 HELDOUT = CORPUS / "heldout"
 DATASETS = {"gsm8k": "gsm8k", "math500": "math500", "gpqa": "gpqa_diamond"}
 KNOWN_MISREADS = {  # held-out rows tracer_pl reads wrongly today, and why (docs/grading.md, "Known misreads")

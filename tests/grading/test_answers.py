@@ -1,11 +1,11 @@
 import json
 import threading
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.paths import DATA
 from tracer_pl.answers import (
     AnswerFormat,
     extract_answer,
@@ -18,8 +18,6 @@ from tracer_pl.answers import (
     shuffle_choices,
 )
 from tracer_pl.errors import ConfigError
-
-DATA = Path(__file__).resolve().parent / "data"
 
 
 def rows(path):

@@ -8,6 +8,8 @@ import torch
 
 from tracer_pl.agent import Completion
 from tracer_pl.controllers import Controller, ProposerController, ReviewerController
+from tracer_pl.dialogue import DialogueConfig, run_dialogues
+from tracer_pl.roles import Proposer, Reviewer
 
 PROMPT_TOKENS = 10
 
@@ -60,4 +62,17 @@ class ScriptedReviewerController(_Scripted, ReviewerController):
         _Scripted.__init__(self, actions)
 
 
-__all__ = ["Controller", "ScriptedAgent", "ScriptedProposerController", "ScriptedReviewerController"]
+def play(problems, agent, proposer_actions, reviewer_actions, training=False, learn=None, **config):
+    """TRACER's dialogue on ``problems`` with its two roles and scripted controllers playing the given actions.
+
+    Returns:
+        ``(result, proposer_controller, reviewer_controller)``; ``config`` holds ``DialogueConfig`` fields.
+    """
+    pc = ScriptedProposerController(proposer_actions)
+    rc = ScriptedReviewerController(reviewer_actions)
+    result = run_dialogues(problems, agent, proposer=Proposer(), reviewer=Reviewer(), proposer_controller=pc,
+                           reviewer_controller=rc, config=DialogueConfig(**config), training=training, learn=learn)
+    return result, pc, rc
+
+
+__all__ = ["Controller", "ScriptedAgent", "ScriptedProposerController", "ScriptedReviewerController", "play"]

@@ -1,7 +1,8 @@
 """Two-process (gloo) TRACER training; each rank dumps its final state for test_ddp.py.
 
-Run as ``python tests/ddp_worker.py OUT_DIR [tiny|fake]``; Lightning starts rank 1 by running the same command
-again. ``tiny`` trains the tiny model; ``fake`` the fake engine with a third seat (a verifier), in seconds.
+Run as ``python tests/training/ddp_worker.py OUT_DIR [tiny|fake]`` from any directory; Lightning starts rank 1
+by running the same command again. ``tiny`` trains the tiny model; ``fake`` the fake engine with a third seat (a
+verifier), in seconds.
 """
 
 import sys
@@ -10,9 +11,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.helpers
 
-from roles_for_tests import ByteSumProposer  # noqa: E402
+from tests.helpers.roles_for_tests import ByteSumProposer  # noqa: E402
 from tracer_pl.controllers import Controller  # noqa: E402
 from tracer_pl.data import ReasoningDataModule  # noqa: E402
 from tracer_pl.dialogue import DialogueConfig  # noqa: E402

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-HERE = Path(__file__).resolve().parent
+from tests.helpers.paths import child_env
+
+WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 pytestmark = [pytest.mark.ddp, pytest.mark.subprocess, pytest.mark.timeout(900)]
 
 
@@ -23,8 +25,8 @@ def free_port() -> int:
 def ranks(request, tmp_path_factory):
     """The tiny model with TRACER's two seats, and the fake engine with a third seat (a verifier)."""
     out = tmp_path_factory.mktemp(f"ddp_{request.param}")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(out), request.param], env=env, cwd=out,
+    env = child_env({**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"})
+    done = subprocess.run([sys.executable, str(WORKER), str(out), request.param], env=env, cwd=out,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]

@@ -2,11 +2,10 @@ import json
 
 import pytest
 
-from scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
-from tracer_pl.dialogue import DialogueConfig, run_dialogues
+from tests.helpers import scripted
+from tests.helpers.scripted import ScriptedAgent
 from tracer_pl.metrics import mean_metrics, problem_metrics, record_json
 from tracer_pl.problem import Problem
-from tracer_pl.roles import Proposer, Reviewer
 
 P = Problem(question="What is 6 times 7?", gold="42", dataset="gsm8k", uid="p")
 RIGHT, WRONG, NONE = "Final answer: 42", "Final answer: 7", "no idea"
@@ -14,10 +13,7 @@ RIGHT, WRONG, NONE = "Final answer: 42", "Final answer: 7", "no idea"
 
 def play(proposals, reviews, proposer_actions, reviewer_actions, rounds=3):
     agent = ScriptedAgent(proposer=list(proposals), reviewer=list(reviews))
-    result = run_dialogues([P], agent, proposer=Proposer(), reviewer=Reviewer(),
-                           proposer_controller=ScriptedProposerController(proposer_actions),
-                           reviewer_controller=ScriptedReviewerController(reviewer_actions),
-                           config=DialogueConfig(rounds=rounds))
+    result, _, _ = scripted.play([P], agent, proposer_actions, reviewer_actions, rounds=rounds)
     return result.records[0]
 
 

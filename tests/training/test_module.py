@@ -1,41 +1,35 @@
 """The Lightning layer on the tiny model: exact resume, checkpoint contents, faults, configuration errors."""
 
-from pathlib import Path
-
-import lightning as L
 import pytest
 import torch
 
-from roles_for_tests import ByteSumProposer
-from tracer_pl.callbacks import BatchCheckpoint
+from tests.helpers.paths import GSM
+from tests.helpers.roles_for_tests import ByteSumProposer
+from tests.helpers.training import fit
 from tracer_pl.data import ReasoningDataModule
 from tracer_pl.dialogue import DialogueConfig
 from tracer_pl.errors import ConfigError
 from tracer_pl.gspo import GSPOConfig
 from tracer_pl.module import BackboneConfig, TracerModule
 
-GSM = Path(__file__).resolve().parent / "data" / "gsm8k" / "test_sample64.jsonl"
 
-
-def make_module(**overrides):
+def tiny_settings(**overrides):
+    """The tiny model with a proposer whose reward varies on its random text, so GSPO steps happen."""
     settings = dict(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=6, temperature=1.0),
                     proposer=ByteSumProposer(), dialogue=DialogueConfig(rounds=3, group_size=3),
                     gspo=GSPOConfig(lr=0.05, steps_per_group=2))
     settings.update(overrides)
-    return TracerModule(**settings)
+    return settings
 
 
-def fit(root, batches, ckpt_path=None, keep_every=0, **overrides):
-    L.seed_everything(7)
-    module = make_module(**overrides)
-    data = ReasoningDataModule(train=str(GSM), batch_size=2, seed=3)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, logger=False,
-                        default_root_dir=root,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[BatchCheckpoint(str(root / "checkpoints"), every_n_batches=2,
-                                                   keep_every=keep_every)])
-    trainer.fit(module, data, ckpt_path=ckpt_path)
-    return module, trainer
+def make_module(**overrides):
+    return TracerModule(**tiny_settings(**overrides))
+
+
+def fit_tiny(root, batches, ckpt_path=None, keep_every=0, **overrides):
+    """The tiny settings on GSM8K rows for ``batches`` batches of 2, checkpointed every 2 batches."""
+    return fit(root, ReasoningDataModule(train=str(GSM), batch_size=2, seed=3), batches=batches, seed=7,
+               ckpt_path=ckpt_path, checkpoint_every=2, keep_every=keep_every, **tiny_settings(**overrides))
 
 
 def lora_state(module):
@@ -44,9 +38,9 @@ def lora_state(module):
 
 @pytest.mark.e2e
 def test_exact_resume_two_plus_two_equals_four(tmp_path):
-    straight, straight_trainer = fit(tmp_path / "a", 4, keep_every=2)
+    straight, straight_trainer = fit_tiny(tmp_path / "a", 4, keep_every=2)
     middle = tmp_path / "a" / "checkpoints" / "step-000002.ckpt"  # written after batch 2, as before a crash
-    resumed, resumed_trainer = fit(tmp_path / "c", 4, ckpt_path=middle)
+    resumed, resumed_trainer = fit_tiny(tmp_path / "c", 4, ckpt_path=middle)
     # controllers: regret tables, strategy sums, visits and RNG
     for a, b in zip(straight.controllers, resumed.controllers):
         assert a.matcher.state_dict() == b.matcher.state_dict()
@@ -68,7 +62,7 @@ def test_exact_resume_two_plus_two_equals_four(tmp_path):
 
 @pytest.mark.e2e
 def test_checkpoint_holds_adapters_controllers_and_position_not_the_base(tmp_path):
-    module, _ = fit(tmp_path, 2)
+    module, _ = fit_tiny(tmp_path, 2)
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     keys = list(checkpoint["state_dict"])
     assert keys and all("lora_" in k for k in keys if k.startswith("backbone."))
@@ -82,7 +76,7 @@ def test_nonfinite_loss_skips_the_update(tmp_path, monkeypatch):
     import tracer_pl.gspo_step as gspo_step_lib
 
     monkeypatch.setattr(gspo_step_lib, "gspo_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
-    module, trainer = fit(tmp_path, 2)
+    module, trainer = fit_tiny(tmp_path, 2)
     assert all(float(v.abs().sum()) == 0 for k, v in lora_state(module).items() if "lora_B" in k)  # untouched
     assert trainer.callback_metrics["gspo/proposer/skipped_nonfinite"] > 0
 
@@ -91,7 +85,7 @@ def test_nonfinite_loss_skips_the_update(tmp_path, monkeypatch):
 def test_frozen_roles_and_fixed_controllers(tmp_path):
     from tracer_pl.controllers import ControllerConfig
 
-    module, trainer = fit(tmp_path, 2, train_proposer=False, train_reviewer=False,
+    module, trainer = fit_tiny(tmp_path, 2, train_proposer=False, train_reviewer=False,
                           controllers=ControllerConfig(reviewer="always_skip"))
     assert all(float(v.abs().sum()) == 0 for k, v in lora_state(module).items() if "lora_B" in k)
     assert trainer.optimizers == []
@@ -158,6 +152,7 @@ def test_gspo_updates_per_group_or_per_round(monkeypatch, update_per, expected):
     assert updates == expected
 
 
+@pytest.mark.e2e
 def test_per_group_is_the_default_and_counts_one_step_per_group(tmp_path, monkeypatch):
     assert GSPOConfig().update_per == "group"
     original = TracerModule.gspo_step
@@ -171,7 +166,7 @@ def test_per_group_is_the_default_and_counts_one_step_per_group(tmp_path, monkey
     monkeypatch.setattr(TracerModule, "gspo_step", recording)
     for mode in ("group", "round"):
         live_groups.clear()
-        _, trainer = fit(tmp_path / mode, 1, gspo=GSPOConfig(lr=0.05, steps_per_group=1, update_per=mode))
+        _, trainer = fit_tiny(tmp_path / mode, 1, gspo=GSPOConfig(lr=0.05, steps_per_group=1, update_per=mode))
         steps = float(trainer.callback_metrics["gspo/proposer/steps"])
         expected = sum(live_groups) if mode == "group" else sum(n > 0 for n in live_groups)
         assert steps == expected, (mode, live_groups)

@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
+from tests.helpers.paths import GSM, TINY, child_env
+from tests.helpers.problems import P42
+from tests.helpers.scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
 from tracer_pl.cli import build_cli
 from tracer_pl.data import ReasoningDataModule
 from tracer_pl.dialogue import DialogueConfig, run_dialogues
@@ -24,11 +25,8 @@ from tracer_pl.problem import Problem
 from tracer_pl.roles import Proposer, Reviewer
 from tracer_pl.sources import load_problems
 
-TESTS = Path(__file__).resolve().parent
-TINY = str(TESTS.parent / "configs" / "tiny.yaml")
-GSM = TESTS / "data" / "gsm8k" / "test_sample64.jsonl"
-ARGS = [f"--data.train={GSM}", "--model.proposer=roles_for_tests.ByteSumProposer", "--model.gspo.lr=0.05",
-        "--trainer.enable_progress_bar=false"]
+ARGS = [f"--data.train={GSM}", "--model.proposer=tests.helpers.roles_for_tests.ByteSumProposer",
+        "--model.gspo.lr=0.05", "--trainer.enable_progress_bar=false"]
 
 
 def final_state(root):
@@ -60,8 +58,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
 
     run = tmp_path / "killed"
     run.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1",  # one thread per process: the child and this one share the CPU
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    # one thread per process: the child and this one share the CPU; the repository root on its path for tests.helpers
+    env = child_env({**os.environ, "OMP_NUM_THREADS": "1"})
     process = subprocess.Popen([sys.executable, "-m", "tracer_pl.cli", "fit", "-c", TINY, *ARGS, *batches],
                                cwd=run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = run / "runs/tiny/checkpoints/last.ckpt"
@@ -95,7 +93,6 @@ def test_same_seed_same_dialogues_and_metrics(tmp_path, monkeypatch):
     assert_same_training_state(results[0][2], results[1][2])
 
 
-P42 = Problem(question="What is 6 times 7?", gold="42", dataset="gsm8k")
 PMATH = Problem(question="Simplify 2/4.", gold="\\frac{1}{2}", dataset="math500")
 
 
@@ -133,10 +130,10 @@ class NaNReviewer(Reviewer):
 
 
 @pytest.mark.e2e
-def test_nonfinite_rewards_never_reach_regrets_or_weights(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+@pytest.mark.usefixtures("run_dir")
+def test_nonfinite_rewards_never_reach_regrets_or_weights():
     cli = build_cli(["fit", "-c", TINY, *ARGS, "--trainer.limit_train_batches=2",
-                     "--model.reviewer=test_reliability.NaNReviewer"])
+                     f"--model.reviewer={__name__}.NaNReviewer"])
     module = cli.model
     assert module.reviewer_controller.matcher.states() == []  # every reviewer value was NaN: no update
     proposer = module.proposer_controller.matcher  # its values are finite: its table grew, and stays finite
@@ -281,21 +278,21 @@ TINY_ARGS = ["fit", "-c", TINY, "--trainer.enable_progress_bar=false", "--traine
         (["--model.gspo.weight_decay=-0.1"], ConfigError, "--model.gspo.weight_decay must be between 0.0 and 1.0"),
     ],
 )
-def test_unusable_runs_fail_before_any_compute(tmp_path, monkeypatch, extra, error, message):
+@pytest.mark.usefixtures("run_dir")
+def test_unusable_runs_fail_before_any_compute(tmp_path, extra, error, message):
     from tracer_pl import errors
 
-    monkeypatch.chdir(tmp_path)
     (tmp_path / "blocker").write_text("a file where a directory should be")
     error = getattr(errors, error) if isinstance(error, str) else error
     with pytest.raises(error, match=message):
         build_cli([*TINY_ARGS, *extra])
 
 
-def test_a_second_fit_into_a_locked_directory_is_refused(tmp_path, monkeypatch):
+@pytest.mark.usefixtures("run_dir")
+def test_a_second_fit_into_a_locked_directory_is_refused(tmp_path):
     from tracer_pl.callbacks import DirectoryLock
     from tracer_pl.errors import CheckpointError
 
-    monkeypatch.chdir(tmp_path)
     lock = DirectoryLock(tmp_path / "runs/tiny/checkpoints", ".fit.lock")  # another run holds it
     try:
         with pytest.raises(CheckpointError, match=f"another fit \\(pid {os.getpid()} .*\\) is writing checkpoints"):
@@ -313,7 +310,11 @@ class SigtermDuringBatch3(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_saves_at_the_batch_boundary_exits_143_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+@pytest.mark.e2e
+def test_sigterm_saves_at_the_batch_boundary_exits_143_and_resumes_exactly(tmp_path, monkeypatch, capsys,
+                                                                            restore_signal_handlers):
+    # the fit installs a SIGTERM handler and this process receives the signal: the fixture puts the saved
+    # handlers back afterwards (it runs for every test; named here because this test depends on it)
     from tracer_pl.cli import main
 
     run = [*TINY_ARGS[:4], "--trainer.limit_train_batches=4"]  # the tiny config's generated problems
@@ -326,7 +327,7 @@ def test_sigterm_saves_at_the_batch_boundary_exits_143_and_resumes_exactly(tmp_p
     monkeypatch.chdir(tmp_path / "preempted")
     # planned for 8 batches, preempted during the third, resumed with 4: the batch limit is safe to change
     monkeypatch.setattr(sys, "argv", ["tracer-pl", *run, "--trainer.limit_train_batches=8",
-                                      "--trainer.callbacks+=test_reliability.SigtermDuringBatch3"])
+                                      f"--trainer.callbacks+={__name__}.SigtermDuringBatch3"])
     with pytest.raises(SystemExit) as stop:
         main()
     assert stop.value.code == 143
@@ -357,8 +358,8 @@ def test_settings_documented_as_safe_are_accepted_on_resume():
 @pytest.mark.parametrize("change", ["--model.dialogue.group_size=3", "--model.dialogue.rounds=3",
                                     "--model.controllers.state_time=false", "--data.batch_size=1",
                                     "--trainer.max_epochs=2", "--model.gspo.lr=0.5"])
-def test_resuming_a_changed_experiment_is_refused_before_loading(tmp_path, monkeypatch, change):
-    monkeypatch.chdir(tmp_path)
+@pytest.mark.usefixtures("run_dir")
+def test_resuming_a_changed_experiment_is_refused_before_loading(tmp_path, change):
     checkpoint = tmp_path / "runs/tiny/checkpoints/last.ckpt"
     checkpoint.parent.mkdir(parents=True)
     torch.save(resume_checkpoint(), checkpoint)

@@ -13,14 +13,13 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from tests.helpers.paths import CONFIGS, TINY
 from tracer_pl.callbacks import DIALOGUE_COLUMNS, DialogueTable, dialogue_rows
 from tracer_pl.cli import build_cli
 from tracer_pl.dialogue import DialogueRecord, Turn
 from tracer_pl.problem import Problem
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
-OVERLAY = ROOT / "configs" / "loggers" / "wandb.yaml"
+OVERLAY = CONFIGS / "loggers" / "wandb.yaml"
 
 
 def test_dialogue_rows_give_question_turns_actions_and_rewards():
@@ -53,6 +52,7 @@ def test_dialogue_table_without_a_wandb_logger_warns_and_logs_nothing():
 
 
 @pytest.mark.e2e
+@pytest.mark.usefixtures("run_dir")
 def test_offline_run_logs_the_csv_metric_names_and_dialogue_tables(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     logged = []  # what the logger hands to the real (offline) W&B run
@@ -67,12 +67,11 @@ def test_offline_run_logs_the_csv_metric_names_and_dialogue_tables(tmp_path, mon
         monkeypatch.setenv(name, str(tmp_path / "wandb_home"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.chdir(tmp_path)
     overlay = yaml.safe_load(OVERLAY.read_text())
     overlay["trainer"]["callbacks+"][0]["init_args"]["every_n_batches"] = 1  # the shipped overlay, every batch
     (tmp_path / "wandb.yaml").write_text(yaml.safe_dump(overlay))
     build_cli(["fit", "-c", TINY, "-c", "wandb.yaml", "--trainer.limit_train_batches=2",
-               "--model.proposer=roles_for_tests.ByteSumProposer", "--trainer.enable_progress_bar=false"])
+               "--model.proposer=tests.helpers.roles_for_tests.ByteSumProposer", "--trainer.enable_progress_bar=false"])
     wandb.finish()  # the logger leaves the run open; finishing it writes everything to the run's files
 
     rows = list(csv.DictReader((tmp_path / "runs/tiny/logs/version_0/metrics.csv").open()))

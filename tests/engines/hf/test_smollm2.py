@@ -2,14 +2,14 @@
 
 import time
 
-import lightning as L
 import pytest
 
+from tests.helpers.training import fit
 from tracer_pl.data import ReasoningDataModule
 from tracer_pl.dialogue import DialogueConfig
 from tracer_pl.gspo import GSPOConfig
 from tracer_pl.models import cache_dir, load_base_model
-from tracer_pl.module import BackboneConfig, TracerModule
+from tracer_pl.module import BackboneConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a model conversion on a loaded CPU
 
@@ -25,13 +25,10 @@ def test_smollm2_alias_loads_from_the_cache_and_trains(tmp_path):
     assert time.monotonic() - start < 20  # from safetensors, not a new conversion
     assert model.config.model_type == "llama" and tokenizer.chat_template
 
-    L.seed_everything(0)
-    module = TracerModule(backbone=BackboneConfig(name="smollm2-135m-instruct", max_new_tokens=24, temperature=0.7),
+    module, trainer = fit(tmp_path, ReasoningDataModule(train=SOURCE, test=SOURCE, batch_size=2, test_limit=4),
+                          batches=2, seed=0,
+                          backbone=BackboneConfig(name="smollm2-135m-instruct", max_new_tokens=24, temperature=0.7),
                           dialogue=DialogueConfig(rounds=3, group_size=2), gspo=GSPOConfig(lr=1e-4))
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,
-                        default_root_dir=tmp_path,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, ReasoningDataModule(train=SOURCE, test=SOURCE, batch_size=2, test_limit=4))
     metrics = trainer.callback_metrics
     assert 0.0 <= float(metrics["train/accuracy"]) <= 1.0
     assert float(metrics["train/proposer/completions/mean_length"]) > 1

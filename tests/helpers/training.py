@@ -1,0 +1,46 @@
+"""The one ``fit`` of the tests that train a ``TracerModule`` in-process with a Lightning ``Trainer``."""
+
+from pathlib import Path
+
+import lightning as L
+
+from tracer_pl.callbacks import BatchCheckpoint
+from tracer_pl.module import TracerModule
+
+
+def fit(root, data, *, batches, seed, ckpt_path=None, callbacks=(), checkpoint_every=None, keep_every=0,
+        **settings):
+    """Seed, build ``TracerModule(**settings)`` and fit it on ``data`` for ``batches`` batches of one epoch.
+
+    The module is built after seeding, so its initial adapters and controller RNGs follow ``seed``. No logger,
+    progress bar or Lightning checkpointing; with ``checkpoint_every``, a ``BatchCheckpoint`` writes to
+    ``root/checkpoints`` every that many batches (keeping every ``keep_every``-th). ``data`` is a data module
+    or a training ``DataLoader``.
+
+    Returns:
+        ``(module, trainer)`` after ``trainer.fit``.
+    """
+    L.seed_everything(seed)
+    module = TracerModule(**settings)
+    callbacks = list(callbacks)
+    if checkpoint_every:
+        callbacks.append(BatchCheckpoint(str(Path(root) / "checkpoints"), every_n_batches=checkpoint_every,
+                                         keep_every=keep_every))
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, logger=False,
+                        default_root_dir=root, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=callbacks)
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+class StepCounter(L.Callback):
+    """Adds up the GSPO optimizer steps each training step reports, per role."""
+
+    def __init__(self):
+        self.steps = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for key, value in pl_module._step_stats.items():
+            if key.endswith("/steps"):
+                role = key.split("/")[1]
+                self.steps[role] = self.steps.get(role, 0) + int(value)
