@@ -3,7 +3,7 @@
     python benchmarks/inference_cost.py [--quick] [--model smollm2-135m-instruct] [--problems 32]
     python benchmarks/inference_cost.py --ckpt runs/quickstart/checkpoints/last.ckpt   # trained adapters
 
-All methods run through the same backbone and harness (``TracerModule._evaluate``) with the same decoding
+All methods run through the same backbone and harness (``TracerModule.evaluator``) with the same decoding
 settings. Majority vote gets the number of samples that fits TRACER's measured token budget. Reported per
 method: tokens (prompt + completion, every call) and calls per problem, wall time per problem, accuracy. The
 last output line is JSON.
@@ -27,10 +27,12 @@ SOURCE = "reasoning_gym:basic_arithmetic?size=64&max_terms=2&max_digits=1&allow_
 
 
 def measure(module: TracerModule, problems, batch: int) -> dict:
-    module._eval_generators = {"sample": torch.Generator().manual_seed(0), "argmax": torch.Generator()}
+    module.evaluator.generators = {"sample": torch.Generator().manual_seed(0), "argmax": torch.Generator()}
     start, records = time.perf_counter(), []
     for i in range(0, len(problems), batch):
-        records += module._evaluate(problems[i : i + batch])
+        (_, played), *_ = module.evaluator.play(problems[i : i + batch], module.policy, module.seats,
+                                                module.dialogue_config, protocols=["sample"])
+        records += played
     seconds = time.perf_counter() - start
     metrics = mean_metrics(records)
     return {"tokens_per_problem": metrics["tokens_per_problem"], "calls_per_problem": metrics["calls_per_problem"],

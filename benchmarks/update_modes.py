@@ -26,7 +26,7 @@ def child(mode: str, model: str, batch_size: int, batches: int, max_new_tokens: 
 
     from tracer_pl.cli import build_cli
     from tracer_pl.engines.hf.policy import HFPolicy
-    from tracer_pl.training.module import TracerModule
+    from tracer_pl.training.gspo_update import GSPOUpdate
 
     totals = {"generate": 0.0, "gspo": 0.0}
 
@@ -44,7 +44,7 @@ def child(mode: str, model: str, batch_size: int, batches: int, max_new_tokens: 
         setattr(owner, name, wrapper)
 
     timed(HFPolicy, "generate", "generate")
-    timed(TracerModule, "gspo_step", "gspo")
+    timed(GSPOUpdate, "step", "gspo")
 
     class Steps(L.Callback):
         def __init__(self) -> None:
@@ -55,7 +55,7 @@ def child(mode: str, model: str, batch_size: int, batches: int, max_new_tokens: 
             self._before = dict(totals)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            steps = sum(v for k, v in pl_module._step_stats.items() if k.endswith("/steps"))
+            steps = sum(v for k, v in pl_module.last_step_statistics.items() if k.endswith("/steps"))
             self.rows.append({"seconds": time.perf_counter() - self._start, "optimizer_steps": steps,
                               **{k: totals[k] - self._before[k] for k in totals}})
 

@@ -102,10 +102,10 @@ def training(batches: int, extra: list[str]) -> dict:
             self.steps: list[tuple[float, float, int]] = []  # (step seconds, sync seconds, syncs)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self._start, self._synced = time.perf_counter(), len(pl_module.backbone.sync_seconds)
+            self._start, self._synced = time.perf_counter(), len(pl_module.policy.sync_seconds)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            syncs = pl_module.backbone.sync_seconds[self._synced:]
+            syncs = pl_module.policy.sync_seconds[self._synced:]
             self.steps.append((time.perf_counter() - self._start, sum(syncs), len(syncs)))
 
     timer = StepTimer()

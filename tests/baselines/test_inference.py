@@ -2,9 +2,9 @@ import pytest
 
 from tests.helpers.scripted import PROMPT_TOKENS, ScriptedAgent
 from tracer_pl.baselines import budget_matched_samples, chain_of_thought, debate, majority_vote
-from tracer_pl.metrics import problem_metrics
-from tracer_pl.problem import Problem
-from tracer_pl.roles import Proposer
+from tracer_pl.core.problem import Problem
+from tracer_pl.core.roles import Proposer
+from tracer_pl.training.metrics import problem_metrics
 
 P42 = Problem(question="What is 6 times 7?", gold="42", dataset="gsm8k")
 P5 = Problem(question="What is 2 plus 3?", gold="5", dataset="gsm8k")

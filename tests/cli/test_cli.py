@@ -9,8 +9,8 @@ from peft import PeftModel
 from tests.helpers.paths import CONFIGS, GSM, TINY
 from tests.helpers.record_checks import assert_metrics_match_records
 from tracer_pl.cli import build_cli
+from tracer_pl.engines.hf.tiny import build_tiny_model
 from tracer_pl.errors import ConfigError
-from tracer_pl.tiny import build_tiny_model
 
 pytestmark = pytest.mark.usefixtures("run_dir")  # the tiny config writes under runs/tiny: in tmp_path
 
@@ -52,7 +52,7 @@ def test_a_subclassed_role_is_selected_from_yaml(tmp_path):
     cli = build_cli(["fit", "-c", TINY, "-c", str(config), "--trainer.limit_train_batches=1"])
     module = cli.model
     assert type(module.reviewer).__name__ == "Verifier"
-    assert module.backbone.roles == ["proposer", "verifier"]  # its own adapter
+    assert module.policy.roles == ["proposer", "verifier"]  # its own adapter
     assert "train/verifier/reward" in cli.trainer.logged_metrics
     assert (tmp_path / "runs/tiny/logs/version_0/adapters/verifier/adapter_config.json").exists()
     checkpoint = "--ckpt_path=runs/tiny/checkpoints/last.ckpt"
@@ -82,7 +82,7 @@ def test_the_third_role_example_fits_and_tests_with_three_adapters(tmp_path):
     records = (tmp_path / "runs/tiny/logs/version_1/test_records_basic_arithmetic.jsonl").read_text().splitlines()
     assert [[t["role"] for t in json.loads(line)["turns"]] for line in records] == [schedule, schedule]
 
-    from tracer_pl.report import write_report
+    from tracer_pl.reporting.report import write_report
 
     report = write_report([tmp_path / "runs/tiny"], tmp_path / "report").read_text()
     assert "| verifier (speak) |" in report and "| proposer (refresh) |" in report
@@ -101,10 +101,10 @@ def test_settings_given_at_test_time_win_over_the_checkpoint(tmp_path):
 
 def test_print_config_shows_every_field(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        build_cli(["fit", "-c", TINY, "--print_config", "--model.dialogue.group_size=6"])
+        build_cli(["fit", "-c", TINY, "--print_config", "--model.gspo.group_size=6"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["dialogue"]["group_size"] == 6  # command-line override
+    assert printed["model"]["gspo"]["group_size"] == 6  # command-line override
     assert printed["model"]["proposer"]["class_path"] == "tracer_pl.Proposer"  # the public import path
     assert printed["model"]["gspo"]["epsilon"] == 0.1 and printed["model"]["controllers"]["variant"] == "rm"
     assert printed["data"]["batch_size"] == 2
@@ -118,8 +118,8 @@ def test_typo_in_a_key_is_rejected(capsys):
 
 
 def test_impossible_value_is_rejected_before_the_model_loads():
-    with pytest.raises(ConfigError, match="--model.dialogue.group_size must be at least 2"):
-        build_cli(["-c", TINY, "--model.dialogue.group_size=1"], run=False)
+    with pytest.raises(ConfigError, match="--model.gspo.group_size must be between 2 and 256"):
+        build_cli(["-c", TINY, "--model.gspo.group_size=1"], run=False)
 
 
 def test_console_entry_point_reports_data_errors_without_a_traceback(tmp_path, monkeypatch, capsys):
@@ -168,7 +168,7 @@ HOSTILE = [  # (arguments after `tracer-pl`, the one-line error); files are writ
     (["--ckpt_path=garbage.ckpt"], "--ckpt_path garbage.ckpt: not a readable checkpoint (not a torch.save archive"),
     (["--ckpt_path=empty.ckpt"], "--ckpt_path empty.ckpt: empty file, not a checkpoint"),
     (["--model.backbone.name=./no-such-model"], "--model.backbone.name './no-such-model': cannot load the model"),
-    (["--trainer.callbacks+=tracer_pl.callbacks.ControllerMonitor", "--trainer.callbacks.every_n_batches=0"],
+    (["--trainer.callbacks+=tracer_pl.training.callbacks.ControllerMonitor", "--trainer.callbacks.every_n_batches=0"],
      "invalid configuration: every_n_batches must be at least 1, got 0"),
     (["--trainer.default_root_dir=/proc/no-such-dir"], "/proc/no-such-dir/checkpoints: cannot write checkpoints"),
     (["--data.train=nan.jsonl", "--data.field_map={question: nope}"], "nan.jsonl line 1: missing field 'nope'"),

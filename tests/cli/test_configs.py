@@ -11,11 +11,11 @@ import yaml
 
 from tests.helpers.paths import CONFIGS, ROOT, TINY
 from tests.helpers.record_checks import TrainingRecords, assert_metrics_match_records
-from tracer_pl import backbone as backbone_module
 from tracer_pl.cli import build_cli
-from tracer_pl.models import bnb_config, load_base_model
-from tracer_pl.report import write_report
-from tracer_pl.sources import BENCHMARKS, load_problems
+from tracer_pl.data.sources import BENCHMARKS, load_problems
+from tracer_pl.engines.hf import policy as policy_module
+from tracer_pl.engines.hf.models import bnb_config, load_base_model
+from tracer_pl.reporting.report import write_report
 
 SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in CONFIGS.rglob("*.yaml"))
 OVERLAYS = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "ablations").glob("*.yaml")) + [
@@ -70,17 +70,17 @@ def test_every_shipped_config_builds_module_data_and_trainer(config, monkeypatch
         assert module.engine.max_model_len == merged["model"]["engine"]["init_args"]["max_model_len"]
         return
     calls: list = []
-    monkeypatch.setattr(backbone_module, "load_base_model", tiny_stand_in(calls))
+    monkeypatch.setattr(policy_module, "load_base_model", tiny_stand_in(calls))
     module.configure_model()
     wanted = module.backbone_config
     assert calls == [(wanted.name, wanted.precision, wanted.compute_dtype)]
-    assert module.backbone.roles == [role.name for role in module.roles]
+    assert module.policy.roles == [role.name for role in module.roles]
     if wanted.precision == "4bit":  # the QLoRA config quantizes the base and trains the adapters
-        assert getattr(module.backbone.model, "is_loaded_in_4bit", False)
+        assert getattr(module.policy.model, "is_loaded_in_4bit", False)
         on_gpu = bnb_config(wanted.compute_dtype, torch.device("cuda"))  # what a GPU would get
         assert on_gpu.bnb_4bit_quant_type == "nf4" and on_gpu.bnb_4bit_use_double_quant
         assert on_gpu.bnb_4bit_compute_dtype == torch.bfloat16
-        assert module.backbone.role_parameters(module.proposer.name)
+        assert module.policy.role_parameters(module.proposer.name)
     assert len(module.configure_optimizers()) == len(module.trained_roles)
 
     data = cli.datamodule
@@ -91,7 +91,7 @@ def test_every_shipped_config_builds_module_data_and_trainer(config, monkeypatch
 
 
 def lora_b_sum(module, role):
-    return sum(float(p.abs().sum()) for n, p in module.backbone.model.named_parameters()
+    return sum(float(p.abs().sum()) for n, p in module.policy.model.named_parameters()
                if "lora_B" in n and f".{role}." in n)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tracer_pl.controllers import (
+from tracer_pl.core.controllers import (
     ControllerConfig,
     ProposerController,
     ReviewerController,

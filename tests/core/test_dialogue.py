@@ -9,10 +9,12 @@ from tests.helpers.scripted import (
     ScriptedReviewerController,
     play,
 )
-from tracer_pl.controllers import ProposerController, ReviewerController
-from tracer_pl.dialogue import DialogueConfig, run_dialogues
-from tracer_pl.problem import Problem
-from tracer_pl.roles import Proposer, Reviewer
+from tracer_pl.core import dialogue as core_dialogue
+from tracer_pl.core.controllers import ProposerController, ReviewerController
+from tracer_pl.core.dialogue import Dialogue, DialogueConfig, run_dialogues
+from tracer_pl.core.problem import Problem
+from tracer_pl.core.roles import Proposer, Reviewer
+from tracer_pl.core.seats import Seat
 
 P5 = Problem(question="What is 2 plus 3?", gold="5", dataset="gsm8k", uid="p5")
 A3 = "Final answer: 3"
@@ -154,11 +156,19 @@ def test_frozen_role_samples_no_candidates_and_frozen_controller_no_counterfactu
     agent = ScriptedAgent(proposer=[A42], reviewer=["WRONG\nx"] * 5)
     pc = ProposerController()
     rc = ReviewerController(fixed_action="speak")
-    result = run_dialogues([P42], agent, proposer=Proposer(), reviewer=Reviewer(), proposer_controller=pc,
-                           reviewer_controller=rc, config=DialogueConfig(rounds=2), training=True,
-                           learn={"reviewer": lambda groups: None})
-    assert [(c["role"], c["num_samples"]) for c in agent.calls] == [("proposer", [1]), ("reviewer", [4]),
-                                                                       ("reviewer", [1])]
+    result = run_dialogues(
+        [P42],
+        agent,
+        [Seat(Proposer(), pc), Seat(Reviewer(), rc)],
+        config=DialogueConfig(rounds=2),
+        training=True,
+        learn={"reviewer": lambda groups: None},
+    )
+    assert [(c["role"], c["num_samples"]) for c in agent.calls] == [
+        ("proposer", [1]),
+        ("reviewer", [4]),
+        ("reviewer", [1]),
+    ]
     assert result.records[0].turns[1].values is None  # a fixed protocol is not valued
 
 
@@ -168,9 +178,13 @@ def test_real_controllers_learn_from_counterfactuals():
     texts = {"proposer": [A7] * 3, "reviewer": ["WRONG\nno"] * 3}
     agent = ScriptedAgent(**texts)
     rc = ReviewerController(seed=1)
-    run_dialogues([P42, P42, P42], agent, proposer=Proposer(), reviewer=Reviewer(),
-                  proposer_controller=ProposerController(), reviewer_controller=rc,
-                  config=DialogueConfig(rounds=2), training=True)
+    run_dialogues(
+        [P42, P42, P42],
+        agent,
+        [Seat(Proposer(), ProposerController()), Seat(Reviewer(), rc)],
+        config=DialogueConfig(rounds=2),
+        training=True,
+    )
     state = ("+0", "last")
     assert rc.matcher.visits(state) == 3
     # each visit: values (-1, +1) against the decision-time strategy (1/2, 1/2): regret (-1, +1)
@@ -188,9 +202,13 @@ def test_eval_generator_makes_sampling_reproducible():
         agent = ScriptedAgent(proposer=[A42] * 20, reviewer=["RIGHT\n"] * 20)
         rc = ReviewerController()
         rc.matcher.apply(("+0", "last"), torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.5]))
-        result = run_dialogues([P42] * 10, agent, proposer=Proposer(), reviewer=Reviewer(),
-                               proposer_controller=ProposerController(), reviewer_controller=rc,
-                               config=DialogueConfig(rounds=2), eval_generator=torch.Generator().manual_seed(seed))
+        result = run_dialogues(
+            [P42] * 10,
+            agent,
+            [Seat(Proposer(), ProposerController()), Seat(Reviewer(), rc)],
+            config=DialogueConfig(rounds=2),
+            eval_generator=torch.Generator().manual_seed(seed),
+        )
         return [r.turns[1].action for r in result.records]
 
     assert run(0) == run(0)
@@ -202,10 +220,13 @@ def test_learn_runs_every_round_even_without_speakers_and_rounds_are_announced()
     agent = ScriptedAgent(proposer=[A42], reviewer=[])
     pc, rc = ProposerController(), ReviewerController(fixed_action="skip")
     seen, ended = [], []
-    run_dialogues([P42], agent, proposer=Proposer(), reviewer=Reviewer(), proposer_controller=pc,
-                  reviewer_controller=rc, config=DialogueConfig(rounds=2), training=True,
-                  learn={"reviewer": lambda groups: seen.append(list(groups))}, on_round_end=ended.append)
-    assert seen == [[]] and ended == [1, 2]
+    dialogue = Dialogue(
+        [P42], agent, [Seat(Proposer(), pc), Seat(Reviewer(), rc)], config=DialogueConfig(rounds=2), training=True
+    )
+    core_dialogue.play(
+        dialogue, {"reviewer": lambda groups: seen.append(list(groups))}, after_round=lambda: ended.append(len(seen))
+    )
+    assert seen == [[]] and ended == [0, 1]  # the reviewer's learn ran in round 2, after round 1 ended
     assert [c["role"] for c in agent.calls] == ["proposer"]  # no reviewer generation happened
 
 
@@ -213,15 +234,19 @@ def test_unparseable_refresh_is_valued_by_the_answer_it_leaves_pending():
     # pending 42 is correct; a refresh that cannot be read leaves it pending, so refreshing is worth +1, not -1
     agent = ScriptedAgent(proposer=[A42, NONE, NONE], reviewer=[])
     pc = ScriptedProposerController([1, 0])  # a real refresh in round 3, a counterfactual one in round 5
-    result = run_dialogues([P42], agent, proposer=Proposer(), reviewer=Reviewer(), proposer_controller=pc,
-                           reviewer_controller=ReviewerController(fixed_action="skip"),
-                           config=DialogueConfig(rounds=5), training=True)
+    result = run_dialogues(
+        [P42],
+        agent,
+        [Seat(Proposer(), pc), Seat(Reviewer(), ReviewerController(fixed_action="skip"))],
+        config=DialogueConfig(rounds=5),
+        training=True,
+    )
     assert pc.updates == [(("+0", "not_last"), (1.0, 1.0)), (("+0", "last"), (1.0, 1.0))]
     assert result.records[0].final_answer == "42"
 
 
 class _HarshProposer(Proposer):
-    """Rewards nothing: a GSPO-only change, by the table in tracer_pl.roles."""
+    """Rewards nothing: a GSPO-only change, by the table in tracer_pl.core.roles."""
 
     def reward(self, text, view):
         return -1.0
@@ -250,7 +275,8 @@ class _AlwaysRewardedReviewer(Reviewer):
 def test_what_each_role_override_reaches(proposer, reviewer, proposer_values, reviewer_values):
     agent = ScriptedAgent(proposer=[A7, A42], reviewer=["WRONG\nx"])
     pc, rc = ScriptedProposerController([0]), ScriptedReviewerController([0])
-    run_dialogues([P42], agent, proposer=proposer, reviewer=reviewer, proposer_controller=pc,
-                  reviewer_controller=rc, config=DialogueConfig(rounds=3), training=True)
+    run_dialogues(
+        [P42], agent, [Seat(proposer, pc), Seat(reviewer, rc)], config=DialogueConfig(rounds=3), training=True
+    )
     assert rc.updates == [(("+0", "last"), reviewer_values)]
     assert pc.updates == [(("+0", "last"), proposer_values)]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tracer_pl.gspo import clip_fraction, group_advantages, grpo_loss, gspo_loss, token_clip_fraction
+from tracer_pl.core.gspo import ClipRange, group_advantages, grpo_loss, gspo_loss
 
 
 def test_on_policy_loss_and_gradient():
@@ -12,9 +12,10 @@ def test_on_policy_loss_and_gradient():
     logp = old.clone().requires_grad_(True)
     n = torch.tensor([4, 10, 3, 1])
     adv = torch.tensor([1.5, -0.5, -0.5, -0.5], dtype=torch.float64)
-    loss = gspo_loss(logp, old, n, adv)
+    loss, frac = gspo_loss(logp, old, n, adv)
     loss.backward()
     assert loss.item() == pytest.approx(0.0, abs=1e-15)  # advantages sum to zero
+    assert frac == 0.0  # ratio 1: nothing clipped
     expected = [-a / (4 * k) for a, k in zip(adv.tolist(), n.tolist())]
     assert logp.grad.tolist() == pytest.approx(expected, abs=1e-12)
 
@@ -25,7 +26,7 @@ def test_off_policy_with_clipping_binding():
     adv = [1.0, 1.0, -1.0, -1.0]
     old = torch.tensor([-10.0, -20.0, -5.0, -1.0], dtype=torch.float64)
     logp = (old + torch.tensor(delta, dtype=torch.float64)).requires_grad_(True)
-    loss = gspo_loss(logp, old, torch.tensor(n), torch.tensor(adv, dtype=torch.float64), epsilon=0.1)
+    loss, frac = gspo_loss(logp, old, torch.tensor(n), torch.tensor(adv, dtype=torch.float64), ClipRange(0.1))
     loss.backward()
     r1, r2, r3 = math.exp(-0.2), math.exp(0.02), math.exp(2.0)
     # 0: A>0, ratio 1.221 > 1.1 -> clipped term 1.1 wins, no gradient
@@ -36,8 +37,7 @@ def test_off_policy_with_clipping_binding():
     assert loss.item() == pytest.approx(-sum(terms) / 4, abs=1e-12)
     expected_grad = [0.0, -(r1 / 4) / 4, -(-r2 / 5) / 4, 0.0]
     assert logp.grad.tolist() == pytest.approx(expected_grad, abs=1e-12)
-    frac = clip_fraction(logp, old, torch.tensor(n), torch.tensor(adv), epsilon=0.1)
-    assert frac == pytest.approx(0.25)
+    assert frac == pytest.approx(0.25)  # only candidate 0's clipped term is active (3's clamp is not the clip)
 
 
 def test_epsilon_high_widens_upper_clip():
@@ -45,14 +45,14 @@ def test_epsilon_high_widens_upper_clip():
     logp = torch.tensor([0.4, 0.0], dtype=torch.float64)  # ratio e^0.2 = 1.2214 over 2 tokens
     n = torch.tensor([2, 2])
     adv = torch.tensor([1.0, 0.0], dtype=torch.float64)
-    assert gspo_loss(logp, old, n, adv, epsilon=0.1).item() == pytest.approx(-1.1 / 2)
-    assert gspo_loss(logp, old, n, adv, epsilon=0.1, epsilon_high=0.28).item() == pytest.approx(-math.exp(0.2) / 2)
+    assert gspo_loss(logp, old, n, adv, ClipRange(0.1)).loss.item() == pytest.approx(-1.1 / 2)
+    assert gspo_loss(logp, old, n, adv, ClipRange(0.1, 0.28)).loss.item() == pytest.approx(-math.exp(0.2) / 2)
 
 
 def test_old_logp_is_treated_as_constant():
     old = torch.tensor([-3.0, -4.0], requires_grad=True)
     logp = torch.tensor([-2.9, -4.2], requires_grad=True)
-    gspo_loss(logp, old, torch.tensor([3, 3]), torch.tensor([1.0, -1.0])).backward()
+    gspo_loss(logp, old, torch.tensor([3, 3]), torch.tensor([1.0, -1.0])).loss.backward()
     assert old.grad is None
     assert logp.grad is not None
 
@@ -89,7 +89,7 @@ def test_grpo_on_policy_gradient_matches_gspo():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
     logp = old.clone().requires_grad_(True)
-    loss = grpo_loss(logp, old, mask, adv)
+    loss, frac = grpo_loss(logp, old, mask, adv)
     loss.backward()
     assert loss.item() == pytest.approx(0.0, abs=1e-15)
     assert logp.grad.flatten().tolist() == pytest.approx([-1 / 4, -1 / 4, 0.0, 1 / 6, 1 / 6, 1 / 6], abs=1e-12)
@@ -101,7 +101,7 @@ def test_grpo_clips_each_token_on_its_own():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
     logp = (old + delta).requires_grad_(True)
-    loss = grpo_loss(logp, old, mask, adv, epsilon=0.1)
+    loss, frac = grpo_loss(logp, old, mask, adv, ClipRange(0.1))
     loss.backward()
     rb = math.exp(0.05)
     # sequence 0 (A=+1): token 0 ratio e^0.2 > 1.1 is clipped to 1.1; token 1 ratio 1 -> mean (1.1 + 1) / 2
@@ -109,4 +109,4 @@ def test_grpo_clips_each_token_on_its_own():
     seq1 = (-0.9 - rb - math.exp(2.0)) / 3
     assert loss.item() == pytest.approx(-(1.05 + seq1) / 2, abs=1e-12)
     assert logp.grad.flatten().tolist() == pytest.approx([0.0, -1 / 4, 0.0, 0.0, rb / 6, 0.0], abs=1e-12)
-    assert token_clip_fraction(logp, old, mask, adv, epsilon=0.1) == pytest.approx(2 / 5)
+    assert frac == pytest.approx(2 / 5)  # tokens (0, 0) and (1, 0) of the five real ones

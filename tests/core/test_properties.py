@@ -6,8 +6,8 @@ import torch
 from hypothesis import assume, event, given, note, settings
 from hypothesis import strategies as st
 
-from tracer_pl.gspo import ZERO_SIGNAL_STD, group_advantages, gspo_loss
-from tracer_pl.regret import RegretMatcher, regret_bound
+from tracer_pl.core.gspo import ZERO_SIGNAL_STD, group_advantages, gspo_loss
+from tracer_pl.core.regret import RegretMatcher, regret_bound
 
 values = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False)
 sequences = st.lists(st.tuples(values, values), min_size=1, max_size=200)
@@ -56,7 +56,7 @@ def test_gspo_loss_is_finite_for_finite_inputs(data, n):
     old = torch.tensor(data.draw(st.lists(finite, min_size=n, max_size=n)), dtype=torch.float64)
     tokens = torch.tensor(data.draw(st.lists(st.integers(0, 512), min_size=n, max_size=n)))
     adv = torch.tensor(data.draw(st.lists(st.floats(-10, 10), min_size=n, max_size=n)), dtype=torch.float64)
-    loss = gspo_loss(logp, old, tokens, adv)
+    loss, _ = gspo_loss(logp, old, tokens, adv)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
 

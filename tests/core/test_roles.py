@@ -1,7 +1,7 @@
 import pytest
 
-from tracer_pl.problem import Problem
-from tracer_pl.roles import RIGHT, WRONG, DialogueView, Proposer, Reviewer, parse_verdict
+from tracer_pl.core.problem import Problem
+from tracer_pl.core.roles import RIGHT, WRONG, DialogueView, Proposer, Reviewer, parse_verdict
 
 GSM = Problem(question="How many legs do 3 cats have?", gold="12", dataset="gsm8k")
 MATH = Problem(question="Compute 1/2 + 1/4.", gold="\\frac{3}{4}", dataset="math500")

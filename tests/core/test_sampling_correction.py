@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tracer_pl.gspo import grpo_loss, gspo_loss, sampling_logp_mismatch, truncated_importance_weights
+from tracer_pl.core.gspo import grpo_loss, gspo_loss, sampling_logp_mismatch, truncated_importance_weights
 
 # two candidates: 2 real tokens + 1 pad, and 3 real tokens
 TRAIN = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -3.0]])
@@ -52,7 +52,7 @@ def test_weights_scale_the_gspo_loss_per_candidate():
     logp = torch.tensor([-3.0, -4.0], requires_grad=True)
     advantages = torch.tensor([1.0, -1.0])
     weights = torch.tensor([0.5, 2.0])
-    loss = gspo_loss(logp, logp.detach(), torch.tensor([2, 3]), advantages, weights=weights)
+    loss, _ = gspo_loss(logp, logp.detach(), torch.tensor([2, 3]), advantages, weights=weights)
     # on-policy ratio 1: -(0.5 * 1 + 2 * -1) / 2 = 0.75
     assert loss.item() == pytest.approx(0.75)
     loss.backward()
@@ -63,7 +63,7 @@ def test_weights_scale_the_gspo_loss_per_candidate():
 def test_weights_scale_the_grpo_loss_per_token():
     token_logp = TRAIN.clone().requires_grad_(True)
     weights = torch.tensor([[1.0, 3.0, 0.0], [2.0, 2.0, 2.0]])
-    loss = grpo_loss(token_logp, TRAIN, MASK, torch.tensor([1.0, 1.0]), weights=weights)
+    loss, _ = grpo_loss(token_logp, TRAIN, MASK, torch.tensor([1.0, 1.0]), weights=weights)
     # per sequence: (1 + 3) / 2 = 2 and 6 / 3 = 2 -> -(2 + 2) / 2
     assert loss.item() == pytest.approx(-2.0)
 
@@ -73,11 +73,11 @@ import lightning as L  # noqa: E402
 
 from tests.helpers.problems import ProblemList  # noqa: E402
 from tests.helpers.training import fit  # noqa: E402
-from tracer_pl.dialogue import DialogueConfig  # noqa: E402
+from tracer_pl.core.dialogue import DialogueConfig  # noqa: E402
+from tracer_pl.core.gspo import GSPOConfig  # noqa: E402
+from tracer_pl.engines.fake import FakeEngine, FakePolicy  # noqa: E402
 from tracer_pl.errors import ConfigError  # noqa: E402
-from tracer_pl.fake_engine import FakeEngine, FakePolicy  # noqa: E402
-from tracer_pl.gspo import GSPOConfig  # noqa: E402
-from tracer_pl.module import BackboneConfig  # noqa: E402
+from tracer_pl.training.module import BackboneConfig  # noqa: E402
 
 GAP = 0.25
 
@@ -112,8 +112,8 @@ def logged_means(engine, correction, root, problems):
     means = _Means()
     fit(root, ProblemList(problems), batches=2, seed=3, callbacks=[means],
         backbone=BackboneConfig(max_new_tokens=1, temperature=1.0), engine=engine,
-        dialogue=DialogueConfig(rounds=3, group_size=4),
-        gspo=GSPOConfig(lr=0.5, importance_sampling_correction=correction))
+        dialogue=DialogueConfig(rounds=3),
+        gspo=GSPOConfig(group_size=4, lr=0.5, importance_sampling_correction=correction))
     return means.values
 
 

@@ -6,15 +6,15 @@ import torch
 from tests.helpers.problems import A5, A7, A42, P42, ProblemList
 from tests.helpers.scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
 from tests.helpers.training import fit
-from tracer_pl.controllers import ControllerConfig, ProposerController, ReviewerController, time_bucket
-from tracer_pl.dialogue import DialogueConfig, run_dialogues
+from tracer_pl.core.controllers import ControllerConfig, ProposerController, ReviewerController, time_bucket
+from tracer_pl.core.dialogue import DialogueConfig, run_dialogues
+from tracer_pl.core.gspo import GSPOConfig
+from tracer_pl.core.roles import DialogueView, Proposer, Reviewer
+from tracer_pl.core.seats import Seat, turn_order
+from tracer_pl.engines.fake import FakeEngine
 from tracer_pl.errors import ConfigError
 from tracer_pl.examples import Verifier
-from tracer_pl.fake_engine import FakeEngine
-from tracer_pl.gspo import GSPOConfig
-from tracer_pl.module import BackboneConfig, TracerModule
-from tracer_pl.roles import DialogueView, Proposer, Reviewer
-from tracer_pl.seats import Seat, turn_order
+from tracer_pl.training.module import BackboneConfig, TracerModule
 
 THREE = ["proposer", "reviewer", "verifier", "proposer", "reviewer", "verifier", "proposer"]
 
@@ -77,9 +77,13 @@ def test_a_third_seat_speaks_in_its_rounds_moves_the_vote_and_learns_from_its_ow
     pc, rc = ScriptedProposerController([1, 0]), ScriptedReviewerController([1, 0])
     vc = ScriptedReviewerController([1, 1])
     vc.name = "verifier"
-    result = run_dialogues([P42], agent, proposer=Proposer(), reviewer=Reviewer(), proposer_controller=pc,
-                           reviewer_controller=rc, extra_seats=[Seat(Verifier(confirm_reward=0.5), vc)],
-                           config=DialogueConfig(rounds=7, schedule=THREE), training=True)
+    result = run_dialogues(
+        [P42],
+        agent,
+        [Seat(Proposer(), pc), Seat(Reviewer(), rc), *[Seat(Verifier(confirm_reward=0.5), vc)]],
+        config=DialogueConfig(rounds=7, schedule=THREE),
+        training=True,
+    )
     (record,) = result.records
     assert [t.role for t in record.turns] == THREE
     assert [t.action for t in record.turns] == ["refresh", "speak", "speak", "refresh", "skip", "speak", "keep"]
@@ -104,8 +108,7 @@ def test_controllers_are_built_per_seat_named_after_their_roles():
     config = ControllerConfig(seed=10, reviewer="always_skip", seats={"verifier": "frozen", "judge": "always_speak"})
     built = config.build([("proposer", True), ("reviewer", False), ("verifier", False), ("judge", False)])
     assert [c.name for c in built] == ["proposer", "reviewer", "verifier", "judge"]
-    assert [type(c) for c in built] == [ProposerController, ReviewerController, ReviewerController,
-                                        ReviewerController]
+    assert [type(c) for c in built] == [ProposerController, ReviewerController, ReviewerController, ReviewerController]
     assert [c.learns for c in built] == [True, False, False, False]
     assert built[1].fixed_action == "skip" and built[2].frozen and built[3].fixed_action == "speak"
     expected = [torch.Generator().manual_seed(10 + i).get_state() for i in range(4)]  # seat i: seed + i
@@ -115,10 +118,14 @@ def test_controllers_are_built_per_seat_named_after_their_roles():
 
 
 def three_seat_settings(**overrides):
-    return {"backbone": BackboneConfig(max_new_tokens=1), "engine": FakeEngine(), "extra_roles": [Verifier()],
-            "dialogue": DialogueConfig(rounds=5, group_size=4,
-                                       schedule=["proposer", "reviewer", "proposer", "verifier", "proposer"]),
-            "gspo": GSPOConfig(lr=0.5), **overrides}
+    return {
+        "backbone": BackboneConfig(max_new_tokens=1),
+        "engine": FakeEngine(),
+        "extra_roles": [Verifier()],
+        "dialogue": DialogueConfig(rounds=5, schedule=["proposer", "reviewer", "proposer", "verifier", "proposer"]),
+        "gspo": GSPOConfig(group_size=4, lr=0.5),
+        **overrides,
+    }
 
 
 def three_seats(**overrides):
@@ -128,7 +135,7 @@ def three_seats(**overrides):
 @pytest.mark.e2e
 def test_a_third_seat_gets_its_adapter_controller_optimizer_and_gspo_steps(tmp_path, sum_problems):
     module, _ = fit(tmp_path, ProblemList(sum_problems), batches=4, seed=5, **three_seat_settings())
-    policy = module.backbone
+    policy = module.policy
     assert policy.roles == module.trained_roles == ["proposer", "reviewer", "verifier"]
     assert len(module.optimizers()) == 3 and module.hparams["extra_roles"] == ["Verifier"]
     assert [c.name for c in module.controllers] == ["proposer", "reviewer", "verifier"]

@@ -6,7 +6,7 @@ import pytest
 
 from tests.helpers.paths import GSM, MATH
 from tests.helpers.problems import write_jsonl
-from tracer_pl.data import ProblemStream, ReasoningDataModule
+from tracer_pl.data.datamodule import ProblemStream, ReasoningDataModule
 from tracer_pl.errors import ConfigError, DataError
 
 

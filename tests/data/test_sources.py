@@ -7,8 +7,8 @@ import pytest
 
 from tests.helpers.paths import GSM, MATH
 from tests.helpers.problems import write_jsonl
+from tracer_pl.data.sources import BadRows, load_problems
 from tracer_pl.errors import DataError
-from tracer_pl.sources import BadRows, load_problems
 
 
 def test_gsm8k_and_math_files_give_the_gold_answers():
@@ -82,7 +82,7 @@ def test_field_map_parquet_and_plain_gold(tmp_path):
 
 
 def test_reasoning_gym_source_is_seeded_and_graded():
-    from tracer_pl.answers import is_equivalent
+    from tracer_pl.grading.answers import is_equivalent
 
     source = ("reasoning_gym:basic_arithmetic?size=20&max_terms=2&max_digits=1&operators=+,-"
               "&allow_parentheses=false&allow_negation=false")
@@ -144,7 +144,7 @@ def test_clean_golds_are_read_exactly(tmp_path, tail, gold):
 
 
 def test_a_text_gold_stays_text_and_is_graded_as_text(tmp_path):
-    from tracer_pl.answers import is_equivalent
+    from tracer_pl.grading.answers import is_equivalent
 
     path = write_jsonl(tmp_path / "t.jsonl", [{"question": "q", "gold": "H2O"}, {"question": "q", "gold": "Python 3"},
                                               {"question": "q", "gold": "1,2,3"}])

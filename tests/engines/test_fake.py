@@ -8,11 +8,11 @@ import torch
 
 from tests.helpers.problems import ProblemList
 from tests.helpers.training import StepCounter, fit
-from tracer_pl.dialogue import DialogueConfig
-from tracer_pl.engine import Policy
-from tracer_pl.fake_engine import EOS, VOCAB, FakeEngine, FakePolicy, decode
-from tracer_pl.gspo import GSPOConfig
-from tracer_pl.module import BackboneConfig, TracerModule
+from tracer_pl.core.dialogue import DialogueConfig
+from tracer_pl.core.gspo import GSPOConfig
+from tracer_pl.engines.base import Policy
+from tracer_pl.engines.fake import EOS, VOCAB, FakeEngine, FakePolicy, decode
+from tracer_pl.training.module import BackboneConfig, TracerModule
 
 
 def test_decode_reads_digits_as_one_number_and_words_apart():
@@ -45,14 +45,14 @@ def fit_fake(root, problems, batches, ckpt_path=None):
     module, trainer = fit(root, ProblemList(problems), batches=batches, seed=3, ckpt_path=ckpt_path,
                           callbacks=[counter], checkpoint_every=2, keep_every=2,
                           backbone=BackboneConfig(max_new_tokens=1, temperature=1.0), engine=FakeEngine(),
-                          dialogue=DialogueConfig(rounds=3, group_size=4), gspo=GSPOConfig(lr=0.5))
+                          dialogue=DialogueConfig(rounds=3), gspo=GSPOConfig(group_size=4, lr=0.5))
     return module, trainer, counter
 
 
 @pytest.mark.e2e
 def test_fake_engine_trains_tracer_and_hears_every_optimizer_step(tmp_path, sum_problems):
     module, _, counter = fit_fake(tmp_path, sum_problems, 4)
-    policy = module.backbone
+    policy = module.policy
     assert isinstance(policy, FakePolicy) and module.hparams["engine"] == "FakeEngine"
     counted = counter.steps
     assert counted["proposer"] > 0 and counted["reviewer"] > 0  # both roles had groups with signal
@@ -66,15 +66,15 @@ def test_fake_engine_resumes_exactly(tmp_path, sum_problems):
     straight, _, _ = fit_fake(tmp_path / "a", sum_problems, 4)
     resumed, _, _ = fit_fake(tmp_path / "b", sum_problems, 4,
                              ckpt_path=tmp_path / "a" / "checkpoints" / "step-000002.ckpt")
-    for role in straight.backbone.roles:
-        assert torch.equal(straight.backbone.logits[role], resumed.backbone.logits[role]), role
+    for role in straight.policy.roles:
+        assert torch.equal(straight.policy.logits[role], resumed.policy.logits[role]), role
     for a, b in zip(straight.controllers, resumed.controllers):
         assert a.matcher.state_dict() == b.matcher.state_dict() and a.matcher.states()
 
 
 @pytest.mark.e2e
 def test_evaluate_from_python_writes_what_the_cli_writes(tmp_path):
-    from tracer_pl.data import ReasoningDataModule
+    from tracer_pl.data.datamodule import ReasoningDataModule
 
     data_file = tmp_path / "sums.jsonl"
     data_file.write_text("".join(json.dumps({"question": f"{i} + {4 - i}?", "answer": "so #### 4"}) + "\n"

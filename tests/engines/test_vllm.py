@@ -7,8 +7,8 @@ import yaml
 
 from tests.helpers.paths import CONFIGS
 from tracer_pl.cli import build_cli
+from tracer_pl.engines.vllm import VLLMEngine
 from tracer_pl.errors import ConfigError
-from tracer_pl.vllm_engine import VLLMEngine
 
 OVERLAY = CONFIGS / "engines" / "vllm.yaml"
 
@@ -19,7 +19,7 @@ def test_overlay_selects_the_vllm_engine(capsys):
         build_cli(["fit", "-c", str(CONFIGS / "tiny.yaml"), "-c", str(OVERLAY), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     engine = printed["model"]["engine"]
-    assert engine["class_path"] == "tracer_pl.vllm_engine.VLLMEngine"
+    assert engine["class_path"] == "tracer_pl.engines.vllm.VLLMEngine"
     assert engine["init_args"]["gpu_memory_utilization"] == 0.3 and engine["init_args"]["max_loras"] is None
     assert printed["model"]["gspo"]["importance_sampling_correction"] is False
 
@@ -40,7 +40,7 @@ def test_too_few_lora_slots_is_refused_before_loading():
 
 
 def test_vllm_loads_the_base_the_training_side_loaded(tmp_path):
-    from tracer_pl.vllm_engine import base_directory
+    from tracer_pl.engines.vllm import base_directory
 
     assert base_directory(str(tmp_path), tmp_path) == str(tmp_path)  # a local folder as is
     hub = "Qwen/Qwen2.5-0.5B-Instruct"

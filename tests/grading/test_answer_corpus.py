@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.helpers.paths import CORPUS
-from tracer_pl.answers import extract_answer, is_equivalent
+from tracer_pl.grading.answers import extract_answer, is_equivalent
 
 HELDOUT = CORPUS / "heldout"
 DATASETS = {"gsm8k": "gsm8k", "math500": "math500", "gpqa": "gpqa_diamond"}

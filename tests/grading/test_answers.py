@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.paths import DATA
-from tracer_pl.answers import (
+from tracer_pl.errors import ConfigError
+from tracer_pl.grading.answers import (
     AnswerFormat,
     extract_answer,
     format_choices,
@@ -17,7 +18,6 @@ from tracer_pl.answers import (
     register_answer_format,
     shuffle_choices,
 )
-from tracer_pl.errors import ConfigError
 
 
 def rows(path):

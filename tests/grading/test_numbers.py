@@ -1,6 +1,6 @@
 import pytest
 
-from tracer_pl.numbers import last_number, normalize_number, stated_number
+from tracer_pl.grading.numbers import last_number, normalize_number, stated_number
 
 
 @pytest.mark.parametrize(

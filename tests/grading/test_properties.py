@@ -3,7 +3,7 @@
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from tracer_pl.answers import extract_answer, get_answer_format, normalize_number
+from tracer_pl.grading.answers import extract_answer, get_answer_format, normalize_number
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,6 +1,6 @@
 import pytest
 
-from tracer_pl.answer_text import (
+from tracer_pl.grading.text import (
     answer_region,
     clean_text,
     ends_unfinished,

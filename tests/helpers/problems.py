@@ -5,7 +5,7 @@ import json
 import lightning as L
 import torch
 
-from tracer_pl.problem import Problem
+from tracer_pl.core.problem import Problem
 
 P42 = Problem(question="What is 6 times 7?", gold="42", dataset="gsm8k", uid="p42")
 A42, A7, A5 = "6*7=42\nFinal answer: 42", "6+1=7\nFinal answer: 7", "Final answer: 5"

@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from tracer_pl.answers import is_equivalent
+from tracer_pl.grading.answers import is_equivalent
 
 
 def read_records(path):

@@ -1,6 +1,6 @@
 """Roles whose rewards vary on the random text of the tiny model, so GSPO has signal in tests."""
 
-from tracer_pl.roles import Proposer, Reviewer
+from tracer_pl.core.roles import Proposer, Reviewer
 
 
 class ByteSumProposer(Proposer):

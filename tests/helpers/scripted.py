@@ -6,10 +6,11 @@ from collections import deque
 
 import torch
 
-from tracer_pl.agent import Completion
-from tracer_pl.controllers import Controller, ProposerController, ReviewerController
-from tracer_pl.dialogue import DialogueConfig, run_dialogues
-from tracer_pl.roles import Proposer, Reviewer
+from tracer_pl.core.agent import Completion
+from tracer_pl.core.controllers import Controller, ProposerController, ReviewerController
+from tracer_pl.core.dialogue import DialogueConfig, run_dialogues
+from tracer_pl.core.roles import Proposer, Reviewer
+from tracer_pl.core.seats import Seat
 
 PROMPT_TOKENS = 10
 
@@ -62,7 +63,7 @@ class ScriptedReviewerController(_Scripted, ReviewerController):
         _Scripted.__init__(self, actions)
 
 
-def play(problems, agent, proposer_actions, reviewer_actions, training=False, learn=None, **config):
+def play(problems, agent, proposer_actions, reviewer_actions, training=False, learn=None, group_size=4, **config):
     """TRACER's dialogue on ``problems`` with its two roles and scripted controllers playing the given actions.
 
     Returns:
@@ -70,8 +71,9 @@ def play(problems, agent, proposer_actions, reviewer_actions, training=False, le
     """
     pc = ScriptedProposerController(proposer_actions)
     rc = ScriptedReviewerController(reviewer_actions)
-    result = run_dialogues(problems, agent, proposer=Proposer(), reviewer=Reviewer(), proposer_controller=pc,
-                           reviewer_controller=rc, config=DialogueConfig(**config), training=training, learn=learn)
+    seats = [Seat(Proposer(), pc), Seat(Reviewer(), rc)]
+    result = run_dialogues(problems, agent, seats, config=DialogueConfig(**config), training=training, learn=learn,
+                           group_size=group_size)
     return result, pc, rc
 
 

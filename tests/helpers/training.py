@@ -4,8 +4,8 @@ from pathlib import Path
 
 import lightning as L
 
-from tracer_pl.callbacks import BatchCheckpoint
-from tracer_pl.module import TracerModule
+from tracer_pl.training.callbacks import BatchCheckpoint
+from tracer_pl.training.module import TracerModule
 
 
 def fit(root, data, *, batches, seed, ckpt_path=None, callbacks=(), checkpoint_every=None, keep_every=0,
@@ -40,7 +40,7 @@ class StepCounter(L.Callback):
         self.steps = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        for key, value in pl_module._step_stats.items():
+        for key, value in pl_module.last_step_statistics.items():
             if key.endswith("/steps"):
                 role = key.split("/")[1]
                 self.steps[role] = self.steps.get(role, 0) + int(value)

@@ -15,7 +15,7 @@ from tests.helpers.paths import CONFIGS, DATA, TINY
 PIN = DATA / "reproducibility.json"
 PINNED_PACKAGES = ("torch", "transformers", "peft", "lightning")
 QUICKSTART = [str(CONFIGS / "quickstart.yaml"), "--trainer.limit_train_batches=1",
-              "--model.dialogue.rounds=3", "--model.dialogue.group_size=2", "--model.backbone.max_new_tokens=8",
+              "--model.dialogue.rounds=3", "--model.gspo.group_size=2", "--model.backbone.max_new_tokens=8",
               "--data.test_limit=2", "--data.eval_batch_size=2", "--model.evaluation.protocols=[sample]"]
 RUNS = {
     # plain TRACER on the tiny model, whose random text is never parseable

@@ -10,16 +10,16 @@ import pytest
 
 from tracer_pl.cli import main
 from tracer_pl.errors import DataError
-from tracer_pl.report import (
+from tracer_pl.reporting.report import (
+    average_regret_bound,
     correctness,
     mcnemar_p,
     paired_difference_interval,
-    regret_bound,
     regret_slope,
     wilson_interval,
     write_report,
 )
-from tracer_pl.run_files import training_log, training_log_path
+from tracer_pl.reporting.run_files import training_log, training_log_path
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -32,11 +32,11 @@ def test_wilson_interval_matches_published_values():
         wilson_interval(0, 0)
 
 
-def test_regret_bound():
-    assert regret_bound(8) == pytest.approx(1.0)  # 2 * sqrt(2 / 8)
-    assert regret_bound(200) == pytest.approx(0.2)
-    assert regret_bound(8, batch=4) == pytest.approx(2.0)  # 2 * sqrt(2 * 4 / 8)
-    assert math.isinf(regret_bound(8, batch=math.inf))
+def test_average_regret_bound():
+    assert average_regret_bound(8) == pytest.approx(1.0)  # 2 * sqrt(2 / 8)
+    assert average_regret_bound(200) == pytest.approx(0.2)
+    assert average_regret_bound(8, batch=4) == pytest.approx(2.0)  # 2 * sqrt(2 * 4 / 8)
+    assert math.isinf(average_regret_bound(8, batch=math.inf))
 
 
 @pytest.mark.parametrize(

@@ -14,13 +14,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.helpers
 
 from tests.helpers.roles_for_tests import ByteSumProposer  # noqa: E402
-from tracer_pl.controllers import Controller  # noqa: E402
-from tracer_pl.data import ReasoningDataModule  # noqa: E402
-from tracer_pl.dialogue import DialogueConfig  # noqa: E402
+from tracer_pl.core.controllers import Controller  # noqa: E402
+from tracer_pl.core.dialogue import DialogueConfig  # noqa: E402
+from tracer_pl.core.gspo import GSPOConfig  # noqa: E402
+from tracer_pl.data.datamodule import ReasoningDataModule  # noqa: E402
+from tracer_pl.engines.fake import FakeEngine  # noqa: E402
 from tracer_pl.examples import Verifier  # noqa: E402
-from tracer_pl.fake_engine import FakeEngine  # noqa: E402
-from tracer_pl.gspo import GSPOConfig  # noqa: E402
-from tracer_pl.module import BackboneConfig, TracerModule  # noqa: E402
+from tracer_pl.training.module import BackboneConfig, TracerModule  # noqa: E402
 
 LOCAL_UPDATES = []
 _update = Controller.update
@@ -48,18 +48,18 @@ class Dump(L.Callback):
             "adapters": {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad},
             "local_updates": len(LOCAL_UPDATES),
             "seen": self.seen,
-            "steps": {k: v for k, v in pl_module._step_stats.items() if k.endswith("/steps")},
+            "steps": {k: v for k, v in pl_module.last_step_statistics.items() if k.endswith("/steps")},
         }, self.out / f"rank{trainer.global_rank}.pt")
 
 
 def tracer(model: str) -> TracerModule:
     if model == "fake":  # one-token answers and verdicts: most candidate groups have signal
         return TracerModule(backbone=BackboneConfig(max_new_tokens=1), engine=FakeEngine(), extra_roles=[Verifier()],
-                            dialogue=DialogueConfig(rounds=5, group_size=4, schedule=[
+                            dialogue=DialogueConfig(rounds=5, schedule=[
                                 "proposer", "reviewer", "proposer", "verifier", "proposer"]),
-                            gspo=GSPOConfig(lr=0.5))
+                            gspo=GSPOConfig(group_size=4, lr=0.5))
     return TracerModule(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=8), proposer=ByteSumProposer(),
-                        dialogue=DialogueConfig(rounds=5, group_size=4), gspo=GSPOConfig(lr=1e-2))
+                        dialogue=DialogueConfig(rounds=5), gspo=GSPOConfig(group_size=4, lr=1e-2))
 
 
 def main(out: Path, model: str) -> None:

@@ -2,7 +2,7 @@
 
 import torch
 
-from tracer_pl.controllers import ProposerController
+from tracer_pl.core.controllers import ProposerController
 
 STATES = [("+0", "not_last"), ("-1", "last"), ("+1", "last")]
 
@@ -52,7 +52,7 @@ def test_plain_ddp_is_refused_with_the_strategy_to_use():
     from lightning.pytorch.strategies import DDPStrategy
 
     from tracer_pl.errors import ConfigError
-    from tracer_pl.module import TracerModule
+    from tracer_pl.training.module import TracerModule
 
     module = TracerModule()
     module._trainer = SimpleNamespace(world_size=2, strategy=DDPStrategy())

@@ -4,8 +4,8 @@ import pytest
 
 from tests.helpers import scripted
 from tests.helpers.scripted import ScriptedAgent
-from tracer_pl.metrics import mean_metrics, problem_metrics, record_json
-from tracer_pl.problem import Problem
+from tracer_pl.core.problem import Problem
+from tracer_pl.training.metrics import mean_metrics, problem_metrics, record_json
 
 P = Problem(question="What is 6 times 7?", gold="42", dataset="gsm8k", uid="p")
 RIGHT, WRONG, NONE = "Final answer: 42", "Final answer: 7", "no idea"

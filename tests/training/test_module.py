@@ -6,18 +6,19 @@ import torch
 from tests.helpers.paths import GSM
 from tests.helpers.roles_for_tests import ByteSumProposer
 from tests.helpers.training import fit
-from tracer_pl.data import ReasoningDataModule
-from tracer_pl.dialogue import DialogueConfig
+from tracer_pl.core.dialogue import DialogueConfig
+from tracer_pl.core.gspo import GSPOConfig
+from tracer_pl.data.datamodule import ReasoningDataModule
 from tracer_pl.errors import ConfigError
-from tracer_pl.gspo import GSPOConfig
-from tracer_pl.module import BackboneConfig, TracerModule
+from tracer_pl.training.gspo_update import GSPOUpdate
+from tracer_pl.training.module import BackboneConfig, TracerModule
 
 
 def tiny_settings(**overrides):
     """The tiny model with a proposer whose reward varies on its random text, so GSPO steps happen."""
     settings = dict(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=6, temperature=1.0),
-                    proposer=ByteSumProposer(), dialogue=DialogueConfig(rounds=3, group_size=3),
-                    gspo=GSPOConfig(lr=0.05, steps_per_group=2))
+                    proposer=ByteSumProposer(), dialogue=DialogueConfig(rounds=3),
+                    gspo=GSPOConfig(group_size=3, lr=0.05, steps_per_group=2))
     settings.update(overrides)
     return settings
 
@@ -33,7 +34,7 @@ def fit_tiny(root, batches, ckpt_path=None, keep_every=0, **overrides):
 
 
 def lora_state(module):
-    return {k: v.clone() for k, v in module.backbone.model.state_dict().items() if "lora_" in k}
+    return {k: v.clone() for k, v in module.policy.model.state_dict().items() if "lora_" in k}
 
 
 @pytest.mark.e2e
@@ -73,9 +74,10 @@ def test_checkpoint_holds_adapters_controllers_and_position_not_the_base(tmp_pat
 
 @pytest.mark.e2e
 def test_nonfinite_loss_skips_the_update(tmp_path, monkeypatch):
-    import tracer_pl.gspo_step as gspo_step_lib
+    import tracer_pl.training.gspo_update as gspo_update_lib
 
-    monkeypatch.setattr(gspo_step_lib, "gspo_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    nan = gspo_update_lib.PolicyLoss(torch.tensor(float("nan"), requires_grad=True), 0.0)
+    monkeypatch.setattr(gspo_update_lib, "gspo_loss", lambda *a, **k: nan)
     module, trainer = fit_tiny(tmp_path, 2)
     assert all(float(v.abs().sum()) == 0 for k, v in lora_state(module).items() if "lora_B" in k)  # untouched
     assert trainer.callback_metrics["gspo/proposer/skipped_nonfinite"] > 0
@@ -83,7 +85,7 @@ def test_nonfinite_loss_skips_the_update(tmp_path, monkeypatch):
 
 @pytest.mark.e2e
 def test_frozen_roles_and_fixed_controllers(tmp_path):
-    from tracer_pl.controllers import ControllerConfig
+    from tracer_pl.core.controllers import ControllerConfig
 
     module, trainer = fit_tiny(tmp_path, 2, train_proposer=False, train_reviewer=False,
                           controllers=ControllerConfig(reviewer="always_skip"))
@@ -94,23 +96,31 @@ def test_frozen_roles_and_fixed_controllers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "overrides, flag",
+    "config, fields, flag",
     [
-        (dict(dialogue=DialogueConfig(group_size=1)), "--model.dialogue.group_size"),
-        (dict(dialogue=DialogueConfig(rounds=0)), "--model.dialogue.rounds"),
-        (dict(gspo=GSPOConfig(lr=-1.0)), "--model.gspo.lr"),
-        (dict(gspo=GSPOConfig(steps_per_group=0)), "--model.gspo.steps_per_group"),
-        (dict(backbone=BackboneConfig(max_new_tokens=0)), "--model.backbone.max_new_tokens"),
+        (GSPOConfig, dict(group_size=1), "--model.gspo.group_size"),  # a group of one has no advantage
+        (DialogueConfig, dict(rounds=0), "--model.dialogue.rounds"),
+        (GSPOConfig, dict(lr=-1.0), "--model.gspo.lr"),
+        (GSPOConfig, dict(steps_per_group=0), "--model.gspo.steps_per_group"),
+        (BackboneConfig, dict(max_new_tokens=0), "--model.backbone.max_new_tokens"),
     ],
 )
-def test_impossible_settings_are_rejected_before_loading(overrides, flag):
+def test_impossible_settings_are_rejected_where_they_are_declared(config, fields, flag):
     with pytest.raises(ConfigError, match=flag.replace(".", r"\.")):
-        make_module(**overrides)
+        config(**fields)
+
+
+def test_the_group_size_under_dialogue_is_read_into_gspo_for_one_release():
+    with pytest.warns(FutureWarning, match=r"--model\.dialogue\.group_size moved to --model\.gspo\.group_size"):
+        module = make_module(dialogue=DialogueConfig(rounds=3, group_size=3))
+    assert module.gspo_config.group_size == 3
+    assert module.dialogue_config.group_size is None
+    assert module.hparams["gspo"]["group_size"] == 3
 
 
 def _group(name, signal=True):
-    from tracer_pl.agent import Completion
-    from tracer_pl.dialogue import CandidateGroup
+    from tracer_pl.core.agent import Completion
+    from tracer_pl.core.dialogue import CandidateGroup
 
     completions = [Completion(text=f"{name}{i}", prompt_tokens=1, completion_tokens=1) for i in range(2)]
     return CandidateGroup(role="proposer", round=1, problem_index=0, prompt=[], completions=completions,
@@ -118,7 +128,7 @@ def _group(name, signal=True):
                           advantages=torch.tensor([1.0, -1.0]) if signal else None)
 
 
-class _VersionedBackbone:
+class _VersionedPolicy:
     """Log-probs that tell which policy version scored which candidate."""
 
     def __init__(self):
@@ -138,24 +148,23 @@ class _VersionedBackbone:
     ],
 )
 def test_gspo_updates_per_group_or_per_round(monkeypatch, update_per, expected):
-    module = make_module(gspo=GSPOConfig(update_per=update_per))
-    module.backbone = _VersionedBackbone()
-    module._step_stats = {}
+    policy = _VersionedPolicy()
+    gspo = GSPOUpdate(GSPOConfig(group_size=3, update_per=update_per), policy)
     updates = []
 
     def update(role, groups, old_logp=None):
         updates.append(([g.completions[0].text[0] for g in groups], None if old_logp is None else old_logp.tolist()))
-        module.backbone.version += 1  # the policy moves with every update
+        policy.version += 1  # the policy moves with every update
 
-    monkeypatch.setattr(module, "_gspo_update", update)
-    module.gspo_step("proposer", [_group("a"), _group("b", signal=False), _group("c")])
+    monkeypatch.setattr(gspo, "update", update)
+    gspo.step("proposer", [_group("a"), _group("b", signal=False), _group("c")])
     assert updates == expected
 
 
 @pytest.mark.e2e
 def test_per_group_is_the_default_and_counts_one_step_per_group(tmp_path, monkeypatch):
     assert GSPOConfig().update_per == "group"
-    original = TracerModule.gspo_step
+    original = GSPOUpdate.step
     live_groups = []
 
     def recording(self, role, groups):
@@ -163,10 +172,11 @@ def test_per_group_is_the_default_and_counts_one_step_per_group(tmp_path, monkey
             live_groups.append(sum(g.has_signal for g in groups))
         return original(self, role, groups)
 
-    monkeypatch.setattr(TracerModule, "gspo_step", recording)
+    monkeypatch.setattr(GSPOUpdate, "step", recording)
     for mode in ("group", "round"):
         live_groups.clear()
-        _, trainer = fit_tiny(tmp_path / mode, 1, gspo=GSPOConfig(lr=0.05, steps_per_group=1, update_per=mode))
+        settings = GSPOConfig(group_size=3, lr=0.05, steps_per_group=1, update_per=mode)
+        _, trainer = fit_tiny(tmp_path / mode, 1, gspo=settings)
         steps = float(trainer.callback_metrics["gspo/proposer/steps"])
         expected = sum(live_groups) if mode == "group" else sum(n > 0 for n in live_groups)
         assert steps == expected, (mode, live_groups)
@@ -175,7 +185,7 @@ def test_per_group_is_the_default_and_counts_one_step_per_group(tmp_path, monkey
 
 
 def test_regret_bound_terms_name_the_decisions_that_share_a_strategy():
-    from tracer_pl.metrics import regret_bound_terms
+    from tracer_pl.training.metrics import regret_bound_terms
 
     assert regret_bound_terms(8, DialogueConfig()) == {"controller/regret_bound_batch": 8.0}
     assert regret_bound_terms(8, DialogueConfig(counterfactual=False)) == {"controller/regret_unbounded": 1.0}

@@ -17,13 +17,15 @@ from tests.helpers.paths import GSM, TINY, child_env
 from tests.helpers.problems import P42
 from tests.helpers.scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
 from tracer_pl.cli import build_cli
-from tracer_pl.data import ReasoningDataModule
-from tracer_pl.dialogue import DialogueConfig, run_dialogues
+from tracer_pl.core.dialogue import DialogueConfig, run_dialogues
+from tracer_pl.core.gspo import GSPOConfig
+from tracer_pl.core.problem import Problem
+from tracer_pl.core.roles import Proposer, Reviewer
+from tracer_pl.core.seats import Seat
+from tracer_pl.data.datamodule import ReasoningDataModule
+from tracer_pl.data.sources import load_problems
 from tracer_pl.errors import ConfigError, DataError
-from tracer_pl.module import BackboneConfig, TracerModule
-from tracer_pl.problem import Problem
-from tracer_pl.roles import Proposer, Reviewer
-from tracer_pl.sources import load_problems
+from tracer_pl.training.module import BackboneConfig, TracerModule
 
 ARGS = [f"--data.train={GSM}", "--model.proposer=tests.helpers.roles_for_tests.ByteSumProposer",
         "--model.gspo.lr=0.05", "--trainer.enable_progress_bar=false"]
@@ -110,10 +112,14 @@ PMATH = Problem(question="Simplify 2/4.", gold="\\frac{1}{2}", dataset="math500"
 )
 def test_bad_model_output_is_no_answer_never_an_exception(problem, proposal):
     agent = ScriptedAgent(proposer=[proposal] * 5, reviewer=["", "RIGHT", "\ufffd", "WRONG", "RIGHT\nok"])
-    result = run_dialogues([problem], agent, proposer=Proposer(), reviewer=Reviewer(),
-                           proposer_controller=ScriptedProposerController([]),
-                           reviewer_controller=ScriptedReviewerController([1]), config=DialogueConfig(rounds=2),
-                           training=True, learn={"proposer": lambda groups: None, "reviewer": lambda groups: None})
+    result = run_dialogues(
+        [problem],
+        agent,
+        [Seat(Proposer(), ScriptedProposerController([])), Seat(Reviewer(), ScriptedReviewerController([1]))],
+        config=DialogueConfig(rounds=2),
+        training=True,
+        learn={"proposer": lambda groups: None, "reviewer": lambda groups: None},
+    )
     record = result.records[0]
     assert not record.correct  # whatever was read from it, it is not the gold answer
     proposer_group, reviewer_group = result.groups
@@ -132,39 +138,41 @@ class NaNReviewer(Reviewer):
 @pytest.mark.e2e
 @pytest.mark.usefixtures("run_dir")
 def test_nonfinite_rewards_never_reach_regrets_or_weights():
-    cli = build_cli(["fit", "-c", TINY, *ARGS, "--trainer.limit_train_batches=2",
-                     f"--model.reviewer={__name__}.NaNReviewer"])
+    cli = build_cli(
+        ["fit", "-c", TINY, *ARGS, "--trainer.limit_train_batches=2", f"--model.reviewer={__name__}.NaNReviewer"]
+    )
     module = cli.model
     assert module.reviewer_controller.matcher.states() == []  # every reviewer value was NaN: no update
     proposer = module.proposer_controller.matcher  # its values are finite: its table grew, and stays finite
     assert proposer.states() and all(torch.isfinite(proposer.cumulative_regret(s)).all() for s in proposer.states())
     metrics = cli.trainer.callback_metrics
     assert metrics["gspo/reviewer/skipped_nonfinite"] > 0 and metrics["controller/skipped_nonfinite"] > 0
-    reviewer_b = [p for n, p in module.backbone.model.named_parameters() if "lora_B.reviewer" in n]
+    reviewer_b = [p for n, p in module.policy.model.named_parameters() if "lora_B.reviewer" in n]
     assert all(float(p.abs().sum()) == 0 for p in reviewer_b)  # never stepped
-    assert all(math.isfinite(float(p.abs().sum())) for p in module.backbone.role_parameters("proposer"))
+    assert all(math.isfinite(float(p.abs().sum())) for p in module.policy.role_parameters("proposer"))
 
 
 @pytest.mark.parametrize(
-    "settings, flag",
+    "config, fields, flag",
     [
-        (dict(backbone=BackboneConfig(top_p=0.0)), "--model.backbone.top_p"),
-        (dict(backbone=BackboneConfig(lora_dropout=1.0)), "--model.backbone.lora_dropout"),
-        (dict(backbone=BackboneConfig(temperature=-1.0)), "--model.backbone.temperature"),
-        (dict(dialogue=DialogueConfig(min_reward_std=-0.1)), "--model.dialogue.min_reward_std"),
+        (BackboneConfig, dict(top_p=0.0), "--model.backbone.top_p"),
+        (BackboneConfig, dict(lora_dropout=1.0), "--model.backbone.lora_dropout"),
+        (BackboneConfig, dict(temperature=-1.0), "--model.backbone.temperature"),
+        (GSPOConfig, dict(min_reward_std=-0.1), "--model.gspo.min_reward_std"),
     ],
 )
-def test_more_impossible_settings(settings, flag):
+def test_more_impossible_settings(config, fields, flag):
     with pytest.raises(ConfigError, match=flag.replace(".", r"\.")):
-        TracerModule(**settings)
+        config(**fields)
 
 
 def test_4bit_without_bitsandbytes_is_rejected_before_loading(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     with pytest.raises(ConfigError, match="--model.backbone.precision 4bit needs the bitsandbytes package"):
         TracerModule(backbone=BackboneConfig(precision="4bit"))
 
@@ -184,10 +192,13 @@ def test_unreadable_and_undecodable_files(tmp_path):
 
 # ---------------------------------------------------------------------- hostile checkpoints and runs
 def sealed_checkpoint():
-    from tracer_pl import checkpoints
+    from tracer_pl.training import checkpoints
 
-    checkpoint = {"state_dict": {"w": torch.arange(64, dtype=torch.float32)}, "epoch": 0,
-                  "tracer": {"torch_rng": torch.random.get_rng_state(), "step": torch.tensor(3)}}
+    checkpoint = {
+        "state_dict": {"w": torch.arange(64, dtype=torch.float32)},
+        "epoch": 0,
+        "tracer": {"torch_rng": torch.random.get_rng_state(), "step": torch.tensor(3)},
+    }
     checkpoints.seal(checkpoint)
     return checkpoint
 
@@ -208,15 +219,19 @@ def flip_a_bit_in_the_weights(path):
         (lambda p: p.write_bytes(b"not a zip file at all"), "not a readable checkpoint"),
         (lambda p: (torch.save(sealed_checkpoint(), p), p.write_bytes(p.read_bytes()[:300])), "not a readable"),
         (lambda p: torch.save([1, 2], p), "not a Lightning checkpoint"),
-        (lambda p: torch.save({"state_dict": {}, "x": fractions.Fraction(1, 2)}, p),
-         "not a readable checkpoint \\(it holds objects other than"),  # arbitrary objects: refused
-        (lambda p: (torch.save(sealed_checkpoint(), p), flip_a_bit_in_the_weights(p)),
-         "(damaged checkpoint|not a readable checkpoint)"),
+        (
+            lambda p: torch.save({"state_dict": {}, "x": fractions.Fraction(1, 2)}, p),
+            "not a readable checkpoint \\(it holds objects other than",
+        ),  # arbitrary objects: refused
+        (
+            lambda p: (torch.save(sealed_checkpoint(), p), flip_a_bit_in_the_weights(p)),
+            "(damaged checkpoint|not a readable checkpoint)",
+        ),
     ],
 )
 def test_unusable_checkpoint_files_give_one_line_errors(tmp_path, make, message):
-    from tracer_pl import checkpoints
     from tracer_pl.errors import CheckpointError
+    from tracer_pl.training import checkpoints
 
     path = tmp_path / "last.ckpt"
     make(path)
@@ -226,15 +241,18 @@ def test_unusable_checkpoint_files_give_one_line_errors(tmp_path, make, message)
 
 
 def test_checksum_refuses_any_changed_value_and_accepts_the_original(tmp_path):
-    from tracer_pl import checkpoints
     from tracer_pl.errors import CheckpointError
+    from tracer_pl.training import checkpoints
 
     path = tmp_path / "ok.ckpt"
     torch.save(sealed_checkpoint(), path)
     assert torch.equal(checkpoints.read(path)["state_dict"]["w"], torch.arange(64, dtype=torch.float32))
-    for change in (lambda c: c["state_dict"]["w"].__setitem__(40, 40.000004),  # one bit of a float
-                   lambda c: c["tracer"]["step"].add_(1), lambda c: c.__setitem__("epoch", 1),
-                   lambda c: c["state_dict"].__setitem__("extra", torch.zeros(1))):
+    for change in (
+        lambda c: c["state_dict"]["w"].__setitem__(40, 40.000004),  # one bit of a float
+        lambda c: c["tracer"]["step"].add_(1),
+        lambda c: c.__setitem__("epoch", 1),
+        lambda c: c["state_dict"].__setitem__("extra", torch.zeros(1)),
+    ):
         checkpoint = torch.load(path, weights_only=True)
         change(checkpoint)
         with pytest.raises(CheckpointError, match="damaged checkpoint"):
@@ -245,8 +263,8 @@ def test_a_failed_save_leaves_no_temporary_and_keeps_the_previous_checkpoint(tmp
     import errno
     import tempfile
 
-    from tracer_pl.callbacks import write_atomically
     from tracer_pl.errors import CheckpointError
+    from tracer_pl.training.callbacks import write_atomically
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))  # a broken $TMPDIR is never used
     path = tmp_path / "last.ckpt"
@@ -290,8 +308,8 @@ def test_unusable_runs_fail_before_any_compute(tmp_path, extra, error, message):
 
 @pytest.mark.usefixtures("run_dir")
 def test_a_second_fit_into_a_locked_directory_is_refused(tmp_path):
-    from tracer_pl.callbacks import DirectoryLock
     from tracer_pl.errors import CheckpointError
+    from tracer_pl.training.callbacks import DirectoryLock
 
     lock = DirectoryLock(tmp_path / "runs/tiny/checkpoints", ".fit.lock")  # another run holds it
     try:
@@ -311,8 +329,9 @@ class SigtermDuringBatch3(L.Callback):
 
 
 @pytest.mark.e2e
-def test_sigterm_saves_at_the_batch_boundary_exits_143_and_resumes_exactly(tmp_path, monkeypatch, capsys,
-                                                                            restore_signal_handlers):
+def test_sigterm_saves_at_the_batch_boundary_exits_143_and_resumes_exactly(
+    tmp_path, monkeypatch, capsys, restore_signal_handlers
+):
     # the fit installs a SIGTERM handler and this process receives the signal: the fixture puts the saved
     # handlers back afterwards (it runs for every test; named here because this test depends on it)
     from tracer_pl.cli import main
@@ -326,8 +345,11 @@ def test_sigterm_saves_at_the_batch_boundary_exits_143_and_resumes_exactly(tmp_p
     (tmp_path / "preempted").mkdir()
     monkeypatch.chdir(tmp_path / "preempted")
     # planned for 8 batches, preempted during the third, resumed with 4: the batch limit is safe to change
-    monkeypatch.setattr(sys, "argv", ["tracer-pl", *run, "--trainer.limit_train_batches=8",
-                                      f"--trainer.callbacks+={__name__}.SigtermDuringBatch3"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["tracer-pl", *run, "--trainer.limit_train_batches=8", f"--trainer.callbacks+={__name__}.SigtermDuringBatch3"],
+    )
     with pytest.raises(SystemExit) as stop:
         main()
     assert stop.value.code == 143
@@ -342,22 +364,33 @@ def test_sigterm_saves_at_the_batch_boundary_exits_143_and_resumes_exactly(tmp_p
 
 
 def test_settings_documented_as_safe_are_accepted_on_resume():
-    from tracer_pl import checkpoints
+    from tracer_pl.training import checkpoints
 
     saved = resume_checkpoint()
-    changed = build_cli([*TINY_ARGS[1:], "--model.evaluation.method=cot", "--model.eval_seed=7",
-                         "--model.dialogue.eval_greedy=false"], run=False)
+    changed = build_cli(
+        [*TINY_ARGS[1:], "--model.evaluation.method=cot", "--model.eval_seed=7", "--model.dialogue.eval_greedy=false"],
+        run=False,
+    )
     checkpoints.check_model(saved, changed.model.hparams, resuming=True)  # no error
-    data = ReasoningDataModule(train=changed.datamodule.train, batch_size=2, test="x.jsonl", test_limit=3,
-                               eval_batch_size=9, on_bad_row="skip")
+    data = ReasoningDataModule(
+        train=changed.datamodule.train, batch_size=2, test="x.jsonl", test_limit=3, eval_batch_size=9, on_bad_row="skip"
+    )
     checkpoints.check_data(saved["ReasoningDataModule"]["settings"], data.resume_settings())  # no error
     assert all(checkpoints.is_safe(flag) for flag in ("model.evaluation.method", "data.test_limit", "model.engine"))
-    assert not any(checkpoints.is_safe(flag) for flag in ("model.dialogue.group_size", "data.batch_size"))
+    assert not any(checkpoints.is_safe(flag) for flag in ("model.gspo.group_size", "data.batch_size"))
 
 
-@pytest.mark.parametrize("change", ["--model.dialogue.group_size=3", "--model.dialogue.rounds=3",
-                                    "--model.controllers.state_time=false", "--data.batch_size=1",
-                                    "--trainer.max_epochs=2", "--model.gspo.lr=0.5"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "--model.gspo.group_size=3",
+        "--model.dialogue.rounds=3",
+        "--model.controllers.state_time=false",
+        "--data.batch_size=1",
+        "--trainer.max_epochs=2",
+        "--model.gspo.lr=0.5",
+    ],
+)
 @pytest.mark.usefixtures("run_dir")
 def test_resuming_a_changed_experiment_is_refused_before_loading(tmp_path, change):
     checkpoint = tmp_path / "runs/tiny/checkpoints/last.ckpt"
@@ -370,35 +403,44 @@ def test_resuming_a_changed_experiment_is_refused_before_loading(tmp_path, chang
 
 def resume_checkpoint():
     """What a tiny-config fit saves, built without running one: its hyperparameters, data and run settings."""
-    from tracer_pl import checkpoints
+    from tracer_pl.training import checkpoints
 
     cli = build_cli(TINY_ARGS[1:], run=False)  # run=False takes no subcommand
-    checkpoint = {"state_dict": {}, "hyper_parameters": dict(cli.model.hparams),
-                  "ReasoningDataModule": {"consumed": 2, "settings": cli.datamodule.resume_settings()},
-                  checkpoints.RUN_KEY: checkpoints.run_settings(cli.trainer)}
+    checkpoint = {
+        "state_dict": {},
+        "hyper_parameters": dict(cli.model.hparams),
+        "ReasoningDataModule": {"consumed": 2, "settings": cli.datamodule.resume_settings()},
+        checkpoints.RUN_KEY: checkpoints.run_settings(cli.trainer),
+    }
     checkpoints.seal(checkpoint)
     return checkpoint
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(dialogue=DialogueConfig(group_size=100_000)), "--model.dialogue.group_size must be between 1 and 256"),
-    (dict(backbone=BackboneConfig(max_new_tokens=10**6)), "--model.backbone.max_new_tokens must be between 1 and"),
-    (dict(dialogue=DialogueConfig(rounds=1000)), "--model.dialogue.rounds must be between 1 and 99"),
-])
-def test_settings_beyond_sane_bounds_are_refused_before_loading(settings, message):
+@pytest.mark.parametrize(
+    "config, fields, message",
+    [
+        (GSPOConfig, dict(group_size=100_000), "--model.gspo.group_size must be between 2 and 256"),
+        (BackboneConfig, dict(max_new_tokens=10**6), "--model.backbone.max_new_tokens must be between 1 and"),
+        (DialogueConfig, dict(rounds=1000), "--model.dialogue.rounds must be between 1 and 99"),
+    ],
+)
+def test_settings_beyond_sane_bounds_are_refused_before_loading(config, fields, message):
     with pytest.raises(ConfigError, match=message):
-        TracerModule(**settings)
+        config(**fields)
 
 
 def test_a_prompt_longer_than_the_context_is_refused_before_generating():
     module = TracerModule(backbone=BackboneConfig(name="tiny-qwen2", max_new_tokens=200))
     module.configure_model()
-    context = module.backbone.model.config.max_position_embeddings  # 4096; the tokenizer is byte-level
+    context = module.policy.model.config.max_position_embeddings  # 4096; the tokenizer is byte-level
     short = Problem(question="What is 6 times 7?", gold="42", dataset="gsm8k", uid="short")
-    module._check_prompts([short])  # fits: no error
+    module.policy.check_prompts([short], module.roles)  # fits: no error
     long = Problem(question="x" * (context - 500), gold="1", dataset="gsm8k", uid="train.jsonl line 9")
-    with pytest.raises(DataError, match=f"train.jsonl line 9: a turn of this problem can need (\\d+) tokens .* "
-                                        f"more than the model's context of {context}; shorten"):
-        module._check_prompts([short, long])
-    module.backbone_config.max_new_tokens = 10  # the message's advice works: fewer new tokens fit
-    module._check_prompts([long])
+    with pytest.raises(
+        DataError,
+        match=f"train.jsonl line 9: a turn of this problem can need (\\d+) tokens .* "
+        f"more than the model's context of {context}; shorten",
+    ):
+        module.policy.check_prompts([short, long], module.roles)
+    module.policy.max_new_tokens = 10  # the message's advice works: fewer new tokens fit
+    module.policy.check_prompts([long], module.roles)

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from tests.helpers.paths import CONFIGS, TINY
-from tracer_pl.callbacks import DIALOGUE_COLUMNS, DialogueTable, dialogue_rows
 from tracer_pl.cli import build_cli
-from tracer_pl.dialogue import DialogueRecord, Turn
-from tracer_pl.problem import Problem
+from tracer_pl.core.dialogue import DialogueRecord, Turn
+from tracer_pl.core.problem import Problem
+from tracer_pl.training.callbacks import DIALOGUE_COLUMNS, DialogueTable, dialogue_rows
 
 OVERLAY = CONFIGS / "loggers" / "wandb.yaml"
 

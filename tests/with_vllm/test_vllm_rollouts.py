@@ -11,9 +11,9 @@ pytest.importorskip("vllm", reason="vLLM is not installed: `make test-vllm` buil
 
 pytestmark = pytest.mark.slow  # the real SmolLM2-135M
 
-from tracer_pl.backbone import Backbone  # noqa: E402
-from tracer_pl.module import BackboneConfig  # noqa: E402
-from tracer_pl.vllm_engine import VLLMEngine  # noqa: E402
+from tracer_pl.engines.hf.policy import HFPolicy  # noqa: E402
+from tracer_pl.engines.vllm import VLLMEngine  # noqa: E402
+from tracer_pl.training.module import BackboneConfig  # noqa: E402
 
 ROLES = ["proposer", "reviewer"]
 PROMPTS = [
@@ -47,7 +47,7 @@ def ids(groups):
 
 
 def hf_greedy(policy, role, prompts):
-    return Backbone.generate(policy, role, prompts, 1, greedy=True)
+    return HFPolicy.generate(policy, role, prompts, 1, greedy=True)
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.subprocess]  # Smol
 ROOT = Path(__file__).resolve().parents[2]
 DATA = "reasoning_gym:basic_arithmetic?size={}&max_terms=2&max_digits=1&allow_negation=false&operators=+,-"
 SMALL = [
-    "--model.dialogue.rounds=2", "--model.dialogue.group_size=4", "--model.backbone.max_new_tokens=32",
+    "--model.dialogue.rounds=2", "--model.gspo.group_size=4", "--model.backbone.max_new_tokens=32",
     "--model.backbone.temperature=1.0",
     "--model.gspo.lr=1e-3", "--model.gspo.importance_sampling_correction=true",
     "--model.engine.init_args.max_model_len=512", "--data.batch_size=2", f"--data.train={DATA.format(16)}",
@@ -50,7 +50,7 @@ def test_fit_resume_and_test_with_the_vllm_engine(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
 
-    # resume for one more batch: the batch limit is safe to change on resume (tracer_pl.checkpoints), max_epochs is not
+    # resume for one more batch: the batch limit is safe to change on resume (training.checkpoints), max_epochs is not
     cli("fit", *config, *SMALL, run, "--trainer.limit_train_batches=2", "--trainer.max_epochs=1",
         f"--ckpt_path={checkpoint}", cwd=tmp_path)
     resumed = metrics(tmp_path / "run")

@@ -121,12 +121,12 @@ class Evaluator:
         self.records: dict[str, list[dict[str, Any]]] = {}  # per dataset (and protocol), for the JSONL
         self.state_counts: dict[str, list[float]] = {}  # speaking decisions per controller state
 
-    def play(self, batch: Sequence[Problem], policy: Agent, seats: Sequence[Seat], dialogue: DialogueConfig
-             ) -> list[tuple[str, list[DialogueRecord]]]:
+    def play(self, batch: Sequence[Problem], policy: Agent, seats: Sequence[Seat], dialogue: DialogueConfig,
+             protocols: Sequence[EvalProtocol] | None = None) -> list[tuple[str, list[DialogueRecord]]]:
         """The records of the configured method on ``batch``, with the suffix of each protocol's dataset name.
 
-        TRACER gives one entry per protocol (the first one's suffix is empty, the others' ``@<protocol>``); a
-        baseline one entry. Nothing is updated.
+        TRACER gives one entry per protocol of ``protocols`` (by default ``config.protocols``; the first one's
+        suffix is empty, the others' ``@<protocol>``); a baseline one entry. Nothing is updated.
         """
         proposer, e = seats[0].role, self.config
         if e.method == "cot":
@@ -136,7 +136,7 @@ class Evaluator:
         if e.method == "debate":
             return [("", debate(batch, policy, proposer, agents=e.debate_agents, rounds=e.debate_rounds))]
         played = []
-        for i, protocol in enumerate(e.protocols):
+        for i, protocol in enumerate(e.protocols if protocols is None else protocols):
             game = Dialogue(batch, policy, seats, config=dialogue, training=False,
                             eval_generator=self.generators[protocol], eval_protocol=protocol)
             played.append(("" if i == 0 else f"@{protocol}", play(game).records))

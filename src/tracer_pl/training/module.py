@@ -108,6 +108,7 @@ class TracerModule(L.LightningModule):
         self.train_accuracy = MeanMetric()
         self.eval_metrics = torch.nn.ModuleDict()
         self.exported_adapters: dict[str, Path] = {}  # role -> folder, after fit
+        self.last_step_statistics: dict[str, float] = {}  # GSPO steps, skips and means of the last training step
         self._pending_rng: tuple[Any, Any] | None = None  # a resumed run's sampling RNG, set before its 1st batch
         self.save_hyperparameters({  # plain data, so checkpoints load with torch.load(weights_only=True)
             "backbone": asdict(backbone), "dialogue": asdict(dialogue), "gspo": asdict(gspo),
@@ -187,7 +188,8 @@ class TracerModule(L.LightningModule):
         else:
             learn = {role: partial(update.step, role) for role in self.trained_roles}
             result = play(self._dialogue(batch, training=True), learn, after_round=self._sync_controllers)
-        self._log_training(result, update.statistics.pop())
+        self.last_step_statistics = update.statistics.pop()
+        self._log_training(result, self.last_step_statistics)
         return {"records": result.records}
 
     def _gspo(self) -> GSPOUpdate:
@@ -401,13 +403,13 @@ def validate(module: TracerModule) -> None:
          "4bit needs the bitsandbytes package, which is not installed (pip install bitsandbytes), or use fp32/bf16"),
         (module.algorithm == "tracer" or module.proposer.name in module.trained_roles,
          "--model.train_proposer", "must be true with algorithm single_agent (it trains the proposer alone)"),
-        (len(set(names)) == len(names), "--model.reviewer/--model.extra_roles",
-         f"every role needs a name of its own (one adapter each), found {names}; set a class attribute name on "
-         "the role class"),
     ]
     for ok, flag, message in checks:
         if not ok:
             raise ConfigError(f"{flag} {message}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--model.reviewer/--model.extra_roles: every role needs a name of its own (one adapter "
+                          f"each), found {names}; set a class attribute name on the role class")
     unknown = sorted(set(module.controller_config.seats) - set(names[2:]))
     if unknown:
         raise ConfigError(f"--model.controllers.seats names {unknown}, which are no extra role; the extra roles are "

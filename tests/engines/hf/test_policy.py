@@ -8,11 +8,11 @@ import torch
 from peft import PeftModel
 from transformers import Phi3Config, Phi3ForCausalLM
 
-from tracer_pl import models
-from tracer_pl.agent import Completion
-from tracer_pl.backbone import Backbone, infer_target_modules
+from tracer_pl.core.agent import Completion
+from tracer_pl.engines.hf import generation, models
+from tracer_pl.engines.hf.policy import HFPolicy, infer_target_modules
+from tracer_pl.engines.hf.tiny import build_tiny_model
 from tracer_pl.errors import ConfigError, DataError
-from tracer_pl.tiny import build_tiny_model
 
 PROMPTS = [
     [{"role": "user", "content": "hi"}],
@@ -25,7 +25,13 @@ IDS = torch.tensor([[257, 104, 105, 258, 10]])
 
 @pytest.fixture
 def backbone():
-    return Backbone.from_pretrained("tiny-qwen2", max_new_tokens=6)
+    return HFPolicy.from_pretrained("tiny-qwen2", max_new_tokens=6)
+
+
+def summed_logprobs(policy, role, completions):
+    """Each completion's summed log-probability and its token count, from the policy's per-token scores."""
+    token_logp, mask = policy.token_logprobs(role, completions)
+    return token_logp.sum(-1), mask.sum(-1)
 
 
 def set_lora_b(backbone, role, value):
@@ -111,9 +117,9 @@ def test_sampling_settings_fill_unset_filters_with_transformers_defaults(backbon
                                             "repetition_penalty": 1.0}
     config.repetition_penalty = 1.3
     assert backbone.sampling_settings()["repetition_penalty"] == 1.3
-    assert "repetition_penalty" not in backbone._decoding(greedy=True)  # left to the model's config
+    assert "repetition_penalty" not in generation._decoding(backbone, greedy=True)  # left to the model's config
     backbone.repetition_penalty = 1.0
-    assert backbone._decoding(greedy=True)["repetition_penalty"] == 1.0  # a set one applies to greedy too
+    assert generation._decoding(backbone, greedy=True)["repetition_penalty"] == 1.0  # a set one applies to greedy too
 
 
 @pytest.mark.parametrize("greedy", [True, False])
@@ -145,17 +151,17 @@ def test_generate_restores_training_mode(backbone):
     assert not backbone.model.training
 
 
-def test_sequence_logprobs_equal_unpadded_computation(backbone):
+def test_token_logprobs_equal_unpadded_computation(backbone):
     set_lora_b(backbone, "proposer", 0.01)  # a non-trivial adapter
     answers = [[104, 105, 258], [50, 51, 52, 53, 54, 55, 56], [65]]  # different completion lengths too
     completions = [
         Completion("", prompt_ids=prompt_ids(backbone, p), completion_ids=torch.tensor(a))
         for p, a in zip(PROMPTS, answers)
     ]
-    logp, num_tokens = backbone.sequence_logprobs("proposer", completions)
+    token_logp, mask = backbone.token_logprobs("proposer", completions)
+    logp, num_tokens = token_logp.sum(-1), mask.sum(-1)
     assert logp.shape == (3,) and logp.dtype == torch.float32 and logp.requires_grad
     assert num_tokens.tolist() == [3, 7, 1]
-    token_logp, mask = backbone.token_logprobs("proposer", completions)
     for i, c in enumerate(completions):
         prompt, answer = c.prompt_ids, c.completion_ids
         alone = torch.log_softmax(logits(backbone, "proposer", torch.cat([prompt, answer])[None])[0], -1)
@@ -165,14 +171,15 @@ def test_sequence_logprobs_equal_unpadded_computation(backbone):
         assert token_logp[i, len(answer) :].abs().sum() == 0 and mask[i].tolist() == [1] * len(answer) + [0] * (
             7 - len(answer))
     generated = [c for group in backbone.generate("proposer", PROMPTS, [1, 2, 1]) for c in group]
-    logp, num_tokens = backbone.sequence_logprobs("proposer", generated)
-    assert num_tokens.tolist() == [c.completion_tokens for c in generated]
-    empty_logp, empty_count = backbone.sequence_logprobs("proposer", [])
-    assert empty_logp.shape == empty_count.shape == (0,)
+    _, mask = backbone.token_logprobs("proposer", generated)
+    assert mask.sum(-1).tolist() == [c.completion_tokens for c in generated]
+    empty_logp, empty_mask = backbone.token_logprobs("proposer", [])
+    assert empty_logp.shape == empty_mask.shape == (0, 0)
     with pytest.raises(ValueError, match=r"completions\[0\] needs prompt_ids"):
-        backbone.sequence_logprobs("proposer", [Completion("text only")])
+        backbone.token_logprobs("proposer", [Completion("text only")])
     with pytest.raises(ValueError, match=r"completions\[1\] has no completion tokens"):
-        backbone.sequence_logprobs(
+        summed_logprobs(
+            backbone,
             "proposer",
             [completions[0], Completion("", prompt_ids=torch.tensor([1]), completion_ids=torch.tensor([]))],
         )
@@ -185,7 +192,7 @@ def test_gradients_reach_only_the_selected_role(backbone):
     assert all(
         p.requires_grad for p in backbone.role_parameters("reviewer") + backbone.role_parameters("proposer")
     )
-    logp, _ = backbone.sequence_logprobs("reviewer", completions)
+    logp, _ = summed_logprobs(backbone, "reviewer", completions)
     logp.sum().backward()
     reviewer, proposer = backbone.role_parameters("reviewer"), backbone.role_parameters("proposer")
     assert len(reviewer) == len(proposer) == 2 * 2 * 7  # A and B, 2 layers, 7 projections
@@ -213,10 +220,10 @@ def test_initial_adapters_depend_on_the_seed_only():
     torch.manual_seed(5)
     after = torch.rand(1)
     torch.manual_seed(5)
-    first = Backbone.from_pretrained("tiny-qwen2")
+    first = HFPolicy.from_pretrained("tiny-qwen2")
     assert torch.rand(1) == after  # the global random state is untouched
-    second = Backbone.from_pretrained("tiny-qwen2")
-    reseeded = Backbone.from_pretrained("tiny-qwen2", adapter_seed=1)
+    second = HFPolicy.from_pretrained("tiny-qwen2")
+    reseeded = HFPolicy.from_pretrained("tiny-qwen2", adapter_seed=1)
     for role in ("proposer", "reviewer"):
         for p, q, r in zip(*(bb.role_parameters(role) for bb in (first, second, reseeded))):
             assert torch.equal(p, q) and (not torch.equal(p, r) or not p.any())  # B starts at zero
@@ -235,7 +242,7 @@ def test_adapters_save_in_peft_format_and_reload(backbone, tmp_path):
         with torch.no_grad():
             reloaded = PeftModel.from_pretrained(fresh_base, path)(input_ids=IDS).logits
         assert torch.allclose(reloaded, expected[role], atol=1e-6)
-    other = Backbone.from_pretrained("tiny-qwen2")
+    other = HFPolicy.from_pretrained("tiny-qwen2")
     other.load_adapters(tmp_path)
     for role in paths:
         assert torch.allclose(logits(other, role), expected[role], atol=1e-6)
@@ -244,7 +251,7 @@ def test_adapters_save_in_peft_format_and_reload(backbone, tmp_path):
 def test_loading_adapters_that_do_not_fit(backbone, tmp_path):
     with pytest.raises(DataError, match="proposer"):
         backbone.load_adapters(tmp_path)
-    Backbone.from_pretrained("tiny-qwen2", lora_r=4).save_adapters(tmp_path)
+    HFPolicy.from_pretrained("tiny-qwen2", lora_r=4).save_adapters(tmp_path)
     with pytest.raises(DataError, match="r is 4"):
         backbone.load_adapters(tmp_path)
 
@@ -252,12 +259,12 @@ def test_loading_adapters_that_do_not_fit(backbone, tmp_path):
 def test_gradient_checkpointing_gives_the_same_values_and_gradients():
     results = []
     for checkpointing in (False, True):
-        bb = Backbone.from_pretrained("tiny-llama", max_new_tokens=4, gradient_checkpointing=checkpointing)
+        bb = HFPolicy.from_pretrained("tiny-llama", max_new_tokens=4, gradient_checkpointing=checkpointing)
         assert bb.model.get_base_model().model.gradient_checkpointing == checkpointing
         set_lora_b(bb, "proposer", 0.01)
         bb.train()
         completions = [g[0] for g in bb.generate("proposer", PROMPTS, 1, greedy=True)]  # needs the KV cache
-        logp, _ = bb.sequence_logprobs("proposer", completions)
+        logp, _ = summed_logprobs(bb, "proposer", completions)
         logp.sum().backward()
         results.append((logp.detach(), [p.grad for p in bb.role_parameters("proposer")]))
     (logp, grads), (logp_gc, grads_gc) = results
@@ -307,7 +314,7 @@ def test_target_module_inference_without_known_names():
 
 
 def test_4bit_nf4_on_cpu_trains_lora_only():
-    bb = Backbone.from_pretrained(
+    bb = HFPolicy.from_pretrained(
         "tiny-qwen2", precision="4bit", max_new_tokens=4, gradient_checkpointing=True
     )
     linear = [
@@ -321,7 +328,7 @@ def test_4bit_nf4_on_cpu_trains_lora_only():
     set_lora_b(bb, "proposer", 0.01)
     completions = [g[0] for g in bb.generate("proposer", PROMPTS, 1)]  # eval-mode generation first
     bb.train()
-    logp, _ = bb.sequence_logprobs("proposer", completions)
+    logp, _ = summed_logprobs(bb, "proposer", completions)
     logp.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in bb.role_parameters("proposer"))
     lora = {id(p) for p in bb.role_parameters("proposer") + bb.role_parameters("reviewer")}
@@ -330,12 +337,12 @@ def test_4bit_nf4_on_cpu_trains_lora_only():
 
 def test_half_precision_on_cpu_falls_back_to_fp32():
     with pytest.warns(UserWarning, match="runs in fp32"):
-        bb = Backbone.from_pretrained("tiny-llama", precision="bf16", device="cpu")
+        bb = HFPolicy.from_pretrained("tiny-llama", precision="bf16", device="cpu")
     assert all(p.dtype == torch.float32 for p in bb.parameters())
     with pytest.raises(ConfigError, match="precision"):
-        Backbone.from_pretrained("tiny-llama", precision="int8")
+        HFPolicy.from_pretrained("tiny-llama", precision="int8")
     with pytest.raises(ConfigError, match="distinct"):
-        Backbone.from_pretrained("tiny-llama", roles=["proposer", "proposer"])
+        HFPolicy.from_pretrained("tiny-llama", roles=["proposer", "proposer"])
 
 
 def fake_conversion(gguf, directory):
@@ -384,12 +391,12 @@ def test_smollm2_loads_from_the_cache_and_generates(monkeypatch):
         models, "_convert_gguf", lambda *args: pytest.fail("converted again instead of the cache")
     )
     start = time.perf_counter()
-    bb = Backbone.from_pretrained("smollm2-135m-instruct", max_new_tokens=8, device="cpu")
+    bb = HFPolicy.from_pretrained("smollm2-135m-instruct", max_new_tokens=8, device="cpu")
     assert time.perf_counter() - start < 30
     assert bb.model.config.model_type == "llama" and bb.tokenizer.eos_token == "<|im_end|>"
     prompt = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
     ((c,),) = bb.generate("proposer", [prompt], 1, greedy=True)
     assert "Paris" in c.text
     assert c.prompt_tokens == len(bb.tokenizer(bb.render(prompt), add_special_tokens=False)["input_ids"])
-    logp, num_tokens = bb.sequence_logprobs("proposer", [c])
+    logp, num_tokens = summed_logprobs(bb, "proposer", [c])
     assert int(num_tokens[0]) == c.completion_tokens and -50 < float(logp[0].detach()) < 0

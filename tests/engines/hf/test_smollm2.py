@@ -5,11 +5,11 @@ import time
 import pytest
 
 from tests.helpers.training import fit
-from tracer_pl.data import ReasoningDataModule
-from tracer_pl.dialogue import DialogueConfig
-from tracer_pl.gspo import GSPOConfig
-from tracer_pl.models import cache_dir, load_base_model
-from tracer_pl.module import BackboneConfig
+from tracer_pl.core.dialogue import DialogueConfig
+from tracer_pl.core.gspo import GSPOConfig
+from tracer_pl.data.datamodule import ReasoningDataModule
+from tracer_pl.engines.hf.models import cache_dir, load_base_model
+from tracer_pl.training.module import BackboneConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a model conversion on a loaded CPU
 
@@ -28,7 +28,7 @@ def test_smollm2_alias_loads_from_the_cache_and_trains(tmp_path):
     module, trainer = fit(tmp_path, ReasoningDataModule(train=SOURCE, test=SOURCE, batch_size=2, test_limit=4),
                           batches=2, seed=0,
                           backbone=BackboneConfig(name="smollm2-135m-instruct", max_new_tokens=24, temperature=0.7),
-                          dialogue=DialogueConfig(rounds=3, group_size=2), gspo=GSPOConfig(lr=1e-4))
+                          dialogue=DialogueConfig(rounds=3), gspo=GSPOConfig(group_size=2, lr=1e-4))
     metrics = trainer.callback_metrics
     assert 0.0 <= float(metrics["train/accuracy"]) <= 1.0
     assert float(metrics["train/proposer/completions/mean_length"]) > 1

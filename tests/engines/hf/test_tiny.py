@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
+from tracer_pl.engines.hf.tiny import ByteTokenizer, build_tiny_model
 from tracer_pl.errors import ConfigError, DataError
-from tracer_pl.tiny import ByteTokenizer, build_tiny_model
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 × 3 = ?"}]
 # ChatML written out by hand: <|im_start|>=257, <|im_end|>=258, everything else is UTF-8 bytes
