@@ -43,10 +43,18 @@ def layer_of(module: str) -> int:
     return best
 
 
-def imports(source: str, module: str, is_package: bool) -> list[str]:
-    """Absolute names of everything ``source`` (the text of ``module``) imports."""
+def imports(source: str, module: str, is_package: bool, runtime_only: bool = False) -> list[str]:
+    """Absolute names of everything ``source`` (the text of ``module``) imports.
+
+    With ``runtime_only``, imports under ``if TYPE_CHECKING:`` (type hints only, never executed) are left out.
+    """
     names = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    if runtime_only:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -135,3 +143,52 @@ def test_importing_the_pure_layers_loads_no_heavy_package():
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def import_graph():
+    """``module -> set of tracer_pl modules it imports`` at run time over ``src`` (imports in functions included).
+
+    Imports under ``TYPE_CHECKING`` never run and are left out; so is a module's import of its own parent package
+    (``from tracer_pl.engines.hf import generation`` in ``tracer_pl.engines.hf.policy``), which Python runs
+    before the module itself.
+    """
+    modules = {module: (path, is_package) for module, path, is_package in source_modules()}
+    graph = {}
+    for module, (path, is_package) in modules.items():
+        if module in ("tracer_pl", "tracer_pl._graveyard"):  # the root re-exports every layer's public names
+            continue
+        targets = set()
+        for target in imports(path.read_text(), module, is_package, runtime_only=True):
+            while target and target not in modules:  # `from pkg.module import name` -> pkg.module
+                target = target.rpartition(".")[0]
+            if target and target != module and not module.startswith(target + "."):
+                targets.add(target)
+        graph[module] = targets
+    return graph
+
+
+def cycles(graph):
+    """Every import cycle, each as the list of modules along it (depth-first search)."""
+    found, state = [], {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]

@@ -88,3 +88,24 @@ def test_evaluate_from_python_writes_what_the_cli_writes(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "eval" / "test_records_sums.jsonl").read_text().splitlines()]
     assert len(records) == 5  # the accuracy is the mean of the records' outcomes
     assert metrics["test/sums/accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 5)
+
+
+@pytest.mark.e2e
+def test_training_and_evaluation_play_every_round_through_play_round(tmp_path, sum_problems, monkeypatch):
+    # the one round loop: the scripted dialogue tests drive play_round, and so must what trains and what evaluates
+    from tracer_pl.core import dialogue as core_dialogue
+
+    played, real = [], core_dialogue.play_round
+
+    def spy(dialogue, round_index, seat, learn=None):
+        played.append((dialogue.training, round_index, seat.role.name, learn is not None))
+        return real(dialogue, round_index, seat, learn)
+
+    monkeypatch.setattr(core_dialogue, "play_round", spy)
+    module, trainer, _ = fit_fake(tmp_path, sum_problems, 1)
+    order = [("proposer", True), ("reviewer", True), ("proposer", True)]  # both roles trained, rounds 1..3
+    assert played == [(True, r, role, learns) for r, (role, learns) in enumerate(order, start=1)]
+    played.clear()
+    trainer.test(module, dataloaders=torch.utils.data.DataLoader(sum_problems[:2], batch_size=2, collate_fn=list))
+    protocols = len(module.evaluation.protocols)
+    assert played == [(False, r, role, False) for _ in range(protocols) for r, (role, _) in enumerate(order, 1)]
