@@ -103,7 +103,7 @@ class _Means(L.Callback):
         self.values = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        for key, values in pl_module._step_means.items():
+        for key, values in pl_module.gspo_update.statistics.last_values.items():
             self.values.setdefault(key, []).extend(values)
 
 

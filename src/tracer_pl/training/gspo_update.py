@@ -37,6 +37,7 @@ class StepStatistics:
 
     counts: dict[str, float] = field(default_factory=dict)
     values: dict[str, list[float]] = field(default_factory=dict)
+    last_values: dict[str, list[float]] = field(default_factory=dict)  # the values behind the last pop's means
 
     def count(self, key: str, amount: float = 1.0) -> None:
         self.counts[key] = self.counts.get(key, 0.0) + amount
@@ -49,7 +50,7 @@ class StepStatistics:
         """The counts and the means, and a fresh start."""
         summary = dict(self.counts)
         summary.update({key: sum(values) / len(values) for key, values in self.values.items()})
-        self.counts, self.values = {}, {}
+        self.counts, self.values, self.last_values = {}, {}, self.values
         return summary
 
 
