@@ -44,7 +44,7 @@ class DialogueConfig:
     """Settings of the dialogue protocol (the group size G of the GSPO step is ``GSPOConfig.group_size``).
 
     Args:
-        rounds: Number of rounds R (odd: proposal, even: review); with a ``schedule``, its length.
+        rounds: Number of rounds R (odd: proposal, even: review; 1 to 99); with a ``schedule``, its length.
         schedule: The role name of every round, e.g. ``[proposer, reviewer, proposer, reviewer, proposer,
             verifier]``; None is TRACER's alternation of the first two seats (proposer in odd rounds, reviewer in
             even rounds). The first round must belong to a proposing seat; every seat must have a round.

@@ -222,17 +222,18 @@ class GSPOConfig:
     """Settings of the GSPO step of each speaking role: its groups, its objective and its optimizer.
 
     Args:
-        group_size: Candidates G sampled per speaking context for the step (training only); a group of G
-            scored candidates gives the group-relative advantages.
-        min_reward_std: Groups with a smaller reward standard deviation carry no signal and are not trained on.
-        lr: Adam learning rate of each role's adapter.
-        steps_per_group: Optimizer steps per candidate group (1 = on-policy, ratio exactly 1; more steps reuse
+        group_size: Candidates G sampled per speaking context for the step (training only; 2 to 256); a group of
+            G scored candidates gives the group-relative advantages.
+        min_reward_std: Groups with a smaller reward standard deviation carry no signal and are not trained on
+            (>= 0).
+        lr: Adam learning rate of each role's adapter (> 0).
+        steps_per_group: Optimizer steps per candidate group, 1 to 64 (1 = on-policy, ratio exactly 1; more steps reuse
             the same samples, so the ratio moves and clipping binds, like ``steps_per_generation`` in TRL).
         epsilon: Lower clip range of the importance ratio.
         epsilon_high: Upper clip range; None uses ``epsilon``.
         log_ratio_clamp: Clamp of the per-token log ratio before exponentiation.
         max_grad_norm: Gradient-norm clip of each step; None or 0 disables it.
-        weight_decay: Adam weight decay.
+        weight_decay: Adam weight decay (0 to 1).
         importance_level: ``sequence`` (GSPO, TRACER's objective) or ``token`` (GRPO's per-token ratios, the
             same as TRL's ``importance_sampling_level``).
         update_per: ``group``: each candidate group gets its own update of ``steps_per_group`` optimizer steps,

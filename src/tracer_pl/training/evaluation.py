@@ -75,9 +75,9 @@ class EvaluationConfig:
         method: ``tracer`` (the dialogue with average-strategy controllers), ``cot`` (one proposer call),
             ``majority_vote`` (self-consistency over ``samples`` sampled proposals) or ``debate`` (Du et al.:
             ``debate_agents`` proposers for ``debate_rounds`` rounds, final majority).
-        samples: Proposals per problem for ``majority_vote``.
-        debate_agents: Agents in ``debate``.
-        debate_rounds: Rounds in ``debate``.
+        samples: Proposals per problem for ``majority_vote`` (1 to 1024).
+        debate_agents: Agents in ``debate`` (1 to 64).
+        debate_rounds: Rounds in ``debate`` (1 to 64).
         protocols: For ``tracer``: how the controllers act, each protocol evaluated on the same problems --
             ``sample`` from or ``argmax`` of the average strategy (TRACER §2). The first one's metrics are
             logged as ``<stage>/<dataset>/<metric>``, the others' as ``<stage>/<dataset>@<protocol>/<metric>``.
