@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 from tracer_pl.keys import REGRET_BOUND_BATCH, REGRET_UNBOUNDED, parse_state_key, speaking_action, state_key
 
+BOUND_FORMULA = "2·sqrt(2B/M)"
+"""The bound on a state's average regret after M visits when up to B of them share one strategy."""
+
 
 def state_series(log: Sequence[dict[str, float]], quantity: str) -> dict[tuple[str, str], list[tuple[float, ...]]]:
     """Per (controller, state): ``(step, visits, value)`` of ``controller/<c>/<state>/<quantity>`` over training."""
@@ -45,7 +48,10 @@ def bound_batch(log: Sequence[dict[str, float]]) -> float:
 
 
 def bound_label(batch: float) -> str:
-    """The bound's name in plots and tables."""
+    """The bound's name in plots and tables: the formula 2·sqrt(2B/M) with the run's B, also when B = 1.
+
+    B is :func:`bound_batch`; ``docs/metrics.md`` states the same formula.
+    """
     if math.isinf(batch):
         return "no bound (importance-weighted values)"
-    return "bound 2·sqrt(2/M)" if batch == 1 else f"bound 2·sqrt(2B/M), B={batch:g}"
+    return f"bound {BOUND_FORMULA}, B={batch:g}"
