@@ -105,6 +105,7 @@ def regret_figure(log: Sequence[dict[str, float]], title: str) -> Figure | None:
     without a bound (importance-weighted values) say so in the legend.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     series = state_series(log, "avg_regret")
     controllers = sorted({c for c, _ in series})
@@ -131,6 +132,7 @@ def regret_figure(log: Sequence[dict[str, float]], title: str) -> Figure | None:
         _scale(ax, "x", [1.0, most_visits])
         _scale(ax, "y", drawn or [0.0])
         ax.set_xlabel("visits M of the state")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # visits are whole numbers
         ax.set_ylabel("average regret")
         _label_panel(ax, f"{title}: {controller} controller")
     return fig
@@ -139,6 +141,7 @@ def regret_figure(log: Sequence[dict[str, float]], title: str) -> Figure | None:
 def speak_rate_figure(log: Sequence[dict[str, float]], title: str) -> Figure | None:
     """Average-strategy speaking probability per state over training steps; ``None`` when nothing to plot."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     actions = speaking_actions(log)  # the seats of the run, with their speaking actions
     series: dict[tuple[str, str], list[tuple[float, ...]]] = {}
@@ -155,6 +158,7 @@ def speak_rate_figure(log: Sequence[dict[str, float]], title: str) -> Figure | N
             ax.plot([p[0] for p in points], [p[2] for p in points], label=state, **style)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"average-strategy P({actions[controller]})")
         _label_panel(ax, f"{title}: {controller} controller")
     return fig
