@@ -30,23 +30,51 @@ To add a reward role, subclass :class:`Proposer` or :class:`Reviewer` and overri
 the class in YAML (``class_path: my_pkg.MyReviewer``). Rewards written for TRL (``(prompts, completions,
 **kwargs) -> list[float | None]``) can be added to any role with ``extra_rewards``, and every role's own reward
 is available in that signature through :meth:`Role.as_reward_function`.
+
+An extra reward is called as TRL's ``GRPOTrainer`` calls it, once per GSPO group (the ``G`` completions of one
+context), in one of TRL's two forms:
+
+* ``standard``: ``prompts`` and ``completions`` are strings (the prompt is the role's user message,
+  :meth:`Role.render`; the chat template belongs to the engine);
+* ``conversational``: ``prompts`` are the chat messages (:meth:`Role.messages`) and every completion is
+  ``[{"role": "assistant", "content": text}]``, as TRL passes them for chat datasets (``trl.rewards``'
+  functions read ``completion[0]["content"]``).
+
+``extra_reward_format="auto"`` (the default) picks the form per function from the annotation of its
+``completions`` parameter: one that names ``dict`` or messages (TRL's ``list[list[dict[str, str]]]``) gets the
+conversational form, any other or none the standard form. The problem's columns come as keyword lists of the
+same length (see :data:`TRL_COLUMNS`), ``solution`` among them, so ``trl.rewards.accuracy_reward`` and
+``trl.rewards.think_format_reward`` work unchanged.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tracer_pl.core.agent import Messages
 from tracer_pl.core.controllers import signed_value
 from tracer_pl.core.problem import Problem
+from tracer_pl.errors import ConfigError
 from tracer_pl.grading.answers import extract_answer, get_answer_format, is_equivalent
+from tracer_pl.grading.text import last_boxed
 
 TRLReward = Callable[..., list[float | None]]
 """A reward function with TRL's signature ``(prompts, completions, **kwargs) -> list[float | None]``."""
+
+RewardFormat = Literal["auto", "standard", "conversational"]
+"""How extra rewards receive prompts and completions: TRL's standard (strings) or conversational (messages) form,
+or ``auto``: chosen per function from its ``completions`` annotation."""
+
+TRL_COLUMNS = ("question", "gold", "solution", "answer", "dataset", "uid", "pending_answer", "pending_text",
+               "review_text")
+"""The keyword columns an extra reward receives, one entry per completion: the problem's ``question``; its gold
+answer as ``gold``, ``solution`` (the name TRL's accuracy rewards read) and ``answer``; ``dataset`` (its answer
+format); ``uid``; and the dialogue's ``pending_answer``, ``pending_text`` and ``review_text`` (None before any)."""
 
 RIGHT, WRONG = "RIGHT", "WRONG"
 
@@ -93,8 +121,12 @@ class Role(ABC):
     Args:
         system_prompt: The system message; None keeps the class default.
         reward_scale: Multiplies the role's own reward.
-        extra_rewards: TRL-style reward functions added to the role's reward (a None score counts as 0).
+        extra_rewards: TRL-style reward functions added to the role's reward (a None score counts as 0), e.g.
+            ``trl.rewards.accuracy_reward``; in YAML, their import paths.
         extra_reward_weights: One weight per extra reward (default 1 each).
+        extra_reward_format: How the extra rewards get prompts and completions: ``standard`` (strings),
+            ``conversational`` (chat messages, as TRL passes them for chat datasets), or ``auto`` (per function,
+            from the annotation of its ``completions`` parameter; see the module docstring).
     """
 
     name: str = "role"
@@ -110,6 +142,7 @@ class Role(ABC):
         reward_scale: float = 1.0,
         extra_rewards: Sequence[TRLReward] | None = None,
         extra_reward_weights: Sequence[float] | None = None,
+        extra_reward_format: RewardFormat = "auto",
     ) -> None:
         self.system_prompt = self.default_system_prompt if system_prompt is None else system_prompt
         self.reward_scale = reward_scale
@@ -120,6 +153,14 @@ class Role(ABC):
                 f"{type(self).__name__}: extra_reward_weights has {len(self.extra_reward_weights)} entries for "
                 f"{len(self.extra_rewards)} extra_rewards"
             )
+        if extra_reward_format not in ("auto", "standard", "conversational"):
+            raise ValueError(f"{type(self).__name__}: extra_reward_format must be auto, standard or conversational, "
+                             f"got {extra_reward_format!r}")
+        not_callable = [fn for fn in self.extra_rewards if not callable(fn)]
+        if not_callable:
+            raise ValueError(f"{type(self).__name__}: extra_rewards must be functions (in YAML, their import paths "
+                             f"such as trl.rewards.accuracy_reward), got {not_callable[0]!r}")
+        self.extra_reward_format = extra_reward_format
 
     # ---------------------------------------------------------------- the three hooks
     @abstractmethod
@@ -149,35 +190,79 @@ class Role(ABC):
         prompt: Messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return prompt + [{"role": "user", "content": self.render(view)}]
 
-    def score(self, texts: Sequence[str], view: DialogueView) -> list[float]:
-        """Total rewards of completions for the same context: scaled own reward plus weighted extra rewards."""
+    def score(self, texts: Sequence[str], view: DialogueView, *,
+              completion_ids: Sequence[Sequence[int]] | None = None) -> list[float]:
+        """Total rewards of completions for the same context: scaled own reward plus weighted extra rewards.
+
+        Args:
+            texts: The completions.
+            view: Their common context.
+            completion_ids: Their token ids, handed to extra rewards as TRL's ``completion_ids`` when given.
+
+        Raises:
+            ConfigError: An extra reward fails on the form it was given (the message names the form to try), or
+                does not return one score per completion.
+        """
         scores = [self.reward_scale * self.reward(text, view) for text in texts]
         if not self.extra_rewards:
             return scores
-        prompts = [self.messages(view)] * len(texts)
-        kwargs = _trl_columns(view, len(texts))
+        columns = trl_columns(view, len(texts))
+        if completion_ids is not None:
+            columns["completion_ids"] = [list(ids) for ids in completion_ids]
         for weight, fn in zip(self.extra_reward_weights, self.extra_rewards):
-            extra = fn(prompts=prompts, completions=list(texts), **kwargs)
-            scores = [s + weight * (e or 0.0) for s, e in zip(scores, extra)]
+            form = self.reward_form(fn)
+            if form == "conversational":
+                prompts: list[Any] = [self.messages(view)] * len(texts)
+                completions: list[Any] = [[{"role": "assistant", "content": text}] for text in texts]
+            else:
+                prompts, completions = [self.render(view)] * len(texts), list(texts)
+            extra = self._call_extra(fn, form, prompts, completions, columns)
+            scores = [s + weight * (0.0 if e is None else float(e)) for s, e in zip(scores, extra)]
         return scores
 
-    def as_reward_function(self) -> TRLReward:
-        """This role's reward with TRL's signature, for use in TRL trainers.
+    def reward_form(self, fn: TRLReward) -> str:
+        """``standard`` or ``conversational``: the form in which ``fn`` gets prompts and completions."""
+        if self.extra_reward_format != "auto":
+            return self.extra_reward_format
+        return completions_form(fn)
 
-        The dataset columns arrive as keyword lists: ``gold`` (or ``answer``), ``dataset`` (default
-        ``gsm8k``), and for reviewers ``pending_answer``. Completions may be strings or conversational message
-        lists. A row with no gold answer scores None.
+    def _call_extra(self, fn: TRLReward, form: str, prompts: list[Any], completions: list[Any],
+                    columns: dict[str, list[Any]]) -> list[Any]:
+        name = _function_name(fn)
+        try:
+            extra = fn(prompts=prompts, completions=completions, **columns)
+        except (TypeError, KeyError, IndexError, AttributeError) as error:
+            other = "standard" if form == "conversational" else "conversational"
+            given = "chat messages" if form == "conversational" else "strings"
+            reason = " ".join(str(error).split())
+            raise ConfigError(
+                f"{self.name}: extra reward {name} failed on completions given as {given} ({type(error).__name__}: "
+                f"{reason}); if it expects the {other} form, set extra_reward_format: {other} on the role"
+            ) from error
+        extra = list(extra) if extra is not None else []
+        if len(extra) != len(completions):
+            raise ConfigError(f"{self.name}: extra reward {name} returned {len(extra)} scores for "
+                              f"{len(completions)} completions; expected one score (or None) per completion")
+        return extra
+
+    def as_reward_function(self) -> TRLReward:
+        r"""This role's reward with TRL's signature, for use in TRL trainers.
+
+        The dataset columns arrive as keyword lists. The gold answer is read from ``gold``, else ``answer``,
+        else ``solution`` (a worked solution's last ``\boxed{...}``, or the whole text when it has none). The
+        answer format is the ``dataset`` column; without one, a gold that is a number is graded as ``gsm8k``
+        and any other as ``math500`` (math-verify). Reviewers read ``pending_answer``. Completions may be
+        strings or conversational message lists. A row with no gold answer, or one its format refuses, scores
+        None (TRL skips it).
         """
 
         def reward_function(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-            golds = kwargs.get("gold", kwargs.get("answer"))
             out: list[float | None] = []
             for i, completion in enumerate(completions):
-                gold = golds[i] if golds is not None else None
-                if gold is None:
+                view = _view_from_columns(kwargs, i)
+                if view is None:
                     out.append(None)
                     continue
-                view = _view_from_columns(kwargs, i, str(gold))
                 out.append(self.reward_scale * self.reward(_completion_text(completion), view))
             return out
 
@@ -283,33 +368,81 @@ def parse_verdict(text: str) -> str | None:
     return RIGHT if positive != bool(stated.group(1)) else WRONG
 
 
+def completions_form(fn: TRLReward) -> str:
+    """TRL's form a reward function expects, read from the annotation of its ``completions`` parameter.
+
+    ``conversational`` when the annotation names ``dict`` or messages (``list[list[dict[str, str]]]``, as
+    ``trl.rewards`` declares it), ``standard`` otherwise, also without an annotation or a readable signature.
+    """
+    try:
+        parameter = inspect.signature(fn).parameters.get("completions")
+    except (TypeError, ValueError):
+        return "standard"
+    if parameter is None or parameter.annotation is inspect.Parameter.empty:
+        return "standard"
+    annotation = parameter.annotation
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return "conversational" if re.search(r"dict|message", text, re.IGNORECASE) else "standard"
+
+
+def trl_columns(view: DialogueView, n: int) -> dict[str, list[Any]]:
+    """The keyword columns (:data:`TRL_COLUMNS`) handed to extra rewards for ``n`` completions of one context."""
+    problem = view.problem
+    values = {"question": problem.question, "gold": problem.gold, "solution": problem.gold, "answer": problem.gold,
+              "dataset": problem.dataset, "uid": problem.uid, "pending_answer": view.pending_answer,
+              "pending_text": view.pending_text, "review_text": view.review_text}
+    return {name: [values[name]] * n for name in TRL_COLUMNS}
+
+
+def _function_name(fn: Any) -> str:
+    return str(getattr(fn, "__name__", None) or type(fn).__name__)
+
+
 def _completion_text(completion: Any) -> str:
     """TRL passes plain strings, or message lists for conversational data (the last message is the output)."""
     if isinstance(completion, str):
         return completion
     if isinstance(completion, Sequence) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
+        return str(completion[-1].get("content") or "")
     return str(completion)
 
 
-def _view_from_columns(columns: dict[str, Any], i: int, gold: str) -> DialogueView:
-    def column(name: str, default: Any = None) -> Any:
-        values = columns.get(name)
-        return default if values is None else values[i]
+def _gold_and_format(columns: dict[str, Any], i: int) -> tuple[str, str] | None:
+    """The row's gold answer and answer format, or None when it has no usable gold."""
 
-    dataset = column("dataset", "gsm8k")
-    problem = Problem(question=str(column("question", "")), gold=gold, dataset=dataset)
-    pending = column("pending_answer")
+    def column(name: str) -> Any:
+        values = columns.get(name)
+        return None if values is None else values[i]
+
+    raw = next((column(name) for name in ("gold", "answer") if column(name) is not None), None)
+    if raw is None and column("solution") is not None:
+        solution = str(column("solution"))
+        boxed = last_boxed(solution)
+        raw = solution if boxed is None else boxed
+    if raw is None or not str(raw).strip():
+        return None
+    raw = str(raw).strip()
+    dataset = column("dataset")
+    if dataset is None:
+        try:
+            return get_answer_format("gsm8k").parse_gold(raw), "gsm8k"
+        except ValueError:
+            return raw, "math500"
+    answer_format = get_answer_format(dataset)  # an unknown format is an error, not a skipped row
+    try:
+        return answer_format.parse_gold(raw), dataset
+    except ValueError:
+        return None
+
+
+def _view_from_columns(columns: dict[str, Any], i: int) -> DialogueView | None:
+    found = _gold_and_format(columns, i)
+    if found is None:
+        return None
+    gold, dataset = found
+    question = columns.get("question")
+    problem = Problem(question=str(question[i] if question is not None else ""), gold=gold, dataset=dataset)
+    pending_values = columns.get("pending_answer")
+    pending = None if pending_values is None else pending_values[i]
     return DialogueView(problem=problem, pending_text=pending, pending_answer=pending,
                         pending_correct=is_correct(pending, problem))
-
-
-def _trl_columns(view: DialogueView, n: int) -> dict[str, list[Any]]:
-    """The keyword columns handed to extra TRL rewards for ``n`` completions of one context."""
-    return {
-        "question": [view.problem.question] * n,
-        "gold": [view.problem.gold] * n,
-        "answer": [view.problem.gold] * n,
-        "dataset": [view.problem.dataset] * n,
-        "pending_answer": [view.pending_answer] * n,
-    }

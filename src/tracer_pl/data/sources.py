@@ -2,24 +2,39 @@
 
 * a benchmark: ``gsm8k`` (``openai/gsm8k``, config ``main``), ``math500`` (``HuggingFaceH4/MATH-500``),
   ``gpqa_diamond`` (``Idavidrein/gpqa``, config ``gpqa_diamond``; gated), from the Hugging Face hub;
-* a local file: ``*.jsonl``, ``*.json`` (a list of objects) or ``*.parquet``, with GSM8K-style
-  (``question``/``answer`` with ``####``), MATH-style (``problem``/``answer`` or ``solution``), GPQA-style or
-  plain ``question``/``gold`` fields; other columns are mapped with ``field_map``;
+* any other dataset on the hub, by its ``owner/name`` id, with optional ``?config=<name>&split=<name>&revision=<ref>``
+  (e.g. ``openai/gsm8k?config=main``), read with ``datasets.load_dataset``. Without ``split`` the requested split
+  (``train`` or ``test``) is used, or the only one there is;
+* a local file: ``*.jsonl`` (one object per line), ``*.json`` (a list of objects, or ``{"data": [...]}``),
+  ``*.parquet``, ``*.csv``/``*.tsv`` (every cell read as text) or ``*.arrow``; or a local directory: one saved
+  with ``Dataset.save_to_disk`` or holding data files as a hub repository does (``?split=<name>`` chooses among its
+  splits). JSONL is read line by line here, so that every error names its line and a broken line is one bad row;
+  everything else goes through ``datasets`` (``load_dataset``, or ``load_from_disk`` for a saved dataset, which
+  ``load_dataset`` refuses);
 * ``reasoning_gym:<task>`` with optional ``?size=200&seed=1&<task option>=...``: problems generated offline by
   the ``reasoning-gym`` package, e.g. ``reasoning_gym:basic_arithmetic?size=500&max_terms=3&operators=+,-``
   (a comma makes a tuple). Test sets are generated with ``seed + 1_000_000``: reasoning-gym seeds item *i* with
   ``seed + i``, so no test item shares its random stream with a training item of a smaller set.
 
+The format of files and of hub datasets other than the benchmarks is told from their first row: GSM8K-style
+(``question``/``answer`` with ``####``), MATH-style (``problem``/``answer`` or ``solution``), GPQA-style, TRL-style
+(``prompt``/``solution``; a ``prompt`` of chat messages gives its last user message) or plain
+``question``/``gold``; other columns are mapped with ``field_map``.
+
 Every row becomes a :class:`~tracer_pl.core.problem.Problem` or a :class:`~tracer_pl.errors.DataError` naming the
-file, the row (1-based line number for JSONL), the field and what was expected. With ``on_bad_row="skip"`` bad
-rows are dropped and their reasons collected instead -- never turned into a wrong gold answer.
+source, the row (1-based line number for JSONL), the field and what was expected. With ``on_bad_row="skip"`` bad
+rows are dropped and their reasons collected instead -- never turned into a wrong gold answer. A file that
+``datasets`` cannot read as a whole (invalid JSON, a row that is not an object) is one error naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +47,12 @@ from tracer_pl.grading.answers import format_choices, get_answer_format, gsm8k_g
 OnBadRow = Literal["raise", "skip"]
 MAX_FIELD_CHARS = 200_000
 """A longer question or answer is a bad row: no model's context holds it, and tokenizing it is already slow."""
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow")
+DATASETS_BUILDERS = {".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}
+"""The ``datasets`` builder that reads each local file type (JSONL is read here, line by line)."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+"""A dataset id on the Hugging Face hub: ``owner/name``."""
+HUB_OPTIONS = ("config", "split", "revision")
 
 
 @dataclass(frozen=True)
@@ -69,12 +89,17 @@ class BadRows:
 
 
 def source_name(source: str) -> str:
-    """A short name for logs and metric keys: the benchmark or task name, or the file's stem."""
+    """A short name for logs and metric keys: the benchmark, task or hub dataset name, or the file's stem."""
     if source in BENCHMARKS:
         return source
     if source.startswith("reasoning_gym:"):
         return source.split(":", 1)[1].split("?", 1)[0]
-    return Path(source).stem
+    path = Path(source)
+    if not path.exists():
+        path = Path(source.split("?", 1)[0])
+    if path.is_dir() or (HUB_ID.match(str(path)) and not path.exists()):
+        return path.name
+    return path.stem
 
 
 def load_problems(
@@ -91,8 +116,9 @@ def load_problems(
     """Problems of ``source`` in file order (see the module docstring for the accepted forms).
 
     Args:
-        source: A benchmark name, a local path, or ``reasoning_gym:<task>[?options]``.
-        split: ``train`` or ``test`` (benchmarks with one split use it for both; generated sets use another seed).
+        source: A benchmark name, a hub dataset id, a local file or directory, or ``reasoning_gym:<task>[?options]``.
+        split: ``train`` or ``test`` (benchmarks with one split use it for both; generated sets use another seed;
+            other datasets with one split use it for both).
         streaming: Stream hub datasets instead of downloading them whole.
         field_map: Maps ``question``/``gold`` (and optionally ``uid``) to the columns that hold them.
         answer_format: Grade with this registered format instead of the detected one.
@@ -102,17 +128,20 @@ def load_problems(
     """
     if answer_format is not None:
         get_answer_format(answer_format)  # fail early on a typo
+    convert: Converter | None = None  # detected from the first row
     if source.startswith("reasoning_gym:"):
         rows: Iterable[tuple[str, dict]] = _reasoning_gym_rows(source, split, seed)
         convert = _generated_row
     elif source in BENCHMARKS:
-        rows, convert = _hub_rows(source, split, streaming), _converter(BENCHMARKS[source].style, field_map)
-    elif source.endswith(LOCAL_SUFFIXES) or os.sep in source or Path(source).exists():
-        rows, convert = _file_rows(Path(source)), None  # detected from the first row
+        rows, convert = _benchmark_rows(source, split, streaming), _converter(BENCHMARKS[source].style, field_map)
+    elif _is_local(source):
+        rows = _local_rows(source, split)
+    elif HUB_ID.match(source.split("?", 1)[0]):
+        rows = _hub_id_rows(source, split, streaming)
     else:
         raise DataError(
-            f"unknown data source {source!r}: expected one of {sorted(BENCHMARKS)}, a path to a .jsonl/.json/.parquet "
-            "file, or reasoning_gym:<task>"
+            f"unknown data source {source!r}: expected one of {sorted(BENCHMARKS)}, a hub dataset id (owner/name), "
+            "a path to a .jsonl/.json/.parquet/.csv file or a dataset directory, or reasoning_gym:<task>"
         )
     for where, row in rows:
         try:
@@ -137,36 +166,43 @@ def load_problems(
 # ---------------------------------------------------------------------- row readers
 
 
-def _file_rows(path: Path) -> Iterator[tuple[str, dict]]:
+def _is_local(source: str) -> bool:
+    """Whether ``source`` names a local path: one that exists, or one that cannot be a hub id."""
+    if Path(source).exists():
+        return True
+    base, _, _ = source.partition("?")
+    if Path(base).is_dir():
+        return True
+    if HUB_ID.match(base) and not base.lower().endswith(LOCAL_SUFFIXES):
+        return False
+    return base.lower().endswith(LOCAL_SUFFIXES) or os.sep in source or bool(os.altsep and os.altsep in source)
+
+
+def _local_rows(source: str, split: str) -> Iterator[tuple[str, dict]]:
+    path = Path(source)
+    if not path.exists() and Path(source.partition("?")[0]).is_dir():  # a directory with ?split=<name>
+        base, options = _source_options(source, ("split",))
+        yield from _directory_rows(Path(base), split, options.get("split"))
+        return
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        yield from _directory_rows(path, split, None)
+        return
     if not path.is_file() or not os.access(path, os.R_OK):
         raise DataError(f"{path}: not a readable file")
-    if path.suffix == ".jsonl":
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
         yield from _jsonl_rows(path)
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is not JSON
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise DataError(f"{path}: invalid JSON ({error})") from None
-        rows = data.get("data", data) if isinstance(data, dict) else data
-        if not isinstance(rows, list):
-            found = type(rows).__name__
-            raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}), found {found}")
-        yield from ((f"{path.name} row {i}", row) for i, row in enumerate(rows, start=1))
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as error:  # noqa: BLE001 - pyarrow raises several types for bad files
-            raise DataError(f"{path}: cannot read as Parquet ({error})") from None
-        yield from ((f"{path.name} row {i}", row) for i, row in enumerate(table.to_pylist(), start=1))
+    elif suffix in DATASETS_BUILDERS:
+        yield from ((f"{path.name} row {i}", row) for i, row in enumerate(_datasets_file(path, suffix), start=1))
     else:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected one of {LOCAL_SUFFIXES}")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected one of {LOCAL_SUFFIXES} or a "
+                        "dataset directory")
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """JSONL line by line: errors name the line, and a line that is not JSON is one bad row, not a broken file."""
     try:
         handle = path.open(encoding="utf-8-sig")  # utf-8-sig: a leading byte-order mark is dropped
     except OSError as error:
@@ -186,7 +222,91 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
             raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
-def _hub_rows(name: str, split: str, streaming: bool) -> Iterator[tuple[str, dict]]:
+def _datasets_file(path: Path, suffix: str) -> Iterable[dict]:
+    """The rows of a local file read by ``datasets.load_dataset`` (an empty file has none)."""
+    builder = DATASETS_BUILDERS[suffix]
+    options: dict[str, Any] | None = {}
+    if builder == "json":
+        options = _json_options(path)
+    elif builder == "csv":
+        options = _csv_options(path, "\t" if suffix == ".tsv" else ",")
+    if options is None or path.stat().st_size == 0:
+        return []
+    import datasets
+
+    try:
+        with _quiet_datasets():
+            return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+    except Exception as error:  # noqa: BLE001 - datasets wraps the reader's error; its innermost cause says why
+        if _no_rows(error):
+            return []
+        cause = _innermost(error)
+        if builder == "json" and "field" in options and isinstance(cause, KeyError):
+            raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}), found an object "
+                            "without a 'data' list") from None
+        if builder == "json" and "trailing data" in str(cause).lower():
+            raise DataError(f"{path}: expected one JSON value, found several (JSON Lines? then name the file "
+                            ".jsonl)") from None
+        kind = {"json": "JSON (a list of objects, or {'data': [...]})", "parquet": "Parquet", "csv": "CSV",
+                "arrow": "an Arrow file"}[builder]
+        raise DataError(f"{path}: cannot read as {kind} ({_reason(cause)})") from None
+
+
+def _json_options(path: Path) -> dict[str, Any] | None:
+    """How ``datasets`` reads a ``.json`` file: a list as it is, ``{"data": [...]}`` by its field; None if blank."""
+    with path.open("rb") as handle:
+        head = handle.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()  # a byte-order mark is not JSON
+    if not head:
+        return None
+    if head[:1] == b"[":
+        return {}
+    if head[:1] == b"{":
+        return {"field": "data"}
+    found = {b'"': "a string", b"t": "a boolean", b"f": "a boolean", b"n": "null"}.get(head[:1], "a number")
+    raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}), found {found}")
+
+
+def _csv_options(path: Path, delimiter: str) -> dict[str, Any] | None:
+    """Every column of a CSV file read as text, as written (no ``007`` -> ``7``, no empty cell -> NaN)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle, delimiter=delimiter), [])
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except csv.Error as error:
+        raise DataError(f"{path}: cannot read the CSV header ({error})") from None
+    if not header:
+        return None
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header names the column {repeated[0]!r} more than once")
+    import datasets
+
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    return {"features": features, "keep_default_na": False, "sep": delimiter}
+
+
+def _directory_rows(path: Path, split: str, chosen: str | None) -> Iterator[tuple[str, dict]]:
+    """A directory saved with ``save_to_disk`` (``load_from_disk``) or holding data files (``load_dataset``)."""
+    import datasets
+
+    saved = (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+    try:
+        with _quiet_datasets():
+            data = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(str(path))
+    except Exception as error:  # noqa: BLE001
+        if _no_rows(error):
+            return
+        raise DataError(f"{path}: not a readable file, nor a dataset directory ({_reason(_innermost(error))})"
+                        ) from None
+    if chosen is not None and not isinstance(data, Mapping):
+        raise DataError(f"{path}: holds one dataset without named splits; drop ?split={chosen}")
+    name, rows = _choose_split(data, split, chosen, str(path))
+    label = path.name if name is None else f"{path.name} {name}"
+    yield from ((f"{label} row {i}", row) for i, row in enumerate(rows, start=1))
+
+
+def _benchmark_rows(name: str, split: str, streaming: bool) -> Iterator[tuple[str, dict]]:
     spec = BENCHMARKS[name]
     hub_split = split if split in spec.splits else spec.splits[0]
     try:
@@ -194,24 +314,108 @@ def _hub_rows(name: str, split: str, streaming: bool) -> Iterator[tuple[str, dic
 
         data = datasets.load_dataset(spec.hub_id, spec.config, split=hub_split, streaming=streaming)
     except Exception as error:  # noqa: BLE001 - hub errors come in many types; each gets a clear message
-        raise DataError(_hub_error_message(name, spec, error)) from None
+        raise DataError(_hub_error_message(name, spec.hub_id, error, gated=spec.gated)) from None
     yield from ((f"{name} {hub_split} row {i}", row) for i, row in enumerate(data, start=1))
 
 
-def _hub_error_message(name: str, spec: Benchmark, error: Exception) -> str:
-    text = str(error)
-    if spec.gated and any(key in text.lower() for key in ("gated", "401", "403", "authenticat", "access")):
+def _hub_id_rows(source: str, split: str, streaming: bool) -> Iterator[tuple[str, dict]]:
+    hub_id, options = _source_options(source, HUB_OPTIONS)
+    chosen = options.get("split")
+    try:
+        import datasets
+
+        data = datasets.load_dataset(hub_id, options.get("config"), split=chosen, revision=options.get("revision"),
+                                     streaming=streaming)
+    except Exception as error:  # noqa: BLE001
+        raise DataError(_hub_error_message(source, hub_id, error, gated=False, local_too=True)) from None
+    name, rows = _choose_split(data, split, chosen, source)
+    yield from ((f"{hub_id} {name or chosen} row {i}", row) for i, row in enumerate(rows, start=1))
+
+
+def _source_options(source: str, allowed: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``base?key=value&...`` -> ``(base, {key: value})``, refusing keys outside ``allowed``."""
+    base, _, query = source.partition("?")
+    options: dict[str, str] = {}
+    for pair in filter(None, query.split("&")):
+        key, sep, value = pair.partition("=")
+        if not sep or key not in allowed or not value:
+            raise DataError(f"{source}: expected options {'/'.join(allowed)} as key=value separated by '&', found "
+                            f"{pair!r}")
+        options[key] = value
+    return base, options
+
+
+def _choose_split(data: Any, split: str, chosen: str | None, label: str) -> tuple[str | None, Iterable[dict]]:
+    """One split of a loaded dataset: the chosen one, else the requested one, else the only one."""
+    if not isinstance(data, Mapping):  # already one split
+        return chosen, data
+    names = list(data)
+    name = chosen or (split if split in names else names[0] if len(names) == 1 else None)
+    if name not in names:
+        wanted = chosen or split
+        base = label.partition("?")[0]
+        raise DataError(f"{label}: no split {wanted!r} (it has {', '.join(names) or 'none'}); choose one with "
+                        f"{base}?split=<name>")
+    return name, data[name]
+
+
+def _hub_error_message(name: str, hub_id: str, error: Exception, *, gated: bool, local_too: bool = False) -> str:
+    text = " ".join(str(error).split())
+    lowered = text.lower()
+    if "gated" in lowered or (gated and any(key in lowered for key in ("401", "403", "authenticat", "access"))):
         return (
-            f"{name}: {spec.hub_id} is gated. Accept its terms at https://huggingface.co/datasets/{spec.hub_id}, "
+            f"{name}: {hub_id} is gated. Accept its terms at https://huggingface.co/datasets/{hub_id}, "
             "then run `huggingface-cli login` or set HF_TOKEN."
         )
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+    local = "no local file or directory of that name, and " if local_too else ""
+    if _hub_offline() or "offlinemodeisenabled" in lowered:
+        if not local_too:
+            return (
+                f"{name}: {hub_id} is not in the local cache and the hub is switched off (HF_DATASETS_OFFLINE / "
+                "HF_HUB_OFFLINE). Download it once with network access, or point --data.train/--data.test at a "
+                "local .jsonl file."
+            )
         return (
-            f"{name}: {spec.hub_id} is not in the local cache and the hub is switched off (HF_DATASETS_OFFLINE / "
-            "HF_HUB_OFFLINE). Download it once with network access, or point --data.train/--data.test at a local "
-            ".jsonl file."
+            f"{name}: {local}{hub_id} is not in the local cache while the hub is switched off "
+            "(HF_DATASETS_OFFLINE / HF_HUB_OFFLINE); download it once with network access, or point "
+            "--data.train/--data.test at a local file"
         )
-    return f"{name}: cannot load {spec.hub_id} from the Hugging Face hub ({type(error).__name__}: {text[:200]})"
+    return f"{name}: {local}cannot load {hub_id} from the Hugging Face hub ({type(error).__name__}: {text[:200]})"
+
+
+def _hub_offline() -> bool:
+    switches = (os.environ.get("HF_DATASETS_OFFLINE", ""), os.environ.get("HF_HUB_OFFLINE", ""))
+    return any(value.strip().lower() in ("1", "true", "yes", "on") for value in switches)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No ``datasets`` progress bars while a local source is read (they would be restored afterwards)."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The reader's error that ``datasets`` wrapped in its ``DatasetGenerationError`` (else ``error`` itself)."""
+    while type(error).__name__ == "DatasetGenerationError" and (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return error
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+
+
+def _no_rows(error: BaseException) -> bool:
+    """Whether ``datasets`` refused a source only because it holds no rows (a header, ``[]``, ``{"data": []}``)."""
+    return isinstance(error, ValueError) and "corresponds to no data" in str(error)
 
 
 TEST_SEED_OFFSET = 1_000_000
@@ -280,9 +484,12 @@ def _detect_style(row: Any, field_map: Mapping[str, str] | None, where: str) -> 
         return "gsm8k"
     if {"question", "gold"} <= keys:
         return "plain"
+    if {"prompt", "solution"} <= keys:
+        return "trl"
     raise DataError(
         f"{where}: cannot tell the row's format from its fields {sorted(keys)}; expected question/answer (GSM8K), "
-        "problem/answer (MATH), question/gold, or set --data.field_map (e.g. {question: prompt, gold: target})"
+        "problem/answer (MATH), question/gold, prompt/solution (TRL), or set --data.field_map (e.g. "
+        "{question: prompt, gold: target})"
     )
 
 
@@ -291,6 +498,7 @@ def _converter(style: str, field_map: Mapping[str, str] | None) -> Converter:
         "gsm8k": _gsm8k_row,
         "math": _math_row,
         "gpqa": _gpqa_row,
+        "trl": _trl_row,
         "plain": lambda row, where, seed: _plain_row(row, where, "question", "gold"),
         "mapped": lambda row, where, seed: _plain_row(
             row, where, (field_map or {}).get("question", "question"), (field_map or {}).get("gold", "gold"),
@@ -321,6 +529,17 @@ def _text(row: Any, key: str, where: str) -> str:
         raise DataError(f"{where}: field {key!r} holds a character that is not valid Unicode text "
                         f"({value[error.start]!r} at character {error.start + 1}, an unpaired surrogate)") from None
     return value
+
+
+def _question(row: Any, key: str, where: str) -> str:
+    """The question field: text, or chat messages (TRL's conversational prompts), whose last user message is it."""
+    value = row.get(key) if isinstance(row, dict) else None
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        users = [m.get("content") for m in value if m.get("role") == "user"]
+        if not users:
+            raise DataError(f"{where}: field {key!r} holds chat messages without a user message")
+        return _text({key: users[-1]}, key, where)
+    return _text(row, key, where)
 
 
 def _gsm8k_row(row: dict, where: str, seed: int) -> Problem:
@@ -354,8 +573,22 @@ def _gpqa_row(row: dict, where: str, seed: int) -> Problem:
     return Problem(format_choices(_text(row, "Question", where), choices), letter, "gpqa_diamond", uid)
 
 
+def _trl_row(row: dict, where: str, seed: int) -> Problem:
+    """TRL's ``prompt``/``solution``: a number is graded as GSM8K, anything else (LaTeX) with math-verify."""
+    question = _question(row, "prompt", where)
+    solution = _text(row, "solution", where).strip()
+    boxed = last_boxed(solution)
+    gold = solution if boxed is None else boxed.strip()
+    if not gold:
+        raise DataError(f"{where}: field 'solution' has an empty \\boxed{{}}")
+    try:
+        return Problem(question, get_answer_format("gsm8k").parse_gold(gold), "gsm8k", where)
+    except ValueError:
+        return Problem(question, gold, "math500", where)
+
+
 def _plain_row(row: dict, where: str, question_key: str, gold_key: str, uid_key: str | None = None) -> Problem:
-    question = _text(row, question_key, where)
+    question = _question(row, question_key, where)
     gold = _text(row, gold_key, where)
     try:
         gold = get_answer_format("gsm8k").parse_gold(gold)

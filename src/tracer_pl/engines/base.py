@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -43,13 +43,13 @@ class BackboneConfig:
         precision: Weights of the frozen base: ``fp32``, ``bf16``, ``fp16`` or ``4bit`` (NF4 QLoRA with double
             quantization). On CPU the compute dtype is always fp32.
         compute_dtype: Compute dtype of 4-bit layers on GPU.
-        lora_r: LoRA rank.
+        lora_r: LoRA rank (1 to 1024).
         lora_alpha: LoRA alpha.
         lora_dropout: LoRA dropout.
         target_modules: Module names that get LoRA; None infers them (q/k/v/o/gate/up/down for Qwen2 and
             Llama, the fused names for Phi-3).
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
-        max_new_tokens: Generation limit per utterance.
+        max_new_tokens: Generation limit per utterance (1 to 32768).
         temperature: Sampling temperature in training.
         top_p: Nucleus-sampling threshold in training; None (default) keeps the model's ``generation_config``
             value, as the authors' code does. The values in effect are logged as the ``sampling``
@@ -60,6 +60,10 @@ class BackboneConfig:
         adapter_seed: Seed of the adapters' random initialisation (independent of the global RNG).
         share_prompt_cache: Encode a prompt once for all its samples (the G candidates of a GSPO group) and copy
             its KV cache, instead of encoding it G times.
+        chat_template_kwargs: Extra variables for the tokenizer's chat template, passed to
+            ``apply_chat_template`` wherever a prompt is rendered, e.g. ``{enable_thinking: false}`` for Qwen3.
+            Keys must be identifiers, and not the arguments the engine sets itself (``tokenize``,
+            ``add_generation_prompt``, ``return_dict``, ...).
     """
 
     name: str = "tiny-qwen2"
@@ -77,6 +81,7 @@ class BackboneConfig:
     repetition_penalty: float | None = None
     adapter_seed: int = 0
     share_prompt_cache: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         flag = "--model.backbone."
@@ -88,6 +93,18 @@ class BackboneConfig:
         require(self.top_k is None or self.top_k >= 0, flag + "top_k", ">= 0", self.top_k)
         require(self.repetition_penalty is None or self.repetition_penalty > 0, flag + "repetition_penalty",
                 "positive", self.repetition_penalty)
+        kwargs = self.chat_template_kwargs
+        require(kwargs is None or isinstance(kwargs, dict), flag + "chat_template_kwargs",
+                "a mapping of template variables (e.g. {enable_thinking: false})", kwargs)
+        # apply_chat_template's own arguments that the engine sets, or that would change what it returns
+        engine_set = {"conversation", "add_generation_prompt", "continue_final_message", "tokenize", "padding",
+                      "truncation", "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask",
+                      "tokenizer_kwargs"}
+        for key in kwargs or {}:
+            require(isinstance(key, str) and key.isidentifier(), flag + "chat_template_kwargs",
+                    "keyed by template variable names", key)
+            require(key not in engine_set, flag + "chat_template_kwargs",
+                    f"free of the arguments the engine sets ({', '.join(sorted(engine_set))})", key)
 
 
 @runtime_checkable

@@ -20,8 +20,16 @@ if TYPE_CHECKING:
 
 
 def render(policy: HFPolicy, prompt: Messages) -> str:
-    """The prompt as text, through the tokenizer's chat template, ready for the assistant's turn."""
-    return policy.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    """The prompt as text, through the tokenizer's chat template, ready for the assistant's turn.
+
+    The policy's ``chat_template_kwargs`` (``--model.backbone.chat_template_kwargs``, e.g. Qwen3's
+    ``enable_thinking``), when it has any, reach the template as variables. Every prompt the engines generate
+    from, score or measure (:meth:`~tracer_pl.engines.hf.policy.HFPolicy.check_prompts`, the vLLM engine's
+    requests) is rendered here.
+    """
+    template_kwargs = getattr(policy, "chat_template_kwargs", None) or {}
+    return policy.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False,
+                                                **template_kwargs)
 
 
 def generate(policy: HFPolicy,
