@@ -1,5 +1,6 @@
 """The real SmolLM2-135M-Instruct, offline: loads from the packaged GGUF, answers, and trains a few steps."""
 
+import json
 import time
 
 import pytest
@@ -29,6 +30,11 @@ def test_smollm2_alias_loads_from_the_cache_and_trains(tmp_path):
                           batches=2, seed=0,
                           backbone=BackboneConfig(name="smollm2-135m-instruct", max_new_tokens=24, temperature=0.7),
                           dialogue=DialogueConfig(rounds=3), gspo=GSPOConfig(group_size=2, lr=1e-4))
+    exported = json.loads((tmp_path / "adapters/proposer/adapter_config.json").read_text())
+    assert exported["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # not the local cache path
+    card = (tmp_path / "adapters/reviewer/README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "Q4_1 GGUF" in card
+    assert "| training batches | 2 |" in card and "| group size G | 2 |" in card and "| rounds | 3 |" in card
     metrics = trainer.callback_metrics
     assert 0.0 <= float(metrics["train/accuracy"]) <= 1.0
     assert float(metrics["train/proposer/completions/mean_length"]) > 1

