@@ -174,7 +174,8 @@ class VLLMPolicy(HFPolicy):
         """A vLLM-generating backbone on ``backbone``'s model and settings; publishes every role's adapter."""
         self = cls(backbone.model, backbone.tokenizer, backbone.roles, max_new_tokens=backbone.max_new_tokens,
                    temperature=backbone.temperature, top_p=backbone.top_p, top_k=backbone.top_k,
-                   repetition_penalty=backbone.repetition_penalty, share_prompt_cache=backbone.share_prompt_cache)
+                   repetition_penalty=backbone.repetition_penalty, share_prompt_cache=backbone.share_prompt_cache,
+                   chat_template_kwargs=backbone.chat_template_kwargs)
         self.llm, self.workdir, self.keep_versions, self.sleep = llm, workdir, keep_versions, sleep
         self.sync_seconds: list[float] = []
         self._versions: dict[str, list[tuple[int, Path]]] = {role: [] for role in self.roles}

@@ -86,7 +86,6 @@ def test_the_setting_is_a_command_line_flag(capsys):
     assert printed["model"]["backbone"]["chat_template_kwargs"] == {"enable_thinking": False}
 
 
-@pytest.mark.xfail(strict=True, reason="HFPolicy.from_config does not hand chat_template_kwargs to the policy yet")
 def test_the_backbone_setting_reaches_the_policy():
     policy = HFPolicy.from_config(BackboneConfig(max_new_tokens=3, chat_template_kwargs={"style": "terse"}),
                                   ["proposer"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import (
@@ -85,6 +86,8 @@ class HFPolicy(torch.nn.Module):
         top_k: Top-k filter (0 switches it off); None keeps the model's ``generation_config`` value.
         repetition_penalty: Repetition penalty (1 switches it off), also applied when decoding greedily; None
             keeps the model's ``generation_config`` value.
+        share_prompt_cache: Encode a prompt once for all its samples.
+        chat_template_kwargs: Extra variables for the tokenizer's chat template (e.g. ``enable_thinking``).
 
     Raises:
         ConfigError: A role has no adapter in ``model``.
@@ -102,6 +105,7 @@ class HFPolicy(torch.nn.Module):
         top_k: int | None = None,
         repetition_penalty: float | None = None,
         share_prompt_cache: bool = True,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         missing = [role for role in roles if role not in model.peft_config]
@@ -119,6 +123,7 @@ class HFPolicy(torch.nn.Module):
         self.top_k = top_k
         self.repetition_penalty = repetition_penalty
         self.share_prompt_cache = share_prompt_cache
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.stop_token_ids = _stop_token_ids(model, tokenizer)
         self._mark_adapters_trainable()
 
@@ -143,6 +148,7 @@ class HFPolicy(torch.nn.Module):
         device: str | torch.device | None = None,
         adapter_seed: int = 0,
         share_prompt_cache: bool = True,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> HFPolicy:
         """Load the base (:func:`tracer_pl.engines.hf.models.load_base_model`) and add one fresh LoRA adapter per role.
 
@@ -168,6 +174,7 @@ class HFPolicy(torch.nn.Module):
                 left untouched.
             share_prompt_cache: When a prompt gets several samples, compute its KV cache once and copy it to
                 every sample (see :meth:`generate`).
+            chat_template_kwargs: Extra variables for the tokenizer's chat template.
 
         Raises:
             ConfigError: Empty or repeated role names, or target modules that cannot be inferred.
@@ -202,6 +209,7 @@ class HFPolicy(torch.nn.Module):
         return cls(
             model, tokenizer, roles, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
             top_k=top_k, repetition_penalty=repetition_penalty, share_prompt_cache=share_prompt_cache,
+            chat_template_kwargs=chat_template_kwargs,
         )
 
     @classmethod
@@ -213,7 +221,7 @@ class HFPolicy(torch.nn.Module):
             target_modules=config.target_modules, gradient_checkpointing=config.gradient_checkpointing,
             max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
             top_k=config.top_k, repetition_penalty=config.repetition_penalty, adapter_seed=config.adapter_seed,
-            share_prompt_cache=config.share_prompt_cache,
+            share_prompt_cache=config.share_prompt_cache, chat_template_kwargs=config.chat_template_kwargs,
         )
 
     # ------------------------------------------------------------------ the Policy protocol
