@@ -28,14 +28,13 @@ from tracer_pl.errors import ConfigError
 
 if TYPE_CHECKING:
     from tracer_pl.engines.hf.export import RunSummary
-    from tracer_pl.training.module import TracerModule
 
 _OFF = {"1", "ON", "YES", "TRUE"}
 _TRAIN = ("accuracy", "tokens_per_problem", "calls_per_problem")
 _EVAL = ("accuracy", "correction", "preservation", "tokens_per_problem", "calls_per_problem")
 
 
-def export_adapters(module: TracerModule, directory: str | Path) -> dict[str, Path]:
+def export_adapters(module: Any, directory: str | Path) -> dict[str, Path]:
     """Save every role's adapter under ``directory``, with the run's :func:`run_summary` when the policy takes it."""
     save = module.policy.save_adapters
     if "run" in inspect.signature(save).parameters:
@@ -43,7 +42,7 @@ def export_adapters(module: TracerModule, directory: str | Path) -> dict[str, Pa
     return save(directory)
 
 
-def run_summary(module: TracerModule) -> RunSummary:
+def run_summary(module: Any) -> RunSummary:
     """What the model cards say about the run: roles, settings, steps, data and the metrics at the end of ``fit``."""
     from tracer_pl.engines.hf.export import RunSummary
 

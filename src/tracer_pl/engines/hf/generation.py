@@ -9,17 +9,34 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from tracer_pl.core.agent import Completion, Messages, sample_counts
 
-if TYPE_CHECKING:
-    from tracer_pl.engines.hf.policy import HFPolicy
+
+class PolicyParts(Protocol):
+    """What generation and scoring read of :class:`~tracer_pl.engines.hf.policy.HFPolicy`, its only implementer."""
+
+    model: Any
+    tokenizer: Any
+    max_new_tokens: int
+    temperature: float
+    top_p: float | None
+    top_k: int | None
+    repetition_penalty: float | None
+    share_prompt_cache: bool
+    stop_token_ids: list[int]
+    chat_template_kwargs: dict[str, Any]
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def use(self, role: str) -> None: ...
 
 
-def render(policy: HFPolicy, prompt: Messages) -> str:
+def render(policy: PolicyParts, prompt: Messages) -> str:
     """The prompt as text, through the tokenizer's chat template, ready for the assistant's turn.
 
     The policy's ``chat_template_kwargs`` (``--model.backbone.chat_template_kwargs``, e.g. Qwen3's
@@ -32,7 +49,7 @@ def render(policy: HFPolicy, prompt: Messages) -> str:
                                                 **template_kwargs)
 
 
-def generate(policy: HFPolicy,
+def generate(policy: PolicyParts,
     role: str,
     prompts: Sequence[Messages],
     num_samples: int | Sequence[int] = 1,
@@ -85,7 +102,7 @@ def generate(policy: HFPolicy,
     return grouped
 
 
-def _prompt_cache(policy: HFPolicy, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> Any:
+def _prompt_cache(policy: PolicyParts, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> Any:
     """KV cache of every prompt but its last token, with row ``rows[j]`` of the batch copied to row ``j``."""
     head, head_mask = ids[:, :-1], mask[:, :-1]
     positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
@@ -96,7 +113,7 @@ def _prompt_cache(policy: HFPolicy, ids: torch.Tensor, mask: torch.Tensor, rows:
     return cache
 
 
-def _decoding(policy: HFPolicy, greedy: bool) -> dict:
+def _decoding(policy: PolicyParts, greedy: bool) -> dict:
     """``generate`` options: the set filters override the model's generation config, None ones keep it."""
     settings = {
         "max_new_tokens": policy.max_new_tokens,
@@ -113,7 +130,7 @@ def _decoding(policy: HFPolicy, greedy: bool) -> dict:
             **{name: value for name, value in filters.items() if value is not None}}
 
 
-def _completions(policy: HFPolicy, input_ids: torch.Tensor, mask: torch.Tensor, output: torch.Tensor
+def _completions(policy: PolicyParts, input_ids: torch.Tensor, mask: torch.Tensor, output: torch.Tensor
 ) -> list[Completion]:
     generated = output[:, input_ids.shape[1] :].cpu()
     stops = torch.isin(generated, torch.tensor(policy.stop_token_ids))

@@ -8,17 +8,14 @@ the same way, and the ratio is then exact.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from tracer_pl.core.agent import Completion
-
-if TYPE_CHECKING:
-    from tracer_pl.engines.hf.policy import HFPolicy
+from tracer_pl.engines.hf.generation import PolicyParts
 
 
-def token_logprobs(policy: HFPolicy, role: str, completions: Sequence[Completion]
+def token_logprobs(policy: PolicyParts, role: str, completions: Sequence[Completion]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities of each completion under ``role``'s adapter, in one forward pass.
 
@@ -50,7 +47,7 @@ def token_logprobs(policy: HFPolicy, role: str, completions: Sequence[Completion
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * completion_mask, completion_mask
 
 
-def _pack(policy: HFPolicy, completions: Sequence[Completion]) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _pack(policy: PolicyParts, completions: Sequence[Completion]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Token ids and attention mask ``[N, P + C]``: prompts end at column P, completions start there."""
     pairs = [_token_ids(c, i) for i, c in enumerate(completions)]
     prompt_width = max(len(p) for p, _ in pairs)
