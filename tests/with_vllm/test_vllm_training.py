@@ -45,13 +45,16 @@ def column(rows, key):
 def test_fit_resume_and_test_with_the_vllm_engine(tmp_path):
     config = ["-c", str(ROOT / "configs/quickstart.yaml"), "-c", str(ROOT / "configs/engines/vllm.yaml")]
     run = f"--trainer.default_root_dir={tmp_path / 'run'}"
-    cli("fit", *config, *SMALL, run, "--trainer.limit_train_batches=1", "--trainer.max_epochs=1", cwd=tmp_path)
+    every_batch = ('--trainer.callbacks=[{"class_path": "tracer_pl.training.callbacks.BatchCheckpoint", "init_args": '
+                   f'{{"dirpath": "{tmp_path / "run" / "checkpoints"}", "every_n_batches": 1, "keep_every": 1}}}}]')
+    cli("fit", *config, *SMALL, run, every_batch, "--trainer.limit_train_batches=2", "--trainer.max_epochs=1",
+        cwd=tmp_path)
     first = metrics(tmp_path / "run")
-    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000001.ckpt"  # after the first of the two batches
     assert checkpoint.is_file()
 
-    # resume for one more batch: the batch limit is safe to change on resume (training.checkpoints), max_epochs is not
-    cli("fit", *config, *SMALL, run, "--trainer.limit_train_batches=2", "--trainer.max_epochs=1",
+    # resume from the first batch's checkpoint: the second batch trains again, on the vLLM engine
+    cli("fit", *config, *SMALL, run, every_batch, "--trainer.limit_train_batches=2", "--trainer.max_epochs=1",
         f"--ckpt_path={checkpoint}", cwd=tmp_path)
     resumed = metrics(tmp_path / "run")
     steps = [sum(column(rows, f"gspo/{role}/steps")) for rows in (first, resumed) for role in ("proposer", "reviewer")]
