@@ -1,6 +1,9 @@
 """The command line, in-process: fit then test on the tiny config, configs, subclassed roles from YAML."""
 
 import json
+import re
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -35,6 +38,12 @@ def test_fit_then_test_on_gsm8k_jsonl(tmp_path, capsys):
     assert len(metrics) == 3  # one row per step
 
     build_cli(["test", "-c", TINY, f"--data.test={GSM}", "--data.test_limit=4", f"--ckpt_path={checkpoint}"])
+    out = capsys.readouterr().out
+    assert "Test metric" not in out and "DataLoader 0 " not in out  # Lightning's table is off
+    summary = out[out.index("== tracer-pl: test finished =="):].splitlines()
+    assert summary[1].split() == ["test_sample64", "test_sample64@argmax"]  # one column per dataset and protocol
+    assert re.fullmatch(r"  accuracy +\d\.\d{3} +\d\.\d{3}", summary[2])  # short names, three decimals
+    assert summary[-1].endswith("runs/tiny/logs/version_1/test_metrics.json")  # the full keys are in the file
     result = json.loads((tmp_path / "runs/tiny/logs/version_1/test_metrics.json").read_text())
     # accuracy, behaviour metrics and costs equal their values recomputed from the per-problem records
     records = assert_metrics_match_records(result, "test/test_sample64",
@@ -173,6 +182,14 @@ HOSTILE = [  # (arguments after `tracer-pl`, the one-line error); files are writ
     (["--trainer.default_root_dir=/proc/no-such-dir"], "/proc/no-such-dir/checkpoints: cannot write checkpoints"),
     (["--data.train=nan.jsonl", "--data.field_map={question: nope}"], "nan.jsonl line 1: missing field 'nope'"),
     (["--data.answer_format=gsm9k"], "unknown answer format 'gsm9k'"),
+    (["--data.train=missing.jsonl"], "missing.jsonl: no such file"),
+    (["--optimizer=AdamW"], "--optimizer is not an option of tracer-pl: TracerModule builds one Adam per trained role "
+                            "itself; set its learning rate with --model.gspo.lr"),
+    (["--lr_scheduler", "StepLR"], "--lr_scheduler is not an option of tracer-pl"),
+    (["--optimizer.class_path=torch.optim.SGD"], "--optimizer is not an option of tracer-pl"),
+    (["--trainer.strategy=ddp"], "--trainer.strategy: DDPStrategy cannot train TracerModule (its model wrapper breaks "
+                                 "the hand-taken GSPO steps); use --trainer.strategy tracer_ddp"),
+    (["--trainer.strategy=ddp_find_unused_parameters_true"], "use --trainer.strategy tracer_ddp"),  # what DDP suggests
 ]
 
 
@@ -209,3 +226,97 @@ def test_from_last_without_a_checkpoint_is_an_error():
 
     with pytest.raises(CheckpointError, match="--ckpt_path last: no checkpoint in runs/tiny/checkpoints yet"):
         build_cli(["test", "-c", TINY, "--trainer.logger=false", "--ckpt_path=last"])
+
+
+def test_help_lists_every_subcommand_and_no_optimizer_options(monkeypatch, capsys):
+    from tracer_pl.cli import main
+
+    for argv, present, absent in ((["--help"], ["fit", "validate", "test", "tracer-pl report RUN_DIR"], []),
+                                  (["fit", "--help"], ["--model.gspo.lr"], ["--optimizer", "--lr_scheduler"]),
+                                  (["test", "--help"], ["--ckpt_path"], ["--optimizer", "--verbose"])):
+        monkeypatch.setattr("sys.argv", ["tracer-pl", *argv])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        out = capsys.readouterr().out
+        assert stop.value.code == 0
+        for text in present:
+            assert text in out, (argv, text)
+        for text in absent:
+            assert text not in out, (argv, text)
+
+
+def test_config_files_saved_by_earlier_versions_still_load(tmp_path, capsys):
+    saved = tmp_path / "config.yaml"  # what SaveConfigCallback wrote before: Lightning's optimizer keys, verbose
+    saved.write_text("optimizer: null\nlr_scheduler: null\nverbose: true\n")
+    with pytest.raises(SystemExit) as stop:
+        build_cli(["test", "-c", TINY, "-c", str(saved), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert stop.value.code == 0 and not {"optimizer", "lr_scheduler", "verbose"} & set(printed)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("missing.jsonl", "missing.jsonl: no such file"),
+    ("nan.jsonl", "nan.jsonl line 1: field 'gold' is nan"),
+    ("no_such_benchmark", "unknown data source 'no_such_benchmark'"),
+    ("reasoning_gym:basic_arithmetic?size=abc", "option 'size'"),
+])
+def test_training_data_is_checked_before_the_model_loads(tmp_path, monkeypatch, source, message):
+    from tracer_pl.errors import DataError
+    from tracer_pl.training.module import TracerModule
+
+    def load(self):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(TracerModule, "configure_model", load)
+    (tmp_path / "nan.jsonl").write_text('{"question": "q", "gold": NaN}\n')
+    with pytest.raises(DataError, match=re.escape(message)):
+        build_cli(["fit", "-c", TINY, f"--data.train={source}", "--trainer.logger=false",
+                   "--trainer.enable_progress_bar=false"])
+
+
+@pytest.mark.e2e
+def test_resuming_a_finished_run_is_refused_and_starts_no_log_folder(tmp_path, monkeypatch, capsys):
+    from tracer_pl.cli import main
+
+    fake = "--model.engine=tracer_pl.engines.fake.FakeEngine"
+    build_cli(["fit", "-c", TINY, fake, "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"])
+    for more in ("2", "3"):  # the same batches again, or more of them
+        monkeypatch.setattr("sys.argv", ["tracer-pl", "fit", "-c", TINY, fake, "--ckpt_path=last",
+                                         f"--trainer.limit_train_batches={more}"])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        err = capsys.readouterr().err
+        assert stop.value.code == 2
+        (line,) = [line for line in err.splitlines() if line.startswith("tracer-pl: error: ")]
+        assert "runs/tiny/checkpoints/last.ckpt: that run finished its training (2 batches, 1 of 1 epochs)" in line
+        assert "start a new run in another --trainer.default_root_dir" in line
+    assert sorted(p.name for p in (tmp_path / "runs/tiny/logs").iterdir()) == ["version_0"]
+
+
+@pytest.mark.parametrize("chain, reason", [
+    # a value that fits none of a parameter's types: jsonargparse lists every type's reason, raised from the first
+    ([ValueError("every_n_batches must be at least 1, got 0"),
+      ValueError("Does not validate against any of the Union subtypes\nErrors:\n  - every_n_batches must be at "
+                 "least 1, got 0\n  - Expected a <class 'NoneType'>")], "every_n_batches must be at least 1, got 0"),
+    # the constructor's own message is kept whole even when it lists reasons the way jsonargparse does
+    ([ValueError("two problems:\n  - a\n  - b")], "two problems:"),
+    ([KeyError()], "KeyError"),
+])
+def test_the_innermost_reason_is_the_end_of_the_error_chain(chain, reason):
+    from tracer_pl.cli import _innermost_reason
+
+    error = chain[0]
+    for outer in chain[1:]:
+        outer.__cause__, error = error, outer
+    assert _innermost_reason(error) == reason
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_report_folder_is_not_committed():
+    from tests.helpers.paths import ROOT
+
+    for path, ignored in (("report/report.md", True), ("runs/tiny/x", True), ("docs/results/x/report.md", False)):
+        done = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT, capture_output=True)
+        if done.returncode == 128:
+            pytest.skip("not a git checkout")
+        assert (done.returncode == 0) == ignored, path

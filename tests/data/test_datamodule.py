@@ -107,3 +107,23 @@ def test_resuming_with_an_edited_data_file_is_refused(tmp_path):
     write_jsonl(path, [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(7)])  # a row added
     with pytest.raises(ConfigError, match="^--data.train_file_sha256: the checkpoint was saved with"):
         ReasoningDataModule(train=str(path), batch_size=2).load_state_dict(saved)
+
+
+@pytest.mark.parametrize("lines, on_bad_row, message", [
+    (None, "raise", "t.jsonl: no such file"),
+    (["{x"], "raise", "t.jsonl line 1: invalid JSON"),
+    ([{"question": "q", "answer": "four"}], "raise", "t.jsonl line 1: field 'answer' expected"),
+    ([{"question": "q", "answer": "four"}, {"question": "q", "answer": "#### 4"}], "skip", None),
+    ([{"question": "q", "answer": "#### 4"}], "raise", None),  # one problem: enough to start (the stream counts)
+])
+def test_setup_for_fit_reads_the_training_source_first(tmp_path, lines, on_bad_row, message):
+    path = tmp_path / "t.jsonl"
+    if lines is not None:
+        write_jsonl(path, [x if isinstance(x, str) else json.dumps(x) for x in lines])
+    dm = ReasoningDataModule(train=str(path), batch_size=2, on_bad_row=on_bad_row)
+    if message is None:
+        dm.setup("fit")
+        assert len(dm.bad_rows) == 0  # skipped rows are counted once, by the stream that trains on them
+    else:
+        with pytest.raises(DataError, match=message):
+            dm.setup("fit")

@@ -58,3 +58,31 @@ def test_plain_ddp_is_refused_with_the_strategy_to_use():
     module._trainer = SimpleNamespace(world_size=2, strategy=DDPStrategy())
     with pytest.raises(ConfigError, match="--trainer.strategy tracer_ddp"):
         module.on_fit_start()
+
+
+def strategies():
+    import torch
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    from tracer_pl.training.distributed import TracerDDPStrategy
+
+    return [
+        (SingleDeviceStrategy(torch.device("cpu")), None),  # the default on one device
+        (TracerDDPStrategy(), None),
+        (DDPStrategy(), "DDPStrategy cannot train TracerModule"),  # on one process too: it fails at the 1st step
+        (DDPStrategy(start_method="spawn"), "DDPStrategy cannot train TracerModule"),
+    ]
+
+
+def test_only_the_default_and_tracer_ddp_strategies_are_accepted():
+    import pytest
+
+    from tracer_pl.errors import ConfigError
+    from tracer_pl.training.module import check_strategy
+
+    for strategy, refused in strategies():
+        if refused is None:
+            check_strategy(strategy)
+            continue
+        with pytest.raises(ConfigError, match=f"^--trainer.strategy: {refused} .*use --trainer.strategy tracer_ddp"):
+            check_strategy(strategy)

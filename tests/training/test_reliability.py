@@ -337,6 +337,80 @@ def test_a_second_fit_into_a_locked_directory_is_refused(tmp_path):
     DirectoryLock(tmp_path / "runs/tiny/checkpoints", ".fit.lock").release()  # free again once released
 
 
+LOCK_WITHOUT_FCNTL = """
+import sys
+sys.modules["fcntl"] = None  # a platform without fcntl (Windows)
+from pathlib import Path
+from tracer_pl.errors import CheckpointError
+from tracer_pl.training.callbacks import DirectoryLock
+directory = Path(sys.argv[1])
+first = DirectoryLock(directory, ".fit.lock")
+try:
+    DirectoryLock(directory, ".fit.lock")
+    print("second lock taken")
+except CheckpointError as error:
+    print("refused:", error)
+first.release()
+DirectoryLock(directory, ".fit.lock").release()
+print("free again")
+"""
+
+
+@pytest.mark.subprocess
+def test_the_directory_lock_holds_where_there_is_no_fcntl(tmp_path):
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", LOCK_WITHOUT_FCNTL, str(tmp_path / "checkpoints")],
+                          capture_output=True, text=True, env=child_env(os.environ), timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("refused: ") and "another fit (pid " in lines[0]  # the holder, named
+    assert "is writing checkpoints here" in lines[0] and lines[-1] == "free again"
+
+
+def test_batch_checkpoint_saves_through_the_public_trainer_api(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from tracer_pl.training.callbacks import AtomicCheckpointIO, BatchCheckpoint
+
+    class CustomCheckpointIO(TorchCheckpointIO):
+        """A writer of the user's own (remote storage, ...)."""
+
+    saved = []
+    for io, kept in ((TorchCheckpointIO(), AtomicCheckpointIO), (CustomCheckpointIO(), CustomCheckpointIO)):
+        trainer = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(checkpoint_io=io),
+                                  save_checkpoint=lambda path, weights_only: saved.append((path, weights_only)))
+        callback = BatchCheckpoint(str(tmp_path / "checkpoints"))
+        callback.setup(trainer, None, "fit")
+        try:
+            assert type(trainer.strategy.checkpoint_io) is kept  # Lightning's default writer made atomic; yours kept
+            assert callback.save(trainer, "last.ckpt") == tmp_path / "checkpoints" / "last.ckpt"
+        finally:
+            callback.teardown(trainer, None, "fit")
+    assert saved == [(tmp_path / "checkpoints" / "last.ckpt", False)] * 2
+
+
+def test_the_atomic_writer_never_stages_in_tmpdir_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from tracer_pl.errors import CheckpointError
+    from tracer_pl.training.callbacks import AtomicCheckpointIO
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))  # Lightning's writer stages here
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"a": torch.ones(2)}, str(path))
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="last.ckpt: cannot write the checkpoint"):
+        AtomicCheckpointIO().save_checkpoint({"a": torch.zeros(2)}, str(path))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
 class SigtermDuringBatch3(L.Callback):
     """Sends this process SIGTERM in the middle of the third batch, as a scheduler preempting the job."""
 

@@ -51,6 +51,53 @@ def test_dialogue_table_without_a_wandb_logger_warns_and_logs_nothing():
         DialogueTable(every_n_batches=0)
 
 
+@pytest.mark.parametrize("every, batches, logged", [
+    (10, 6, [6]),  # the shipped overlay's example: fewer batches than the period still log one table, at the end
+    (1, 2, [1, 2]),  # the last batch was just logged: not twice
+    (2, 5, [2, 4, 5]),
+    (3, 6, [3, 6]),
+])
+def test_dialogue_table_logs_every_n_batches_and_at_the_end_of_training(tmp_path, every, batches, logged):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path))  # no run starts until something is logged
+    tables = []
+    logger.log_table = lambda key, columns, data, step: tables.append((key, data[0][0], step))
+    progress = SimpleNamespace(processed=0)
+    trainer = SimpleNamespace(loggers=[logger], global_step=0, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(
+        batch_progress=SimpleNamespace(total=progress))))
+    callback = DialogueTable(every_n_batches=every)
+    record = DialogueRecord(problem=Problem(question="q", gold="1", dataset="gsm8k"))
+    for batch in range(1, batches + 1):
+        progress.processed, trainer.global_step = batch, 10 * batch
+        callback.on_train_batch_end(trainer, None, {"records": [record]}, None, batch - 1)
+    callback.on_train_end(trainer, None)
+    assert tables == [("train/dialogues", batch, 10 * batch) for batch in logged]
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("run_dir")
+def test_the_shipped_overlay_logs_a_table_at_the_end_and_w_and_b_warns_nothing(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    warned = []
+    monkeypatch.setattr(wandb, "termwarn", lambda message, *args, **kwargs: warned.append(message))
+    for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb_home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    try:
+        build_cli(["fit", "-c", TINY, "-c", str(OVERLAY), "--trainer.limit_train_batches=3",
+                   "--model.engine=tracer_pl.engines.fake.FakeEngine", "--trainer.enable_progress_bar=false"])
+        wandb.finish()
+    finally:
+        wandb.teardown()  # stop W&B's service, set up with this test's directories, before another test starts one
+    (run,) = glob.glob(str(tmp_path / "runs/tiny/wandb/offline-run-*"))
+    tables = list(Path(run).glob("files/media/table/train/dialogues_*.table.json"))
+    assert len(tables) == 1  # 3 batches, one table every 10: the last batch's, at the end of training
+    assert {row[0] for row in json.loads(tables[0].read_text())["data"]} == {3}
+    assert not [message for message in warned if "anonymous" in message]
+
+
 @pytest.mark.e2e
 @pytest.mark.usefixtures("run_dir")
 def test_offline_run_logs_the_csv_metric_names_and_dialogue_tables(tmp_path, monkeypatch):

@@ -200,9 +200,16 @@ class ReasoningDataModule(L.LightningDataModule):
         return problems
 
     def setup(self, stage: str) -> None:
-        """Load the evaluation sets the stage needs (training streams lazily)."""
-        if stage == "fit" and self.train is None:
-            raise ConfigError("--data.train is required to fit (a benchmark name, a file path or reasoning_gym:<task>)")
+        """Check the training source (it streams lazily) and load the evaluation sets the stage needs.
+
+        Lightning calls this before the model is built, so a missing or unreadable source is refused before minutes
+        of loading a large model.
+        """
+        if stage == "fit":
+            if self.train is None:
+                raise ConfigError("--data.train is required to fit (a benchmark name, a file path or "
+                                  "reasoning_gym:<task>)")
+            self.check_train()
         wanted = {"fit": self.val, "validate": self.val, "test": self.test, "predict": self.test}.get(stage, [])
         if stage in ("test", "validate") and not wanted:
             flag = "--data.test" if stage == "test" else "--data.val"
@@ -212,6 +219,22 @@ class ReasoningDataModule(L.LightningDataModule):
                 problems = self._eval_set(source)
                 self._sets[source] = [problems[i : i + self.eval_batch_size]
                                       for i in range(0, len(problems), self.eval_batch_size)]
+
+    def check_train(self) -> None:
+        """Read the training source up to its first usable problem, raising what reading it in training would.
+
+        A missing or unreadable file, a bad first row (with ``on_bad_row: raise``), an unknown source or a hub set
+        that cannot be reached end here with the same one-line :class:`DataError`. Skipped rows are not counted
+        (the stream counts them once, when it reads them).
+        """
+        assert self.train is not None
+        problems = load_problems(self.train, split="train", streaming=self.stream_hub and self.train in BENCHMARKS,
+                                 field_map=self.field_map, answer_format=self.answer_format, seed=self.seed,
+                                 on_bad_row=self.on_bad_row, bad_rows=BadRows())
+        try:
+            next(problems, None)
+        finally:
+            problems.close()  # the file it opened
 
     def train_stream(self, rank: int = 0, world_size: int = 1) -> ProblemStream:
         """The training problems of ``rank``, starting after the ones already consumed."""

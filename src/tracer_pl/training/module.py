@@ -10,8 +10,9 @@ values of both actions -- the order of TRACER §3. Validation and test play the 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
@@ -20,9 +21,11 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from jsonargparse import lazy_instance
+from lightning.pytorch.strategies import ParallelStrategy
 from torchmetrics.aggregation import MeanMetric
 
 from tracer_pl.baselines import single_agent_rollouts
+from tracer_pl.core.agent import Agent, Completion, Messages
 from tracer_pl.core.controllers import Controller, ControllerConfig
 from tracer_pl.core.dialogue import Dialogue, DialogueConfig, DialogueResult, play
 from tracer_pl.core.gspo import GSPOConfig
@@ -34,8 +37,10 @@ from tracer_pl.engines.hf import HFEngine
 from tracer_pl.errors import ConfigError
 from tracer_pl.keys import SKIPPED_NONFINITE, seat_key
 from tracer_pl.training import checkpoints
+from tracer_pl.training.callbacks import StepProgress
 from tracer_pl.training.distributed import TracerDDPStrategy, gather_objects, is_distributed
 from tracer_pl.training.evaluation import EvaluationConfig, Evaluator, evaluate
+from tracer_pl.training.export import export_adapters
 from tracer_pl.training.gspo_update import GSPOUpdate
 from tracer_pl.training.metrics import decision_metrics, group_metrics, regret_bound_terms, worst_average_regret
 
@@ -159,12 +164,7 @@ class TracerModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Transformers loads models in eval mode; training forwards run in train mode (generation switches)."""
-        if self.trainer.world_size > 1 and not isinstance(self.trainer.strategy, TracerDDPStrategy):
-            raise ConfigError(
-                f"--trainer.strategy: {type(self.trainer.strategy).__name__} cannot train TracerModule on "
-                f"{self.trainer.world_size} processes; use --trainer.strategy tracer_ddp "
-                "(see tracer_pl.training.distributed)"
-            )
+        check_strategy(self.trainer.strategy)
         self.policy.train()
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -187,7 +187,15 @@ class TracerModule(L.LightningModule):
             result = self._single_agent_step(batch)
         else:
             learn = {role: partial(update.step, role) for role in self.trained_roles}
-            result = play(self._dialogue(batch, training=True), learn, after_round=self._sync_controllers)
+            game = self._dialogue(batch, training=True)
+            rounds, played = len(game.round_seats), itertools.count(1)
+            self._report_progress(StepProgress(rounds=rounds))
+
+            def after_round() -> None:
+                self._sync_controllers()
+                self._report_progress(StepProgress(rounds_done=next(played), rounds=rounds))
+
+            result = play(game, learn, after_round=after_round)
         self.last_step_statistics = update.statistics.pop()
         self._log_training(result, self.last_step_statistics)
         return {"records": result.records}
@@ -203,6 +211,16 @@ class TracerModule(L.LightningModule):
                                        min_reward_std=self.gspo_config.min_reward_std)
         self._gspo().step(self.proposer.name, result.groups)
         return result
+
+    def _report_progress(self, progress: StepProgress) -> None:
+        """Hand ``progress`` to each callback with an ``on_step_progress`` method (the progress bar)."""
+        trainer = self._trainer
+        if trainer is None:
+            return
+        for callback in trainer.callbacks:
+            show = getattr(callback, "on_step_progress", None)
+            if callable(show):
+                show(trainer, self, progress)
 
     def _sync_controllers(self) -> None:
         """Apply every process's controller updates of the round, in process order (data parallelism)."""
@@ -244,10 +262,10 @@ class TracerModule(L.LightningModule):
                         group_size=self.gspo_config.group_size, min_reward_std=self.gspo_config.min_reward_std)
 
     def on_train_end(self) -> None:
-        """Export each role's adapter in the peft format to ``<log_dir>/adapters/<role>``."""
+        """Export each role's adapter in the peft format to ``<log_dir>/adapters/<role>``, with a model card each."""
         directory = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapters"  # collective: all ranks
         if self.trainer.is_global_zero:
-            self.exported_adapters = self.policy.save_adapters(directory)
+            self.exported_adapters = export_adapters(self, directory)
 
     # ------------------------------------------------------------------ validation and test
     def validation_step(self, batch: Sequence[Problem], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -257,18 +275,42 @@ class TracerModule(L.LightningModule):
         self._eval_step("test", batch, dataloader_idx)
 
     def _eval_step(self, stage: str, batch: Sequence[Problem], dataloader_idx: int) -> None:
-        """The evaluator's records of the batch, each metric logged as a mean over the epoch."""
+        """The evaluator's records of the batch, each metric logged as a mean over the epoch.
+
+        TRACER is played one protocol at a time (the evaluator's RNGs are per protocol, so the records are those of
+        one call with every protocol) so that the progress bar can count the problems done within the batch; the
+        first protocol's dataset name has no suffix, the others' ``@<protocol>``, as ``EvaluationConfig`` says.
+        """
         self.policy.check_prompts(batch, self.roles)
         name = self._dataset_name(stage, dataloader_idx)
-        for suffix, records in self.evaluator.play(batch, self.policy, self.seats, self.dialogue_config):
-            for key, samples in self.evaluator.add(stage, name + suffix, records, self.controllers).items():
-                if key not in self.eval_metrics:
-                    self.eval_metrics[key] = MeanMetric().to(self.device)
-                tracker = self.eval_metrics[key]
-                tracker.update(torch.tensor(samples, dtype=torch.float32))
-                self.log(key, tracker, on_step=False, on_epoch=True, batch_size=len(samples),
-                         add_dataloader_idx=False, prog_bar=key.endswith("/accuracy") and "@" not in key,
-                         metric_attribute=f"eval_metrics.{key}")
+        protocols = list(self.evaluation.protocols) if self.evaluation.method == "tracer" else [None]
+        progress = StepProgress(problems=len(batch) * len(protocols))
+        self._report_progress(progress)
+
+        def after_call() -> None:
+            nonlocal progress
+            progress = replace(progress, calls=progress.calls + 1)
+            self._report_progress(progress)
+
+        agent = _ReportingAgent(self.policy, after_call)
+        for i, protocol in enumerate(protocols):
+            played = self.evaluator.play(batch, agent, self.seats, self.dialogue_config,
+                                         None if protocol is None else [protocol])
+            for suffix, records in played:
+                self._log_eval(stage, name + (suffix if i == 0 else f"@{protocol}"), records)
+            progress = replace(progress, problems_done=progress.problems_done + len(batch))
+            self._report_progress(progress)
+
+    def _log_eval(self, stage: str, name: str, records: list[Any]) -> None:
+        """Keep a dataset's records in the evaluator and log each of its metrics as a mean over the epoch."""
+        for key, samples in self.evaluator.add(stage, name, records, self.controllers).items():
+            if key not in self.eval_metrics:
+                self.eval_metrics[key] = MeanMetric().to(self.device)
+            tracker = self.eval_metrics[key]
+            tracker.update(torch.tensor(samples, dtype=torch.float32))
+            self.log(key, tracker, on_step=False, on_epoch=True, batch_size=len(samples),
+                     add_dataloader_idx=False, prog_bar=key.endswith("/accuracy") and "@" not in key,
+                     metric_attribute=f"eval_metrics.{key}")
 
     def on_test_epoch_start(self) -> None:
         self.evaluator.start()
@@ -359,6 +401,39 @@ class TracerModule(L.LightningModule):
         if pending[1] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(pending[1])
         self._pending_rng = None
+
+
+class _ReportingAgent:
+    """The policy as the evaluation's agent, calling ``after_call`` when each ``generate`` call returns.
+
+    Only ``generate`` passes through (the dialogue and the baselines use nothing else), unchanged.
+    """
+
+    def __init__(self, policy: Agent, after_call: Callable[[], None]) -> None:
+        self.policy = policy
+        self.after_call = after_call
+
+    def generate(self, role: str, prompts: Sequence[Messages], num_samples: int | Sequence[int] = 1, *,
+                 greedy: bool = False) -> list[list[Completion]]:
+        completions = self.policy.generate(role, prompts, num_samples, greedy=greedy)
+        self.after_call()
+        return completions
+
+
+def check_strategy(strategy: Any) -> None:
+    """Refuse a strategy that cannot train TracerModule, naming ``tracer_ddp``.
+
+    One device needs no strategy of its own; several processes need :class:`TracerDDPStrategy`. Lightning's DDP
+    wraps the module in ``DistributedDataParallel`` (which fails at the first GSPO step, even on one process) and
+    the sharding strategies do not support manual optimization.
+
+    Raises:
+        ConfigError: for any parallel strategy other than ``tracer_ddp``.
+    """
+    if isinstance(strategy, ParallelStrategy) and not isinstance(strategy, TracerDDPStrategy):
+        raise ConfigError(f"--trainer.strategy: {type(strategy).__name__} cannot train TracerModule (its model wrapper "
+                          "breaks the hand-taken GSPO steps); use --trainer.strategy tracer_ddp, or the default (auto) "
+                          "on one device")
 
 
 def build_controllers(config: ControllerConfig, roles: Sequence[Role]) -> list[Controller]:
