@@ -174,19 +174,16 @@ def smollm2_directory() -> Path:
     import sys  # the conversion announces itself: it takes tens of seconds and hundreds of MB, once
     import time
 
-    try:
-        from gguf import GGUFReader  # what transformers reads the file with; its header counts the weights
-    except ImportError:
-        raise ConfigError(f"--model.backbone.name={SMOLLM2}: converting its GGUF file needs the gguf package: "
-                          f"{SMOLLM2_INSTALL}") from None
-    expected = 4 * sum(int(tensor.n_elements) for tensor in GGUFReader(gguf).tensors)  # fp32 bytes
+    expected = _fp32_bytes(gguf)
+    size = f"about {expected / 1e6:.0f} MB; " if expected else ""
     print(f"tracer-pl: first use of {SMOLLM2}: converting {gguf.name} to fp32 safetensors in {target}, once "
-          f"(about {expected / 1e6:.0f} MB; under a minute on a CPU)", file=sys.stderr, flush=True)
+          f"({size}under a minute on a CPU)", file=sys.stderr, flush=True)
     started = time.monotonic()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{SMOLLM2}-"))
     try:
-        written = _convert_gguf(gguf, staging)
+        _convert_gguf(gguf, staging)
+        written = sum(path.stat().st_size for path in staging.rglob("*") if path.is_file())
         staging.chmod(0o755)
         staging.rename(target)
     except OSError:
@@ -199,6 +196,23 @@ def smollm2_directory() -> Path:
         print(f"tracer-pl: converted {SMOLLM2} in {time.monotonic() - started:.0f} s: {written / 1e6:.0f} MB in "
               f"{target}; later runs load it from there", file=sys.stderr, flush=True)
     return target
+
+
+def _fp32_bytes(gguf: Path) -> int | None:
+    """The size of ``gguf``'s weights in fp32, from its header (None when the header cannot be read).
+
+    Raises:
+        ConfigError: The ``gguf`` package, which the conversion needs, is not installed.
+    """
+    try:
+        from gguf import GGUFReader  # what transformers reads the file with; its header counts the weights
+    except ImportError:
+        raise ConfigError(f"--model.backbone.name={SMOLLM2}: converting its GGUF file needs the gguf package: "
+                          f"{SMOLLM2_INSTALL}") from None
+    try:
+        return 4 * sum(int(tensor.n_elements) for tensor in GGUFReader(gguf).tensors)
+    except (OSError, ValueError):  # the conversion itself reports an unreadable file
+        return None
 
 
 def _packaged_gguf() -> Path:
@@ -216,12 +230,8 @@ def _packaged_gguf() -> Path:
     return ggufs[0]
 
 
-def _convert_gguf(gguf: Path, directory: Path) -> int:
-    """Dequantize a GGUF model to fp32; save it and its tokenizer as an ordinary transformers directory.
-
-    Returns:
-        The bytes written to ``directory``.
-    """
+def _convert_gguf(gguf: Path, directory: Path) -> None:
+    """Dequantize a GGUF model to fp32; save it and its tokenizer as an ordinary transformers directory."""
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights in memory are plain fp32, but the model is still marked as GGUF-quantized, which makes
@@ -232,7 +242,6 @@ def _convert_gguf(gguf: Path, directory: Path) -> int:
         del model.config.quantization_config
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
 
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name_or_path: str) -> None:
