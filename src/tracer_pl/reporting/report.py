@@ -27,18 +27,32 @@ separates smaller differences than two overlapping Wilson intervals can.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
-from collections.abc import Callable, Sequence
+import os
+import re
+import tempfile
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from tracer_pl.errors import DataError
 from tracer_pl.keys import average_speaking_rate, speaking_rate
 from tracer_pl.reporting.controller_log import bound_batch, bound_label, speaking_actions, state_series
 from tracer_pl.reporting.plots import plot_accuracy_vs_tokens, plot_regret, plot_speak_rates
 from tracer_pl.reporting.rows import Row
-from tracer_pl.reporting.run_files import fit_status, newest, training_log, training_log_path
+from tracer_pl.reporting.run_files import (
+    Notes,
+    fit_status,
+    json_type,
+    of_one_run,
+    read_json,
+    read_jsonl,
+    training_log,
+    training_log_path,
+)
 from tracer_pl.reporting.statistics import (
     average_regret_bound,
     mcnemar_p,
@@ -71,32 +85,187 @@ def run_labels(runs: Sequence[Path]) -> dict[Path, str]:
             depth[run] += 1
 
 
-def test_rows(run: Path, label: str | None = None) -> list[Row]:
-    """The rows of a run's newest ``test_metrics.json`` (one per dataset, and per extra protocol)."""
-    label = label or run.name
-    path = newest(run, "test_metrics.json")
-    if path is None:
-        return []
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None
+PROTOCOLS = ("sample", "argmax")
+"""The evaluation protocols (``tracer_pl.core.controllers.EvalProtocol``); the writer names a dataset evaluated
+with any but the first configured one ``<dataset>@<protocol>``."""
+
+UNIT_METRICS = ("accuracy", "correction", "preservation")
+"""Metrics that are fractions of the problems, so between 0 and 1; the others are counts per problem."""
+
+
+def split_protocol(key: str, keys: Collection[str]) -> tuple[str, str]:
+    """``(dataset, protocol)`` of a dataset key of the test metrics or records (``protocol`` empty for none).
+
+    The writer appends ``@<protocol>`` only for a protocol it knows (:data:`PROTOCOLS`), and only to a dataset it
+    also evaluated under its first protocol, with no suffix. So ``hard@set@argmax`` is the dataset ``hard@set``
+    under ``argmax``, while ``hard@set`` alone (or ``x@argmax`` without ``x``) is a dataset named so.
+    """
+    base, at, protocol = key.rpartition("@")
+    if at and protocol in PROTOCOLS and base in keys:
+        return base, protocol
+    return key, ""
+
+
+def test_metrics(path: Path) -> dict[str, dict[str, float]]:
+    """The metrics of one ``test_metrics.json`` per dataset key, every one the report uses checked.
+
+    Raises:
+        DataError: naming the file (and the key) for a file that cannot be read, is not a JSON object, or holds a
+            metric of the table that is missing, not a number, not finite, or out of its range.
+    """
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: expected a JSON object of \"test/<dataset>/<metric>\": number, found "
+                        f"{json_type(metrics)}")
     by_dataset: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "test":
-            by_dataset.setdefault(parts[1], {})[parts[2]] = float(value)
-    rows = []
+        if len(parts) != 3 or parts[0] != "test":
+            continue
+        by_dataset.setdefault(parts[1], {})
+        if parts[2] not in COLUMNS:
+            continue
+        high = 1.0 if parts[2] in UNIT_METRICS else math.inf
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and 0 <= value <= high):
+            expected = "a number between 0 and 1" if high == 1 else "a finite number of at least 0"
+            raise DataError(f"{path}: {key} is {json.dumps(value)[:40]}; expected {expected}")
+        by_dataset[parts[1]][parts[2]] = float(value)
     for dataset, values in sorted(by_dataset.items()):
         missing = [c for c in COLUMNS if c not in values]
         if missing:
             raise DataError(f"{path}: dataset {dataset!r} lacks the metrics {missing}")
-        records = path.parent / f"test_records_{dataset}.jsonl"
-        n = sum(1 for line in records.open() if line.strip()) if records.exists() else None
+    return by_dataset
+
+
+@dataclass
+class ChosenTest:
+    """The test of a run the report uses: its newest complete ``test_metrics.json``, and the newer ones skipped."""
+
+    path: Path | None
+    metrics: dict[str, dict[str, float]]
+    skipped: list[tuple[Path, str]]
+
+
+def chosen_test(run: Path) -> ChosenTest:
+    """The newest ``test_metrics.json`` of ``run`` that holds test metrics, with the reasons newer ones were skipped.
+
+    A test that ran no batch (interrupted, or limited to none) writes a file without metrics; one killed while
+    writing leaves a damaged file. Either is skipped for the newest complete test before it, and the report says
+    so. When no test is complete, the newest damaged file's error is raised; when every one is empty, the result
+    holds the newest with no metrics.
+    """
+    found = of_one_run(run, "test_metrics.json")
+    skipped: list[tuple[Path, str]] = []
+    error: DataError | None = None
+    for path in reversed(found):
+        try:
+            metrics = test_metrics(path)
+        except DataError as problem:
+            error = error or problem
+            skipped.append((path, str(problem).removeprefix(str(path)).lstrip(",: ")))
+            continue
+        if metrics:
+            return ChosenTest(path, metrics, skipped)
+        skipped.append((path, "it holds no test metrics (the test ran no batch, or was interrupted)"))
+    if error is not None:
+        raise error
+    return ChosenTest(found[-1] if found else None, {}, skipped)
+
+
+def records_files(directory: Path, key: str) -> list[Path]:
+    """The per-problem records of a dataset key: ``test_records_<key>.jsonl``, or one file per process.
+
+    A test on several processes writes ``test_records_<key>.rank<N>.jsonl`` per rank; they are taken in rank
+    order. Names are compared as text, so a dataset name holding ``[`` or ``*`` means itself.
+    """
+    plain = directory / f"test_records_{key}.jsonl"
+    if plain.exists() or plain.is_symlink():
+        return [plain]
+    rank = re.compile(re.escape(f"test_records_{key}") + r"\.rank(\d+)\.jsonl")
+    ranks = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := rank.fullmatch(p.name)))
+    return [p for _, p in ranks]
+
+
+def _records_key(name: str, known: Collection[str] = ()) -> str:
+    """The dataset key of a records file name, without the rank suffix of a multi-process test.
+
+    The suffix stays when the test's metrics name a dataset that ends so (``known``).
+    """
+    key = name.removeprefix("test_records_").removesuffix(".jsonl")
+    return key if key in known else re.sub(r"\.rank\d+$", "", key)
+
+
+def _unique_records(files: Sequence[Path], notes: Notes) -> list[dict[str, Any]] | None:
+    """A dataset's records, one per problem: the files of several processes joined; None without any file.
+
+    The distributed sampler pads the processes' shares to equal length by repeating problems; a problem id met
+    again in another process's file is that padding, kept once (and noted).
+    """
+    if not files:
+        return None
+    if len(files) == 1:
+        return [row for _, row in read_jsonl(files[0])]
+    seen: set[Any] = set()
+    records, repeated = [], 0
+    for path in files:
+        for _, row in read_jsonl(path):
+            uid = row.get("uid")
+            if isinstance(uid, (str, int)) and not isinstance(uid, bool):
+                if uid in seen:
+                    repeated += 1
+                    continue
+                seen.add(uid)
+            records.append(row)
+    if repeated:
+        notes.append((files[0].parent, _padding(repeated)))
+    return records
+
+
+def _problem_count(files: Sequence[Path], accuracy: float, metrics: Path, notes: Notes) -> int | None:
+    """The number of problems of a dataset's accuracy, from its records; None (shown ``?``) when unknown.
+
+    Records written by one process must agree with the accuracy (the mean of their ``correct``): records of
+    another test beside these metrics would give the table a wrong number of problems and a wrong interval.
+
+    Raises:
+        DataError: naming both files, when the records' accuracy is not the metrics' accuracy.
+    """
+    records = _unique_records(files, notes)
+    if records is None:
+        return None
+    if not records:
+        notes.append((files[0], "holds no record, so the number of problems and the interval are unknown"))
+        return None
+    outcomes = [row.get("correct") for row in records]
+    if len(files) == 1 and all(isinstance(o, bool) for o in outcomes):
+        right = sum(outcomes)
+        if abs(right / len(records) - accuracy) > 1e-4:
+            raise DataError(f"{files[0]}: {right} of {len(records)} records are correct ({right / len(records):.3f}), "
+                            f"but {metrics} gives the accuracy {accuracy:.3f}; these records are not that test's "
+                            "(keep the files of one test together)")
+    return len(records)
+
+
+def _padding(repeated: int) -> str:
+    return (f"{repeated} record{'s' if repeated > 1 else ''} of a problem another process had evaluated (the "
+            "distributed sampler pads the processes' shares) counted once")
+
+
+def test_rows(run: Path, label: str | None = None, test: ChosenTest | None = None,
+              notes: Notes | None = None) -> list[Row]:
+    """The rows of a run's test (``test``, by default :func:`chosen_test`): one per dataset and protocol."""
+    label = label or run.name
+    test = test or chosen_test(run)
+    notes = notes if notes is not None else []
+    rows = []
+    for key, values in sorted(test.metrics.items()):
+        assert test.path is not None
+        n = _problem_count(records_files(test.path.parent, key), values["accuracy"], test.path, notes)
         low, high = wilson_interval(values["accuracy"] * n, n) if n else (None, None)
-        base, _, protocol = dataset.partition("@")
+        dataset, protocol = split_protocol(key, test.metrics)
         method = f"{label} ({protocol})" if protocol else label
-        rows.append(Row(method, base, n, values["accuracy"], low, high,
+        rows.append(Row(method, dataset, n, values["accuracy"], low, high,
                         *(values[c] for c in COLUMNS[1:])))
     return rows
 
@@ -169,54 +338,80 @@ class Paired:
     p_value: float
 
 
-def correctness(run: Path, grade: Callable[[dict], bool] | None = None) -> dict[str, dict[str, bool]]:
-    """Per dataset key (``<dataset>`` or ``<dataset>@<protocol>``) of the newest test: ``uid -> correct``.
+def correctness(run: Path, grade: Callable[[dict], bool] | None = None, notes: Notes | None = None
+                ) -> dict[str, dict[str, bool]]:
+    """Per dataset key (``<dataset>`` or ``<dataset>@<protocol>``) of the chosen test: ``uid -> correct``.
 
-    ``grade`` judges a record instead of its ``correct`` field (a stricter reading of the same records).
+    The test is the one :func:`chosen_test` picks (its directory's records). ``grade`` judges a record instead of
+    its ``correct`` field (a stricter reading of the same records). A record needs a ``uid`` (a string or an
+    integer) and a ``correct`` that is ``true`` or ``false``; the files of several processes are joined, a
+    problem repeated by the distributed sampler's padding kept once (and noted in ``notes``).
     """
-    path = newest(run, "test_metrics.json")
+    test = chosen_test(run)
+    path = test.path
     if path is None:
         return {}
+    names = [entry.name for entry in path.parent.iterdir() if fnmatch.fnmatchcase(entry.name, "test_records_*.jsonl")]
+    keys = sorted({_records_key(name, test.metrics) for name in names})
     found = {}
-    for records in sorted(path.parent.glob("test_records_*.jsonl")):
-        outcome: dict[str, bool] = {}
-        for number, line in enumerate(records.open(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                uid, correct = row["uid"], bool(row["correct"]) if grade is None else grade(row)
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise DataError(f"{records}, line {number}: expected a JSON record with 'uid' and 'correct' "
-                                f"({error!r})") from None
-            if uid in outcome:
-                raise DataError(f"{records}, line {number}: problem id {uid!r} appears twice; a paired comparison "
-                                "needs one record per problem (give the rows distinct ids, e.g. --data.field_map uid)")
-            outcome[uid] = correct
-        found[records.name.removeprefix("test_records_").removesuffix(".jsonl")] = outcome
+    for key in keys:
+        paths = records_files(path.parent, key)
+        outcome: dict[Any, bool] = {}
+        repeated = 0
+        for records in paths:
+            mine: set[Any] = set()
+            for number, row in read_jsonl(records):
+                uid, correct = row.get("uid"), row.get("correct")
+                if not isinstance(uid, (str, int)) or isinstance(uid, bool):
+                    raise DataError(f"{records}, line {number}: expected a JSON record with 'uid' (a string or an "
+                                    f"integer) and 'correct', found uid {json.dumps(uid)[:40]}")
+                if grade is None and not isinstance(correct, bool):
+                    raise DataError(f"{records}, line {number}: expected a JSON record with 'uid' and 'correct' "
+                                    f"(true or false), found correct {json.dumps(correct)[:40]}")
+                if uid in mine:
+                    raise DataError(f"{records}, line {number}: problem id {uid!r} appears twice; a paired "
+                                    "comparison needs one record per problem (give the rows distinct ids, e.g. "
+                                    "--data.field_map uid)")
+                mine.add(uid)
+                if uid in outcome:
+                    repeated += 1
+                    continue
+                outcome[uid] = correct if grade is None else bool(grade(row))
+        if repeated and notes is not None:
+            notes.append((paths[0].parent, _padding(repeated)))
+        found[key] = outcome
     return found
 
 
-def paired_rows(runs: Sequence[Path], reference: Path, labels: dict[Path, str] | None = None) -> list[Paired]:
-    """Every run but ``reference`` against it, per shared dataset key, on the problems both answered."""
+def paired_rows(runs: Sequence[Path], reference: Path, labels: dict[Path, str] | None = None,
+                notes: dict[Path, Notes] | None = None) -> list[Paired]:
+    """Every run but ``reference`` against it, per shared dataset key, on the problems both answered.
+
+    What reading the records skipped is added to ``notes`` under each run.
+    """
     labels = labels or {run: run.name for run in [*runs, reference]}
-    mine = correctness(reference)
+    mine = correctness(reference, notes=(notes or {}).get(reference))
     if not mine:
         raise DataError(f"{reference}: no test_records_<dataset>.jsonl to pair against (run tracer-pl test first)")
     rows = []
     for run in runs:
         if run.resolve() == reference.resolve():
             continue
-        for key, theirs in sorted(correctness(run).items()):
-            ref = mine.get(key) or mine.get(key.partition("@")[0])
+        outcomes = correctness(run, notes=(notes or {}).get(run))
+        for key, theirs in sorted(outcomes.items()):
+            base, protocol = split_protocol(key, outcomes)
+            ref = mine.get(key) or mine.get(base)
             shared = sorted(ref.keys() & theirs.keys()) if ref else []
             if not shared:
+                if notes is not None and run in notes:
+                    why = "has no problem id in common with" if ref else "is not a dataset of"
+                    notes[run].append((_records_of(run, key), f"{key} {why} the reference {labels[reference]}, "
+                                                              "so it is not paired"))
                 continue
             n = len(shared)
             b = sum(theirs[u] and not ref[u] for u in shared)
             c = sum(ref[u] and not theirs[u] for u in shared)
             low, high = paired_difference_interval(b, c, n)
-            base, _, protocol = key.partition("@")
             rows.append(Paired(
                 method=f"{labels[run]} ({protocol})" if protocol else labels[run], reference=labels[reference],
                 dataset=base, problems=n, accuracy=sum(theirs[u] for u in shared) / n,
@@ -224,6 +419,13 @@ def paired_rows(runs: Sequence[Path], reference: Path, labels: dict[Path, str] |
                 diff_low=low, diff_high=high,
                 only_method_right=b, only_reference_right=c, p_value=mcnemar_p(b, c)))
     return rows
+
+
+def _records_of(run: Path, key: str) -> Path:
+    """The records file (or directory of files) a dataset key of a run's chosen test was read from."""
+    path = chosen_test(run).path
+    files = records_files(path.parent, key) if path is not None else []
+    return files[0] if len(files) == 1 else files[0].parent if files else run
 
 
 # ---------------------------------------------------------------------- writing
@@ -283,8 +485,21 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
 
     ``paired`` names one or more of ``runs`` (path, directory name or label) to compare every other run with,
     problem by problem. Runs whose directories have the same name are labelled with their parents too
-    (``a/seed1``, ``b/seed1``), so neither their rows nor their plots overwrite each other.
+    (``a/seed1``, ``b/seed1``), so neither their rows nor their plots overwrite each other. A section "Sources"
+    says which test of each run was read, and what was skipped (a newer test that ran nothing or was damaged, a
+    line a killed run left incomplete, problems repeated by a multi-process test's padding).
+
+    Raises:
+        DataError: one line naming the file (and line or field) for anything that cannot be reported.
     """
+    try:
+        return _write_report(runs, out, title, command, paired)
+    except DataError as error:
+        raise DataError(one_line(str(error))) from None
+
+
+def _write_report(runs: Sequence[str | Path], out: str | Path, title: str, command: str | None,
+                  paired: str | Path | Sequence[str | Path]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,37 +508,80 @@ def write_report(runs: Sequence[str | Path], out: str | Path, title: str = "trac
         if not run.is_dir():
             raise DataError(f"{run}: not a directory (expected a run directory of tracer-pl fit/test)")
     labels = run_labels(run_paths)
-    rows = [row for run in run_paths for row in test_rows(run, labels[run])]
-    logs = {run: training_log(run) for run in run_paths}
+    notes: dict[Path, Notes] = {run: [] for run in run_paths}
+    tests = {run: chosen_test(run) for run in run_paths}
+    rows = [row for run in run_paths for row in test_rows(run, labels[run], tests[run], notes[run])]
+    logs = {run: training_log(run, notes[run]) for run in run_paths}
     if not rows and not any(logs.values()):
-        raise DataError(f"no test_metrics.json and no training metrics.csv under {', '.join(map(str, run_paths))}")
+        raise DataError(f"no test_metrics.json with test metrics and no training metrics.csv under "
+                        f"{', '.join(map(str, run_paths))}" + _empty_tests(tests))
     references = [_reference(name, run_paths, labels)
                   for name in ([paired] if isinstance(paired, (str, Path)) else paired)]
     out = _output_directory(Path(out))
+    _check_outputs(out, ["report.md", "results.json", "paired.json", "accuracy_vs_tokens.png"]
+                   + [f"{label.replace('/', '__')}_{kind}.png" for label in labels.values()
+                      for kind in ("regret", "speak_rates")])
     sections = [f"# {title}", ""]
     if command:
         sections += ["Produced by:", "", "```bash", command, "```", ""]
     if rows:
         sections += ["## Results", "", markdown_table(rows), ""]
-        plot_accuracy_vs_tokens(rows, out / "accuracy_vs_tokens.png")
+        _save(out / "accuracy_vs_tokens.png", lambda path: plot_accuracy_vs_tokens(rows, path))
         sections += ["![accuracy against tokens per problem](accuracy_vs_tokens.png)", ""]
     pairs = []
     for reference in references:
-        mine = paired_rows(run_paths, reference, labels)
+        mine = paired_rows(run_paths, reference, labels, notes)
         pairs += mine
         sections += [f"## Paired against {labels[reference]}", "",
                      "Problem by problem on the same held-out set: the difference of accuracies (method minus "
                      "reference) with a 95% Bonett-Price interval, and the exact McNemar test on the problems "
                      "only one of the two got right.", "", paired_markdown(mine), ""]
+    sections += _sources_section(run_paths, labels, tests, logs, notes)
     for run, log in logs.items():
         if log:
             sections += _training_section(run, labels[run], log, out)
-    (out / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    _write(out / "results.json", json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     if pairs:
-        (out / "paired.json").write_text(json.dumps([asdict(p) for p in pairs], indent=2) + "\n")
+        _write(out / "paired.json", json.dumps([asdict(p) for p in pairs], indent=2) + "\n")
     path = out / "report.md"
-    path.write_text("\n".join(sections))
+    _write(path, "\n".join(sections))
     return path
+
+
+def _empty_tests(tests: dict[Path, ChosenTest]) -> str:
+    """What the error of a report with nothing to show adds about tests that ran nothing."""
+    empty = [str(test.path) for test in tests.values() if test.path is not None]
+    return f" ({', '.join(empty)}: no test metrics; the test ran no batch, or was interrupted)" if empty else ""
+
+
+def _sources_section(runs: Sequence[Path], labels: dict[Path, str], tests: dict[Path, ChosenTest],
+                     logs: dict[Path, list[dict[str, float]]], notes: dict[Path, Notes]) -> list[str]:
+    """Which test of each run was read, and everything skipped on the way (newer tests, incomplete lines)."""
+    lines = []
+    for run in runs:
+        test, label = tests[run], labels[run]
+        if test.metrics and test.path is not None:
+            newest = " (the newest complete test)" if test.skipped else ""
+            lines.append(f"- {label}: test results from `{_relative(test.path, run)}`{newest}")
+        elif logs[run]:
+            lines.append(f"- {label}: no test results (training only)")
+        else:
+            lines.append(f"- {label}: nothing to report (no test metrics, no training log)")
+        lines += [f"  - skipped `{_relative(path, run)}`: {reason}" for path, reason in test.skipped]
+        lines += [f"  - `{_relative(path, run)}`: {text}" for path, text in dict.fromkeys(notes[run])]
+    return ["## Sources", "", *lines, ""]
+
+
+def _relative(path: Path, run: Path) -> str:
+    try:
+        return str(path.relative_to(run))
+    except ValueError:
+        return str(path)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: characters that are not printable (a newline in a file name) escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _reference(name: str | Path, runs: Sequence[Path], labels: dict[Path, str]) -> Path:
@@ -341,19 +599,56 @@ def _output_directory(out: Path) -> Path:
     """``out``, created, or a DataError saying why it cannot be used (a file, no permission)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test"):
+            pass
     except OSError as error:
         raise DataError(f"--out {out}: cannot write the report there ({error.strerror or error})") from None
     return out
+
+
+def _check_outputs(out: Path, names: Sequence[str]) -> None:
+    """Refuse, before anything is written, an output name taken by a directory (it cannot be replaced)."""
+    for name in names:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise DataError(f"--out {out}: {name} is a directory there; remove it or choose another --out")
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, renamed over it.
+
+    Whatever stood at ``path`` (an older report, a named pipe that would block a plain write, a link) is replaced,
+    never written through.
+    """
+    _save(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def _save(path: Path, write: Callable[[Path], Any]) -> Any:
+    """Call ``write`` on a temporary path beside ``path`` (same suffix), then rename it to ``path``.
+
+    A ``write`` that returns False wrote nothing (a plot with nothing to draw): ``path`` is left alone.
+    """
+    try:
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    except OSError as error:
+        raise DataError(f"--out {path.parent}: cannot write {path.name} there ({error.strerror or error})") from None
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        result = write(temporary)
+        if result is not False:
+            os.replace(temporary, path)
+        return result
+    except OSError as error:
+        raise DataError(f"--out {path.parent}: cannot write {path.name} there ({error.strerror or error})") from None
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _training_section(run: Path, label: str, log: Sequence[dict[str, float]], out: Path) -> list[str]:
     """The plots and the controller table of one run, saying whether its training finished."""
     stem = label.replace("/", "__")
     plots = [(f"{stem}_regret.png", plot_regret), (f"{stem}_speak_rates.png", plot_speak_rates)]
-    drawn = [name for name, plot in plots if plot(log, label, out / name)]
+    drawn = [name for name, plot in plots if _save(out / name, lambda path, plot=plot: plot(log, label, path))]
     section = [f"## Training: {label}", ""] + [f"![{name}]({name})" for name in drawn] + [""] if drawn else []
     summary = controller_summary(log)
     if summary:

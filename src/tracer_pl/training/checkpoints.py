@@ -18,13 +18,17 @@ one line in :data:`SAFE_TO_CHANGE`. ``test``/``validate`` only check what the ad
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import math
+import os
 import pickle
+import stat
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -100,36 +104,186 @@ def verify(checkpoint: Mapping[str, Any], where: str) -> None:
                               "it was saved (a changed or corrupted file); use another checkpoint")
 
 
-def read(path: str | Path) -> dict[str, Any]:
-    """Load and verify a checkpoint file, with a one-line :class:`CheckpointError` for every way it can be unusable."""
+def shown(path: str | Path) -> str:
+    """``path`` for a one-line message: a character that is not printable (a newline in a name) escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(path))
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words (``a named pipe (FIFO)``, ``a character device``, ...)."""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _refuse_kind(flag: str, path: Path, mode: int) -> CheckpointError:
+    where = f"{flag} {shown(path)}"
+    if stat.S_ISDIR(mode):
+        return CheckpointError(f"{where}: is a directory; expected a .ckpt file (e.g. {shown(path / 'last.ckpt')})")
+    return CheckpointError(f"{where}: is {file_kind(mode)}, not a checkpoint file; give the path of a .ckpt file "
+                           "(reading this one could block or never end)")
+
+
+@contextlib.contextmanager
+def open_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> Iterator[BinaryIO]:
+    """The checkpoint file at ``path``, open for reading, once it is known to be a non-empty ``torch.save`` archive.
+
+    Only a regular file is opened for reading (symbolic links followed): a named pipe, a socket or a device
+    (``/dev/zero``, ``/dev/stdin``) is refused by its kind, before anything reads from it, so nothing blocks. The
+    file is opened without blocking and checked again on the open descriptor, so one swapped in meanwhile is
+    refused too. Every refusal is a one-line :class:`CheckpointError` naming ``flag`` and what to give instead.
+    """
+    if not str(path):
+        raise CheckpointError(f"{flag}: an empty path; give the path of a .ckpt file")
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"--ckpt_path {path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"--ckpt_path {path}: is a directory; expected a .ckpt file (e.g. {path}/last.ckpt)")
+    where = f"{flag} {shown(path)}"
     try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            handle.read(1)
+        mode = path.stat().st_mode
     except OSError as error:
-        raise CheckpointError(f"--ckpt_path {path}: cannot read ({error.strerror})") from None
-    if size == 0:
-        raise CheckpointError(f"--ckpt_path {path}: empty file, not a checkpoint")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"--ckpt_path {path}: not a readable checkpoint (not a torch.save archive; damaged, "
-                              "truncated or another kind of file)")
+        raise CheckpointError(f"{where}: {_missing(path, error)}") from None
+    if not stat.S_ISREG(mode):
+        raise _refuse_kind(flag, path, mode)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"--ckpt_path {path}: not a readable checkpoint (it holds objects other than tensors and "
-                              "plain data, which are refused: loading them could run code)") from None
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged or foreign file
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"--ckpt_path {path}: not a readable checkpoint ({reason})") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        raise CheckpointError(f"{where}: cannot read ({error.strerror or error})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _refuse_kind(flag, path, info.st_mode)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        try:
+            first = handle.read(1)
+            handle.seek(0)
+        except OSError as error:
+            raise CheckpointError(f"{where}: cannot read ({error.strerror or error})") from None
+        if info.st_size == 0 or not first:
+            raise CheckpointError(f"{where}: empty file, not a checkpoint")
+        if not zipfile.is_zipfile(handle):
+            raise CheckpointError(f"{where}: not a readable checkpoint (not a torch.save archive; damaged, "
+                                  "truncated or another kind of file)")
+        handle.seek(0)
+        yield handle
+
+
+def _missing(path: Path, error: OSError) -> str:
+    """Why ``path`` cannot be found, in words."""
+    if error.errno == errno.ELOOP:
+        return "a symbolic link loop, not a checkpoint file"
+    if isinstance(error, FileNotFoundError):
+        return f"a broken symbolic link (to {shown(os.readlink(path))})" if path.is_symlink() else "no such file"
+    return f"cannot read ({error.strerror or error})"
+
+
+def check_file(path: str | Path, flag: str = "--ckpt_path") -> None:
+    """Refuse a path that cannot hold a checkpoint (see :func:`open_checkpoint`), without loading it.
+
+    Cheap, so a run can check its checkpoint before the model loads.
+    """
+    with open_checkpoint(path, flag):
+        pass
+
+
+def read(path: str | Path, flag: str = "--ckpt_path") -> dict[str, Any]:
+    """Load and verify a checkpoint file, with a one-line :class:`CheckpointError` for every way it can be unusable.
+
+    The file is checked by :func:`open_checkpoint`, loaded with ``torch.load(weights_only=True)`` from the same
+    open file, its checksum verified (:func:`verify`) and its parts checked to be what a module's
+    ``on_load_checkpoint`` reads (:func:`check_structure`).
+    """
+    where = f"{flag} {shown(path)}"
+    with open_checkpoint(path, flag) as handle:
+        try:
+            checkpoint = torch.load(handle, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise CheckpointError(f"{where}: not a readable checkpoint (it holds objects other than tensors "
+                                  "and plain data, which are refused: loading them could run code)") from None
+        except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged or foreign file
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"{where}: not a readable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"--ckpt_path {path}: not a Lightning checkpoint (no 'state_dict')")
-    verify(checkpoint, f"--ckpt_path {path}")
+        raise CheckpointError(f"{where}: not a Lightning checkpoint (no 'state_dict')")
+    verify(checkpoint, where)
+    check_structure(checkpoint, where)
     return checkpoint
+
+
+MAPPINGS = ("state_dict", "hyper_parameters", RUN_KEY, "tracer")
+"""The parts of a checkpoint that are read as mappings when present (``state_dict`` always is)."""
+
+
+def check_structure(checkpoint: Mapping[str, Any], where: str) -> None:
+    """Refuse a checkpoint whose parts are not of the types loading reads them as.
+
+    Such a file was written by another tool, or edited and sealed again: ``state_dict`` must map names to
+    tensors; the model's settings, the run's settings and TRACER's state must be mappings, and each of its
+    controllers one mapping.
+    """
+    for key in MAPPINGS:
+        if key in checkpoint and not isinstance(checkpoint[key], Mapping):
+            raise CheckpointError(f"{where}: not a usable checkpoint ('{key}' is {type(checkpoint[key]).__name__}, "
+                                  "expected a mapping); use a checkpoint saved by tracer-pl fit")
+    wrong = next((k for k, v in checkpoint["state_dict"].items()
+                  if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if wrong is not None:
+        raise CheckpointError(f"{where}: not a usable checkpoint ('state_dict' entry {wrong!r} is not a named "
+                              "tensor); use a checkpoint saved by tracer-pl fit")
+    controllers = (checkpoint.get("tracer") or {}).get("controllers", {})
+    if not isinstance(controllers, Mapping) or not all(isinstance(c, Mapping) for c in controllers.values()):
+        raise CheckpointError(f"{where}: not a usable checkpoint ('tracer' holds no controller states); use a "
+                              "checkpoint saved by tracer-pl fit")
+
+
+def for_lightning(path: str | Path, flag: str = "--ckpt_path") -> dict[str, Any]:
+    """:func:`read`, and refuse what Lightning cannot restore: a checkpoint without ``pytorch-lightning_version``."""
+    checkpoint = read(path, flag)
+    if "pytorch-lightning_version" not in checkpoint:
+        raise CheckpointError(f"{flag} {shown(path)}: not a Lightning checkpoint (no 'pytorch-lightning_version'); "
+                              "use a checkpoint saved by tracer-pl fit")
+    return checkpoint
+
+
+KEYWORDS = ("best", "last", "hpc")
+"""``ckpt_path`` values Lightning resolves itself (and ``registry``, ``registry:<name>``)."""
+
+
+def is_local_file(ckpt_path: str | Path) -> bool:
+    """Whether ``ckpt_path`` names a local file (not a Lightning keyword such as ``last``, nor a URL)."""
+    text = str(ckpt_path)
+    return not (text in KEYWORDS or text.startswith("registry") or "://" in text)
+
+
+def guard_loading(trainer: Any) -> None:
+    """Make every checkpoint ``trainer`` loads from a local file pass :func:`for_lightning` first.
+
+    Lightning loads ``trainer.test(module, ckpt_path=...)`` (and ``fit``, ``validate``) with ``torch.load``
+    before any hook of the module sees it, so a damaged, empty or foreign file would end in torch's exceptions
+    (an ``UnpicklingError`` advising ``weights_only=False``, a bare ``EOFError``), and a named pipe would block.
+    This routes the loading of the trainer's checkpoint plugin through :func:`read`, which gives the one-line
+    :class:`CheckpointError` of the command line instead, and returns what it loaded (read once). A plugin that
+    loads in its own way (not ``TorchCheckpointIO.load_checkpoint``) is left alone. Call it before the stage
+    runs, or from a module's or callback's ``setup`` hook (which run before the checkpoint is restored).
+    """
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    io = trainer.strategy.checkpoint_io
+    if getattr(io, "_tracer_guarded", False) or type(io).load_checkpoint is not TorchCheckpointIO.load_checkpoint:
+        return
+    load = io.load_checkpoint
+
+    def load_checkpoint(path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if isinstance(path, (str, os.PathLike)) and is_local_file(path):
+            return for_lightning(path)
+        return load(path, *args, **kwargs)
+
+    io.load_checkpoint = load_checkpoint
+    io._tracer_guarded = True
 
 
 # ---------------------------------------------------------------------- compatibility

@@ -9,6 +9,8 @@ reads both.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +25,17 @@ from tracer_pl.core.controllers import Controller, EvalProtocol
 from tracer_pl.core.dialogue import Dialogue, DialogueConfig, DialogueRecord, play
 from tracer_pl.core.problem import Problem
 from tracer_pl.core.seats import Seat
-from tracer_pl.errors import require, require_between
+from tracer_pl.errors import CheckpointError, DataError, require, require_between
 from tracer_pl.keys import eval_key
+from tracer_pl.training import checkpoints
 from tracer_pl.training.distributed import gather_objects
 from tracer_pl.training.metrics import problem_metrics, record_json, state_decisions
 
 Stage = Literal["test", "val"]
+
+
+STAGES = ("test", "val")
+"""The stages :func:`evaluate` runs (training runs with ``trainer.fit``)."""
 
 
 def stage_metrics(trainer: L.Trainer, stage: Stage) -> dict[str, float]:
@@ -37,16 +44,37 @@ def stage_metrics(trainer: L.Trainer, stage: Stage) -> dict[str, float]:
 
 
 def write_metrics(trainer: L.Trainer, stage: Stage) -> Path:
-    """Write :func:`stage_metrics` to ``<log_dir>/<stage>_metrics.json`` (sorted keys); return its path."""
+    """Write :func:`stage_metrics` to ``<log_dir>/<stage>_metrics.json`` (sorted keys); return its path.
+
+    The file is written whole or not at all (a temporary file beside it, renamed over it), so a process killed
+    meanwhile leaves the previous file, never a truncated one, and several processes writing it at once leave one
+    complete copy.
+
+    Raises:
+        DataError: when the directory cannot be written, naming it.
+    """
     directory = Path(trainer.log_dir or trainer.default_root_dir or ".")
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{stage}_metrics.json"
-    path.write_text(json.dumps(stage_metrics(trainer, stage), indent=2, sort_keys=True) + "\n")
+    text = json.dumps(stage_metrics(trainer, stage), indent=2, sort_keys=True) + "\n"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=directory, prefix=f".{stage}_metrics-", suffix=".json")
+    except OSError as error:
+        raise DataError(f"{path}: cannot write the metrics there ({error.strerror or error}); give the trainer a "
+                        "default_root_dir (or logger directory) that can be written") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(name, path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot write the metrics ({error.strerror or error})") from None
+    finally:
+        Path(name).unlink(missing_ok=True)
     return path
 
 
 def evaluate(module: L.LightningModule, datamodule: L.LightningDataModule, *, trainer: L.Trainer | None = None,
-             stage: Stage = "test", ckpt_path: str | None = None) -> dict[str, float]:
+             stage: Stage = "test", ckpt_path: str | Path | None = None) -> dict[str, float]:
     """Evaluate ``module`` on ``datamodule``'s test (or validation) sets and write the metrics file.
 
     Args:
@@ -54,17 +82,66 @@ def evaluate(module: L.LightningModule, datamodule: L.LightningDataModule, *, tr
         datamodule: Where the problems come from.
         trainer: The trainer to run with; by default one CPU/GPU device, no logger, results under ``runs/evaluate``.
         stage: ``test`` or ``val``.
-        ckpt_path: A checkpoint to load first (trained adapters, controllers).
+        ckpt_path: A checkpoint to load first (trained adapters, controllers), or one of Lightning's ``last``,
+            ``best``.
 
     Returns:
         The ``<stage>/<dataset>/<metric>`` values also written to ``<log_dir>/<stage>_metrics.json``.
+
+    Raises:
+        ConfigError: for a ``stage`` other than ``test`` and ``val``.
+        CheckpointError: for a checkpoint that cannot be used (missing, empty, damaged, not a file, from another
+            model), the one-line error ``tracer-pl test --ckpt_path`` gives; a path that is not a regular file is
+            refused before the model loads, and never opened.
+        DataError: when no batch was evaluated (no file is written then, so an earlier one is kept).
     """
+    require(stage in STAGES, "stage", "'test' or 'val' (training runs with trainer.fit)", stage)
+    if ckpt_path is not None and checkpoints.is_local_file(ckpt_path):
+        checkpoints.check_file(ckpt_path)
     trainer = trainer or L.Trainer(devices=1, logger=False, enable_checkpointing=False,
                                    enable_model_summary=False, default_root_dir="runs/evaluate")
+    ckpt_path = _resolve_keyword(trainer, ckpt_path)
+    _check_writable(Path(trainer.default_root_dir))
+    checkpoints.guard_loading(trainer)
     run = trainer.test if stage == "test" else trainer.validate
     run(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    metrics = stage_metrics(trainer, stage)
+    if not metrics:
+        raise DataError(f"evaluate ran no {stage} batch, so nothing was evaluated and no {stage}_metrics.json was "
+                        f"written: check the data module's {stage} sets and trainer.limit_{stage}_batches")
     write_metrics(trainer, stage)
-    return stage_metrics(trainer, stage)
+    return metrics
+
+
+def _resolve_keyword(trainer: L.Trainer, ckpt_path: str | Path | None) -> str | Path | None:
+    """``last`` as the newest ``last.ckpt`` of the trainer's checkpoint callbacks, and ``best`` checked to exist.
+
+    Lightning alone evaluates the module as it is, with only a warning, when ``last`` finds no checkpoint; here
+    that is an error, as on the command line.
+    """
+    if ckpt_path == "last":
+        found = [Path(cb.dirpath) / "last.ckpt" for cb in trainer.callbacks if getattr(cb, "dirpath", None)]
+        existing = [path for path in found if path.is_file()]
+        if not existing:
+            where = f"in {', '.join(str(path.parent) for path in found)}" if found else \
+                "saved by a checkpoint callback of the trainer"
+            raise CheckpointError(f"--ckpt_path last: no last.ckpt {where}; give the path of a checkpoint file")
+        return str(max(existing, key=lambda path: path.stat().st_mtime))
+    if ckpt_path == "best" and not getattr(trainer.checkpoint_callback, "best_model_path", None):
+        raise CheckpointError("--ckpt_path best: the trainer has no ModelCheckpoint that saved a best model; give "
+                              "the path of a checkpoint file")
+    return ckpt_path
+
+
+def _check_writable(directory: Path) -> None:
+    """Refuse, before anything runs, a results directory that cannot be created (under a file, no permission)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test"):
+            pass
+    except OSError as error:
+        raise DataError(f"{directory}: cannot write the evaluation's files there ({error.strerror or error}); give "
+                        "the trainer a default_root_dir that can be written") from None
 
 
 @dataclass
