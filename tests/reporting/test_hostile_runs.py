@@ -5,8 +5,10 @@ import json
 import os
 import re
 import socket
+import stat
 import sys
 import threading
+import time
 import typing
 
 import pytest
@@ -211,10 +213,16 @@ def test_outputs_replace_what_stands_at_their_names_and_never_write_through_it(t
     assert (out / "accuracy_vs_tokens.png").is_file() and (out / "results.json").is_file()
     assert elsewhere.read_text() == "keep"  # the link was replaced, not written through
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o666 & ~umask}  # as a plain write makes them
     (out / "report.md").unlink()
     (out / "report.md").mkdir()
     with pytest.raises(DataError, match="--out .*out: report.md is a directory there; remove it"):
         write_report([run], out)
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(DataError, match="--out .*pipe: is a named pipe \\(FIFO\\), not a directory; choose another"):
+        write_report([run], tmp_path / "pipe")
 
 
 # ---------------------------------------------------------------------- which test a run's results come from
@@ -330,8 +338,11 @@ def test_linked_log_directories_are_followed_and_link_loops_end(tmp_path):
     os.symlink(elsewhere / "logs", run / "logs")
     os.symlink(run, run / "loop")
     os.symlink(".", run / "logs" / "self")
+    os.symlink("/", run / "root")  # followed a few levels only: no walk of the whole disk
+    started = time.monotonic()
     text = write_report([run], tmp_path / "out").read_text()
     assert "| run | arith | 4 | 0.500" in text and "## Training: run" in text
+    assert time.monotonic() - started < 30
 
 
 def test_a_run_evaluated_from_python_without_a_logger_is_reported(tmp_path):

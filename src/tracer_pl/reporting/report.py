@@ -8,6 +8,12 @@ reads, from each one,
 * the training rows of its ``metrics.csv`` files (``CSVLogger``; a resumed fit's files joined), for the regret
   and speak-rate plots fed by :class:`~tracer_pl.training.callbacks.ControllerMonitor`.
 
+"The newest" is the newest complete test: one that ran no batch, or a file left damaged, is skipped for the test
+before it. Every file is checked as it is read (:mod:`~tracer_pl.reporting.run_files`): anything malformed is a
+one-line :class:`DataError` naming the file, line and field; what is skipped instead (those newer tests, a line a
+killed run left incomplete, problems a multi-process test repeated as padding, datasets a paired comparison cannot
+pair) is listed in the report's "Sources", which also names the test each run's results come from.
+
 It writes ``report.md`` (accuracy with a 95% Wilson interval, tokens and calls per problem, correction and
 preservation per method and dataset), ``results.json`` (the same rows), ``accuracy_vs_tokens.png`` and, per
 trained run, ``<run>_regret.png`` (average regret of every controller state against its visits M, with the
@@ -32,6 +38,8 @@ import json
 import math
 import os
 import re
+import secrets
+import stat
 import tempfile
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
@@ -45,11 +53,13 @@ from tracer_pl.reporting.plots import plot_accuracy_vs_tokens, plot_regret, plot
 from tracer_pl.reporting.rows import Row
 from tracer_pl.reporting.run_files import (
     Notes,
+    file_kind,
     fit_status,
     json_type,
     of_one_run,
     read_json,
     read_jsonl,
+    stat_mode,
     training_log,
     training_log_path,
 )
@@ -597,6 +607,10 @@ def _reference(name: str | Path, runs: Sequence[Path], labels: dict[Path, str]) 
 
 def _output_directory(out: Path) -> Path:
     """``out``, created, or a DataError saying why it cannot be used (a file, no permission)."""
+    mode = stat_mode(out)
+    if mode is not None and not stat.S_ISDIR(mode):
+        what = "a file" if stat.S_ISREG(mode) else file_kind(mode)
+        raise DataError(f"--out {out}: is {what}, not a directory; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test"):
@@ -627,12 +641,11 @@ def _save(path: Path, write: Callable[[Path], Any]) -> Any:
 
     A ``write`` that returns False wrote nothing (a plot with nothing to draw): ``path`` is left alone.
     """
+    temporary = path.parent / f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}{path.suffix}"
     try:
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the mode a plain write gives
     except OSError as error:
         raise DataError(f"--out {path.parent}: cannot write {path.name} there ({error.strerror or error})") from None
-    os.close(handle)
-    temporary = Path(name)
     try:
         result = write(temporary)
         if result is not False:

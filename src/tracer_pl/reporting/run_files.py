@@ -154,23 +154,28 @@ def _natural(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
+LINKED_DEPTH = 3
+"""How deep the search goes below a linked directory: a logger's directory, its version directories, their files."""
+
+
 def find(directory: Path, pattern: str) -> list[Path]:
     """Every entry under ``directory`` whose name matches ``pattern``, whatever it is (a broken link too).
 
     Linked directories are followed (a run's ``logs`` may live on another disk), each real directory once, so a
-    link loop ends. Entries that match are returned, not entered: reading one that is not a file is refused by
-    name (:func:`read_bytes`), never skipped in silence.
+    link loop ends, and only :data:`LINKED_DEPTH` levels below the link, so a link to ``/`` is no walk of the
+    whole disk. Entries that match are returned, not entered: reading one that is not a file is refused by name
+    (:func:`read_bytes`), never skipped in silence.
     """
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
-    stack = [directory]
+    stack: list[tuple[Path, float]] = [(directory, math.inf)]  # a directory, and how deep below it to look
     while stack:
-        current = stack.pop()
+        current, depth = stack.pop()
         try:
             info = current.stat()
         except OSError:  # a broken link or a link loop among the directories: nothing under it
             continue
-        if (info.st_dev, info.st_ino) in seen:
+        if (info.st_dev, info.st_ino) in seen or depth <= 0:
             continue
         seen.add((info.st_dev, info.st_ino))
         try:
@@ -181,7 +186,8 @@ def find(directory: Path, pattern: str) -> list[Path]:
             if fnmatch.fnmatchcase(entry.name, pattern):
                 found.append(Path(entry.path))
             elif _is_directory(entry):
-                stack.append(Path(entry.path))
+                below = min(depth, LINKED_DEPTH) if entry.is_symlink() else depth
+                stack.append((Path(entry.path), below - 1 if below != math.inf else below))
     return found
 
 

@@ -255,8 +255,11 @@ KEYWORDS = ("best", "last", "hpc")
 
 def is_local_file(ckpt_path: str | Path) -> bool:
     """Whether ``ckpt_path`` names a local file (not a Lightning keyword such as ``last``, nor a URL)."""
+    if isinstance(ckpt_path, Path):
+        return True
     text = str(ckpt_path)
-    return not (text in KEYWORDS or text.startswith("registry") or "://" in text)
+    registry = text.lower() == "registry" or text.lower().startswith("registry:")
+    return not (text in KEYWORDS or registry or "://" in text)
 
 
 def guard_loading(trainer: Any) -> None:
@@ -265,8 +268,8 @@ def guard_loading(trainer: Any) -> None:
     Lightning loads ``trainer.test(module, ckpt_path=...)`` (and ``fit``, ``validate``) with ``torch.load``
     before any hook of the module sees it, so a damaged, empty or foreign file would end in torch's exceptions
     (an ``UnpicklingError`` advising ``weights_only=False``, a bare ``EOFError``), and a named pipe would block.
-    This routes the loading of the trainer's checkpoint plugin through :func:`read`, which gives the one-line
-    :class:`CheckpointError` of the command line instead, and returns what it loaded (read once). A plugin that
+    This routes the loading of the trainer's checkpoint plugin through :func:`for_lightning`, which gives the
+    one-line :class:`CheckpointError` of the command line instead, and returns what it loaded (read once). A plugin that
     loads in its own way (not ``TorchCheckpointIO.load_checkpoint``) is left alone. Call it before the stage
     runs, or from a module's or callback's ``setup`` hook (which run before the checkpoint is restored).
     """

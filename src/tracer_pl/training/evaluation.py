@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,9 +57,10 @@ def write_metrics(trainer: L.Trainer, stage: Stage) -> Path:
     directory = Path(trainer.log_dir or trainer.default_root_dir or ".")
     path = directory / f"{stage}_metrics.json"
     text = json.dumps(stage_metrics(trainer, stage), indent=2, sort_keys=True) + "\n"
+    name = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=directory, prefix=f".{stage}_metrics-", suffix=".json")
+        handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the mode a plain write gives
     except OSError as error:
         raise DataError(f"{path}: cannot write the metrics there ({error.strerror or error}); give the trainer a "
                         "default_root_dir (or logger directory) that can be written") from None
@@ -69,7 +71,7 @@ def write_metrics(trainer: L.Trainer, stage: Stage) -> Path:
     except OSError as error:
         raise DataError(f"{path}: cannot write the metrics ({error.strerror or error})") from None
     finally:
-        Path(name).unlink(missing_ok=True)
+        name.unlink(missing_ok=True)
     return path
 
 
