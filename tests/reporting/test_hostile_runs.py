@@ -7,12 +7,12 @@ import re
 import socket
 import stat
 import sys
-import threading
 import time
 import typing
 
 import pytest
 
+from tests.helpers.special_files import no_hang
 from tests.reporting.test_report import TRAIN, make_run, metric_set, write_records
 from tracer_pl.cli import main
 from tracer_pl.core.controllers import EvalProtocol
@@ -22,35 +22,6 @@ from tracer_pl.reporting.report import correctness, write_report
 from tracer_pl.reporting.run_files import training_log
 
 VERSION = "logs/version_0"
-
-
-@contextlib.contextmanager
-def no_hang(path, seconds=10):
-    """Fail, rather than hang, when something blocks reading the named pipe ``path``.
-
-    After ``seconds`` a writer opens the pipe and closes it at once, which ends any read blocked on it (the
-    reader then sees an empty file); the test fails saying the read blocked.
-    """
-    done = threading.Event()
-    blocked = []
-
-    def release():
-        if done.wait(seconds):
-            return
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-            blocked.append(True)
-        except OSError:  # no reader waiting on the pipe
-            pass
-
-    watchdog = threading.Thread(target=release, daemon=True)
-    watchdog.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watchdog.join()
-    assert not blocked, f"reading {path} blocked"
 
 
 def run_with(tmp_path, name="run", **files):

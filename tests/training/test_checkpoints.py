@@ -5,48 +5,19 @@ import json
 import os
 import socket
 import sys
-import threading
 
 import lightning as L
 import pytest
 import torch
 
 from tests.helpers.paths import TINY
+from tests.helpers.special_files import no_hang
 from tracer_pl.cli import build_cli, main
 from tracer_pl.engines.base import BackboneConfig
 from tracer_pl.engines.fake import FakeEngine
 from tracer_pl.errors import CheckpointError
 from tracer_pl.training import checkpoints
 from tracer_pl.training.module import TracerModule
-
-
-@contextlib.contextmanager
-def no_hang(path, seconds=10):
-    """Fail, rather than hang, when something blocks reading the named pipe ``path``.
-
-    After ``seconds`` a writer opens the pipe and closes it at once, which ends any read blocked on it; the test
-    then fails saying the read blocked.
-    """
-    done = threading.Event()
-    blocked = []
-
-    def release():
-        if done.wait(seconds):
-            return
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-            blocked.append(True)
-        except OSError:  # no reader waiting on the pipe
-            pass
-
-    watchdog = threading.Thread(target=release, daemon=True)
-    watchdog.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watchdog.join()
-    assert not blocked, f"reading {path} blocked"
 
 
 @contextlib.contextmanager

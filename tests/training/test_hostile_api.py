@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import stat
-import threading
 import types
 
 import lightning as L
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from tests.helpers.problems import ProblemList, sums_to_four
+from tests.helpers.special_files import no_hang
 from tests.helpers.training import fit
 from tracer_pl.data.datamodule import ReasoningDataModule
 from tracer_pl.engines.base import BackboneConfig
@@ -23,32 +23,6 @@ from tracer_pl.errors import CheckpointError, ConfigError, DataError
 from tracer_pl.training import checkpoints
 from tracer_pl.training.evaluation import evaluate, write_metrics
 from tracer_pl.training.module import TracerModule
-
-
-@contextlib.contextmanager
-def no_hang(path, seconds=10):
-    """Fail, rather than hang, when something blocks reading the named pipe ``path`` (see tests/training/
-    test_checkpoints.py): after ``seconds`` a writer opens and closes it, ending a blocked read."""
-    done = threading.Event()
-    blocked = []
-
-    def release():
-        if done.wait(seconds):
-            return
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-            blocked.append(True)
-        except OSError:
-            pass
-
-    watchdog = threading.Thread(target=release, daemon=True)
-    watchdog.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watchdog.join()
-    assert not blocked, f"reading {path} blocked"
 
 
 def module():
