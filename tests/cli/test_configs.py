@@ -44,7 +44,7 @@ def tiny_stand_in(calls):
 
 def test_the_configs_found_here_include_every_kind():
     kinds = {c.split("/")[1] for c in SHIPPED if c.count("/") == 2}
-    assert kinds == {"ablations", "baselines", "engines", "examples", "loggers"}
+    assert kinds == {"ablations", "baselines", "engines", "examples", "loggers", "protocols"}
     assert "configs/loggers/wandb.yaml" in SHIPPED and len(SHIPPED) >= 20
 
 

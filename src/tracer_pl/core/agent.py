@@ -17,7 +17,23 @@ Message = dict[str, str]
 """One chat message, ``{"role": "system" | "user" | "assistant", "content": str}``."""
 
 Messages = list[Message]
-"""A whole chat prompt, rendered with the tokenizer's chat template by the agent."""
+"""A whole chat prompt, rendered with the tokenizer's chat template by the agent (see :func:`text_prompt` for a
+prompt given to the model as it is)."""
+
+TEXT = "text"
+"""The message role of a prompt that is plain text, given to the model without the chat template."""
+
+
+def text_prompt(text: str) -> Messages:
+    """A prompt the engines give to the model as it is, without the chat template (the released code's prompts)."""
+    return [{"role": TEXT, "content": text}]
+
+
+def plain_text(prompt: Messages) -> str | None:
+    """The text of a :func:`text_prompt`, or None for a chat prompt."""
+    if len(prompt) == 1 and prompt[0].get("role") == TEXT:
+        return prompt[0].get("content", "")
+    return None
 
 
 @dataclass

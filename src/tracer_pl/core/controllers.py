@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from tracer_pl.core.regret import RegretMatcher
+from tracer_pl.errors import require_between
 from tracer_pl.keys import average_speaking_rate, speaking_rate, state_key
 
 ControllerState = tuple[str, ...]
@@ -42,21 +43,23 @@ class StateFeatures:
     Args:
         vote: Include the vote bucket (``none``, ``invalid`` or the vote clipped to ``[-vote_clip, vote_clip]``).
         time: Include the time bucket (``last`` when this is the last proposal round that remains).
-        vote_clip: Clip the vote to this magnitude.
+        vote_clip: Clip the vote to this magnitude (TRACER §2: 2); None keeps the whole vote, as the released
+            code does (at R = 7 the vote then ranges over ``-3..+3``).
     """
 
     vote: bool = True
     time: bool = True
-    vote_clip: int = 2
+    vote_clip: int | None = 2
 
 
-def vote_bucket(has_pending: bool, pending_parseable: bool, vote: int, clip: int = 2) -> str:
-    """``none`` when nothing is pending, ``invalid`` when its answer is unparseable, else the clipped vote."""
+def vote_bucket(has_pending: bool, pending_parseable: bool, vote: int, clip: int | None = 2) -> str:
+    """``none`` when nothing is pending, ``invalid`` when its answer is unparseable, else the vote (clipped to
+    ``[-clip, clip]`` unless ``clip`` is None)."""
     if not has_pending:
         return "none"
     if not pending_parseable:
         return "invalid"
-    return f"{max(-clip, min(clip, vote)):+d}"
+    return f"{vote if clip is None else max(-clip, min(clip, vote)):+d}"
 
 
 def is_proposal_round(round_index: int) -> bool:
@@ -283,6 +286,8 @@ class ControllerConfig:
             proposing seat, ``skip``/``speak`` for a reviewing one).
         seed: Seed of the controllers' action-sampling RNGs: seat ``i`` uses ``seed + i`` (the proposer's
             ``seed``, the reviewer's ``seed + 1``).
+        vote_clip: The vote bucket clips the vote to ``[-vote_clip, vote_clip]`` (TRACER §2: 2, the default);
+            ``null`` keeps the whole vote, as the released code does (``-3..+3`` at R = 7). 0 to 99.
         argmax_tie: The action the ``argmax`` evaluation protocol takes when the average strategy is a tie --
             in every state never visited in training, and in every state of the frozen-controllers ablation:
             ``silent`` (keep/skip, the authors' choice) or ``speaking`` (refresh/speak).
@@ -296,23 +301,37 @@ class ControllerConfig:
     seats: dict[str, ControllerMode] = field(default_factory=dict)
     seed: int = 42
     argmax_tie: TieBreak = "silent"
+    vote_clip: int | None = 2
 
-    def build(self, seats: Sequence[SeatSpec] = TRACER_SEATS) -> list[Controller]:
-        """A fresh controller per seat, named after its role: the first two are TRACER's proposer and reviewer."""
-        features = StateFeatures(vote=self.state_vote, time=self.state_time)
+    def __post_init__(self) -> None:
+        if self.vote_clip is not None:
+            require_between(self.vote_clip, "--model.controllers.vote_clip", 0, 99)
+
+    def build(self, seats: Sequence[SeatSpec] = TRACER_SEATS, *, bundles: bool = False) -> list[Controller]:
+        """A fresh controller per seat, named after its role: the first two are TRACER's proposer and reviewer.
+
+        With ``bundles`` (agent bundles, :func:`~tracer_pl.core.seats.agent_bundles`) every proposing seat takes
+        the ``proposer`` mode and every reviewing seat the ``reviewer`` mode, unless ``seats`` names it.
+        """
+        features = StateFeatures(vote=self.state_vote, time=self.state_time, vote_clip=self.vote_clip)
         common = {"plus": self.variant == "rm+", "features": features, "tie_break": self.argmax_tie}
         controllers: list[Controller] = []
         for i, (name, proposes) in enumerate(seats):
             kind = ProposerController if proposes else ReviewerController
-            mode = self.mode(i, name)
+            mode = self.mode(i, name, proposes if bundles else None)
             if mode.startswith("always_") and mode.removeprefix("always_") not in kind.actions:
                 raise ValueError(f"{name} controller: {mode!r} is not one of its actions {kind.actions}")
             controllers.append(kind(name, seed=self.seed + i, **common, **_mode(mode)))
         return controllers
 
-    def mode(self, index: int, name: str) -> str:
-        """The mode of seat ``index`` (``proposer`` and ``reviewer`` for the first two, ``seats`` after)."""
-        return (self.proposer, self.reviewer)[index] if index < 2 else self.seats.get(name, "learned")
+    def mode(self, index: int, name: str, proposes: bool | None = None) -> str:
+        """The mode of seat ``index``: ``seats[name]`` if given, else ``proposer``/``reviewer`` for the first two
+        seats (for every proposing/reviewing seat when ``proposes`` is given: agent bundles), else ``learned``."""
+        if name in self.seats:
+            return self.seats[name]
+        if proposes is not None:
+            return self.proposer if proposes else self.reviewer
+        return (self.proposer, self.reviewer)[index] if index < 2 else "learned"
 
 
 def _mode(mode: str) -> dict[str, Any]:

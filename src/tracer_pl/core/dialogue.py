@@ -34,9 +34,9 @@ from tracer_pl.core.agent import Agent, Completion, Messages
 from tracer_pl.core.controllers import Controller, ControllerState, EvalProtocol
 from tracer_pl.core.gspo import ZERO_SIGNAL_STD, group_advantages
 from tracer_pl.core.problem import Problem
-from tracer_pl.core.roles import RIGHT, WRONG, DialogueView, is_correct, replaces_pending
+from tracer_pl.core.roles import RIGHT, WRONG, DialogueView, Utterance, is_correct, replaces_pending
 from tracer_pl.core.seats import Seat, turn_order
-from tracer_pl.errors import require_between
+from tracer_pl.errors import require, require_between
 
 
 @dataclass
@@ -53,6 +53,23 @@ class DialogueConfig:
         invalid_pending: A proposal round whose pending text has no readable answer (the ``invalid`` vote
             bucket): ``refresh`` forces a refresh and makes no proposer-controller update (the authors' choice);
             ``decide`` lets the proposer controller choose keep/refresh there and updates it (keep is valued -1).
+        keep_valuation: How refresh is valued when a proposing seat keeps: ``counterfactual`` (TRACER §2: by one
+            counterfactual proposal that never enters the dialogue) or ``as_keep`` (the released code: refresh
+            gets keep's value, so a keep moves no regret and no proposal is sampled). A skipping reviewer is valued
+            by a counterfactual review either way.
+        unreadable_refresh: A refresh whose answer cannot be read, when a readable answer is pending:
+            ``keeps_pending`` (TRACER §1: the pending answer stays and values the refresh) or ``replaces_pending``
+            (the released code: it becomes pending with no answer, the final answer is none, the refresh is
+            valued -1).
+        order: With several problems per training step: ``lockstep`` plays them round by round together (one
+            generation call per round for the whole batch); ``one_at_a_time`` finishes each problem's dialogue,
+            its GSPO steps and controller updates included, before the next problem's candidates are drawn (the
+            released code's order). Identical with one problem per step; evaluation is always lockstep (it
+            updates nothing).
+        num_agents: Agent bundles N (the released code's ``num_agents``, 2 to 16): round ``r`` belongs to agent
+            ``(r - 1) mod N``, which proposes in odd rounds and reviews in even ones, each agent with its own
+            adapter and controller per role it plays (:func:`~tracer_pl.core.seats.agent_bundles`). 2 is TRACER's
+            proposer and reviewer; more than 2 needs no ``schedule`` and no ``extra_roles``.
         group_size: Deprecated: moved to ``--model.gspo.group_size``; ``TracerModule`` still reads it for one
             release, with a warning.
         min_reward_std: Deprecated: moved to ``--model.gspo.min_reward_std``, read as ``group_size`` is.
@@ -63,11 +80,22 @@ class DialogueConfig:
     counterfactual: bool = True
     eval_greedy: bool = True
     invalid_pending: Literal["refresh", "decide"] = "refresh"
+    keep_valuation: Literal["counterfactual", "as_keep"] = "counterfactual"
+    unreadable_refresh: Literal["keeps_pending", "replaces_pending"] = "keeps_pending"
+    order: Literal["lockstep", "one_at_a_time"] = "lockstep"
+    num_agents: int = 2
     group_size: int | None = None
     min_reward_std: float | None = None
 
     def __post_init__(self) -> None:
-        require_between(self.rounds, "--model.dialogue.rounds", 1, 99)
+        flag = "--model.dialogue."
+        require_between(self.rounds, flag + "rounds", 1, 99)
+        require_between(self.num_agents, flag + "num_agents", 2, 16)
+        for name, allowed in [("invalid_pending", ("refresh", "decide")),
+                              ("keep_valuation", ("counterfactual", "as_keep")),
+                              ("unreadable_refresh", ("keeps_pending", "replaces_pending")),
+                              ("order", ("lockstep", "one_at_a_time"))]:
+            require(getattr(self, name) in allowed, flag + name, " or ".join(allowed), getattr(self, name))
 
 
 @dataclass
@@ -144,10 +172,14 @@ class DialogueRecord:
         """Completions generated for this problem."""
         return sum(t.calls for t in self.turns)
 
-    def view(self, round_index: int) -> DialogueView:
+    def view(self, round_index: int, *, unreadable_replaces_pending: bool = False) -> DialogueView:
+        """What a role sees of this dialogue at ``round_index`` (every utterance so far as its history)."""
+        history = tuple(Utterance(t.round, t.role, "proposal" if t.action == "refresh" else "review", t.text)
+                        for t in self.turns if t.text is not None)
         return DialogueView(problem=self.problem, pending_text=self.pending_text, pending_answer=self.pending_answer,
                             pending_correct=self.pending_correct, review_text=self.review_text, vote=self.vote,
-                            round_index=round_index)
+                            round_index=round_index, history=history,
+                            unreadable_replaces_pending=unreadable_replaces_pending)
 
 
 @dataclass
@@ -327,7 +359,7 @@ class Dialogue:
                  state=d.state, probabilities=None if d.strategy is None else d.strategy.tolist())
             for d in decisions
         ]
-        prompts = {d.index: seat.role.messages(self.records[d.index].view(round_index)) for d in decisions}
+        prompts = {d.index: seat.role.messages(self._view(self.records[d.index], round_index)) for d in decisions}
         return Round(round_index, seat, decisions, turns, prompts)
 
     def sample_candidates(self, current: Round) -> list[CandidateGroup]:
@@ -339,7 +371,7 @@ class Dialogue:
         candidates = self.agent.generate(role.name, [current.prompts[d.index] for d in speakers], G, greedy=False)
         groups = []
         for d, completions in zip(speakers, candidates):
-            view = self.records[d.index].view(current.index)
+            view = self._view(self.records[d.index], current.index)
             rewards = torch.tensor(role.score([c.text for c in completions], view), dtype=torch.float32)
             groups.append(CandidateGroup(role=role.name, round=current.index, problem_index=d.index,
                                          prompt=current.prompts[d.index], completions=completions, rewards=rewards,
@@ -351,8 +383,7 @@ class Dialogue:
     def speak(self, current: Round) -> None:
         """The fresh utterance of every speaker, and one counterfactual sample per valued silent decision."""
         role, controller = current.seat.role, current.seat.controller
-        wanted = [d for d in current.decisions
-                  if d.action == 1 or (self.config.counterfactual and self._values_wanted(controller, d))]
+        wanted = [d for d in current.decisions if d.action == 1 or self._counterfactual_wanted(current.seat, d)]
         if not wanted:
             return
         greedy = not self.training and self.config.eval_greedy
@@ -361,7 +392,7 @@ class Dialogue:
             turn = current.turns[d.index]
             _charge(turn, [completion])
             if d.action == 1:
-                view = self.records[d.index].view(current.index)
+                view = self._view(self.records[d.index], current.index)
                 turn.text = completion.text
                 turn.parsed = role.parse(completion.text, view)
                 turn.reward = role.reward(completion.text, view)
@@ -374,13 +405,19 @@ class Dialogue:
         apply = self._apply_proposal if current.seat.proposes else self._apply_review
         for d, turn in zip(current.decisions, current.turns):
             record = self.records[d.index]
-            view = record.view(current.index)
+            view = self._view(record, current.index)
             if d.action == 1:
                 apply(record, turn)
             if self._values_wanted(controller, d):
+                silent = role.silent_value(view)
                 said = turn.text if d.action == 1 else turn.counterfactual_text
-                speaking = role.speaking_value(said, view) if said is not None else 0.0  # 0: not drawn (ablation)
-                self._value(controller, d, turn, (role.silent_value(view), speaking))
+                if said is not None:
+                    speaking = role.speaking_value(said, view)
+                elif self._kept_without_counterfactual(current.seat):
+                    speaking = silent  # refresh valued as keep: the keep moves no regret
+                else:
+                    speaking = 0.0  # not drawn: the importance-weighted ablation values only the chosen action
+                self._value(controller, d, turn, (silent, speaking))
             record.turns.append(turn)
             record.correct_after_round.append(record.pending_correct)
 
@@ -405,12 +442,25 @@ class Dialogue:
     def _values_wanted(self, controller: Controller, decision: _Decision) -> bool:
         return self.training and controller.learns and not decision.forced
 
+    def _counterfactual_wanted(self, seat: Seat, decision: _Decision) -> bool:
+        """A silent decision whose speaking action is valued by a counterfactual sample."""
+        return (decision.action == 0 and self.config.counterfactual and self._values_wanted(seat.controller, decision)
+                and not self._kept_without_counterfactual(seat))
+
+    def _kept_without_counterfactual(self, seat: Seat) -> bool:
+        return seat.proposes and self.config.keep_valuation == "as_keep"
+
+    def _view(self, record: DialogueRecord, round_index: int) -> DialogueView:
+        return record.view(round_index,
+                           unreadable_replaces_pending=self.config.unreadable_refresh == "replaces_pending")
+
     # ------------------------------------------------------------------ applying utterances
-    @staticmethod
-    def _apply_proposal(record: DialogueRecord, turn: Turn) -> None:
-        """A new proposal becomes pending (vote reset), unless it is unparseable and a parseable one is pending."""
+    def _apply_proposal(self, record: DialogueRecord, turn: Turn) -> None:
+        """A new proposal becomes pending (vote reset), unless it is unparseable and a parseable one is pending
+        (``unreadable_refresh: keeps_pending``)."""
         answer = turn.parsed
-        if not replaces_pending(answer, record.pending_answer):
+        if not replaces_pending(answer, record.pending_answer,
+                                self.config.unreadable_refresh == "replaces_pending"):
             return
         record.pending_text = turn.text
         record.pending_answer = answer

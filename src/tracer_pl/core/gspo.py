@@ -216,6 +216,16 @@ def _token_ratio(token_logp: torch.Tensor, old_token_logp: torch.Tensor, mask: t
     return torch.exp(log_ratio), mask
 
 
+def without_stop_tokens(mask: torch.Tensor, stopped: torch.Tensor) -> torch.Tensor:
+    """``mask`` (``[N, C]``, 1 on completion tokens, left-aligned) with the last token of every ``stopped`` row
+    removed: the end-of-sequence token of a completion that ended on one. A row of one token keeps it."""
+    lengths = mask.sum(-1)
+    drop = stopped.to(torch.bool) & (lengths > 1)
+    out = mask.clone()
+    rows = torch.nonzero(drop).squeeze(-1)
+    out[rows, lengths[rows] - 1] = 0
+    return out
+
 
 @dataclass
 class GSPOConfig:
@@ -244,6 +254,10 @@ class GSPOConfig:
             (:func:`truncated_importance_weights`); needs an engine that reports sampling log-probs
             (``VLLMEngine``). Off by default.
         importance_sampling_cap: The truncation of those weights.
+        include_eos: Score a completion's end-of-sequence token: its log-probability is in the sequence's sum and
+            it is one of the |y| tokens (TRACER §3 counts every generated token). ``false`` leaves it out of both,
+            as the released code does (it re-encodes the decoded text, which has no EOS); a completion that is
+            only an EOS keeps it.
     """
 
     group_size: int = 4
@@ -259,6 +273,7 @@ class GSPOConfig:
     update_per: Literal["group", "round"] = "group"
     importance_sampling_correction: bool = False
     importance_sampling_cap: float = 2.0
+    include_eos: bool = True
 
     def __post_init__(self) -> None:
         flag = "--model.gspo."

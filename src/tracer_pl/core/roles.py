@@ -56,15 +56,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tracer_pl.core.agent import Messages
+from tracer_pl.core.agent import Messages, text_prompt
 from tracer_pl.core.controllers import signed_value
 from tracer_pl.core.problem import Problem
-from tracer_pl.errors import ConfigError
+from tracer_pl.errors import ConfigError, require_between
 from tracer_pl.grading.answers import extract_answer, get_answer_format, is_equivalent
 from tracer_pl.grading.text import last_boxed
 
 TRLReward = Callable[..., list[float | None]]
 """A reward function with TRL's signature ``(prompts, completions, **kwargs) -> list[float | None]``."""
+
+PromptStyle = Literal["chat", "plain"]
+"""How a role's prompt is built: chat messages through the chat template (TRACER §1), or the released code's
+plain text (:meth:`Role.render_plain`)."""
 
 RewardFormat = Literal["auto", "standard", "conversational"]
 """How extra rewards receive prompts and completions: TRL's standard (strings) or conversational (messages) form,
@@ -91,6 +95,9 @@ class DialogueView:
         review_text: The latest parseable review of the pending solution, if any.
         vote: The pending answer's vote.
         round_index: The current round, 1-based.
+        history: Every utterance that entered the dialogue before this round, oldest first.
+        unreadable_replaces_pending: A proposal without a readable answer replaces the pending one
+            (``dialogue.unreadable_refresh: replaces_pending``); by default it does not (TRACER §1).
     """
 
     problem: Problem
@@ -100,14 +107,27 @@ class DialogueView:
     review_text: str | None = None
     vote: int = 0
     round_index: int = 1
+    history: tuple[Utterance, ...] = ()
+    unreadable_replaces_pending: bool = False
 
 
-def replaces_pending(new_answer: str | None, pending_answer: str | None) -> bool:
-    """Whether a new proposal becomes pending (TRACER §1).
+@dataclass(frozen=True)
+class Utterance:
+    """One utterance that entered a dialogue: its round, its seat's name, ``proposal`` or ``review``, its text."""
 
-    Always, unless its answer is unparseable and a parseable one is pending.
+    round: int
+    seat: str
+    kind: str
+    text: str
+
+
+def replaces_pending(new_answer: str | None, pending_answer: str | None, unreadable_replaces: bool = False) -> bool:
+    """Whether a new proposal becomes pending.
+
+    TRACER §1: always, unless its answer is unparseable and a parseable one is pending. With
+    ``unreadable_replaces`` (``dialogue.unreadable_refresh: replaces_pending``, the released code) always.
     """
-    return new_answer is not None or pending_answer is None
+    return unreadable_replaces or new_answer is not None or pending_answer is None
 
 
 def is_correct(answer: str | None, problem: Problem) -> bool:
@@ -127,6 +147,10 @@ class Role(ABC):
         extra_reward_format: How the extra rewards get prompts and completions: ``standard`` (strings),
             ``conversational`` (chat messages, as TRL passes them for chat datasets), or ``auto`` (per function,
             from the annotation of its ``completions`` parameter; see the module docstring).
+        prompt_style: ``chat`` (TRACER §1: a system prompt and :meth:`render` through the chat template) or
+            ``plain`` (the released code: :meth:`render_plain`, raw text with the question, the pending
+            solution and the last ``history_turns`` utterances, given to the model without the chat template).
+        history_turns: The utterances a ``plain`` prompt shows (the released code: 4).
     """
 
     name: str = "role"
@@ -143,7 +167,14 @@ class Role(ABC):
         extra_rewards: Sequence[TRLReward] | None = None,
         extra_reward_weights: Sequence[float] | None = None,
         extra_reward_format: RewardFormat = "auto",
+        prompt_style: PromptStyle = "chat",
+        history_turns: int = 4,
     ) -> None:
+        if prompt_style not in ("chat", "plain"):
+            raise ValueError(f"{type(self).__name__}: prompt_style must be chat or plain, got {prompt_style!r}")
+        require_between(history_turns, f"{type(self).__name__}: history_turns", 0, 99)
+        self.prompt_style = prompt_style
+        self.history_turns = history_turns
         self.system_prompt = self.default_system_prompt if system_prompt is None else system_prompt
         self.reward_scale = reward_scale
         self.extra_rewards = list(extra_rewards or [])
@@ -186,9 +217,38 @@ class Role(ABC):
 
     # ---------------------------------------------------------------- built on the hooks
     def messages(self, view: DialogueView) -> Messages:
-        """The chat prompt: the system message (if any) and :meth:`render`."""
+        """The prompt: the system message (if any) and :meth:`render` as chat messages, or with
+        ``prompt_style: plain`` the text of :meth:`render_plain` (no chat template, no system message)."""
+        if self.prompt_style == "plain":
+            return text_prompt(self.render_plain(view))
         prompt: Messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return prompt + [{"role": "user", "content": self.render(view)}]
+
+    def prompt_text(self, view: DialogueView) -> str:
+        """The prompt as one string: :meth:`render`, or :meth:`render_plain` with ``prompt_style: plain``."""
+        return self.render_plain(view) if self.prompt_style == "plain" else self.render(view)
+
+    # ---------------------------------------------------------------- the released code's plain prompt
+    plain_cue: str = "Answer:"
+    """The last line of a plain prompt, after which the model writes."""
+
+    def plain_instruction(self, view: DialogueView) -> str:
+        """The task, first in a plain prompt (override per role)."""
+        return self.system_prompt
+
+    def render_plain(self, view: DialogueView) -> str:
+        """The released code's prompt layout: the task, the dataset, the question, the pending solution, the last
+        ``history_turns`` utterances of the dialogue (its round, seat and kind) and a cue line."""
+        parts = [self.plain_instruction(view), f"Dataset: {view.problem.dataset}",
+                 f"Question:\n{view.problem.question}"]
+        if view.pending_text is not None:
+            parts.append(f"Pending solution:\n{view.pending_text}")
+        recent = view.history[-self.history_turns:] if self.history_turns else ()
+        if recent:
+            turns = "\n\n".join(f"(round {u.round}, {u.seat}, {u.kind})\n{u.text}" for u in recent)
+            parts.append(f"Recent turns:\n{turns}")
+        parts.append(self.plain_cue)
+        return "\n\n".join(parts) + "\n"
 
     def score(self, texts: Sequence[str], view: DialogueView, *,
               completion_ids: Sequence[Sequence[int]] | None = None) -> list[float]:
@@ -215,7 +275,7 @@ class Role(ABC):
                 prompts: list[Any] = [self.messages(view)] * len(texts)
                 completions: list[Any] = [[{"role": "assistant", "content": text}] for text in texts]
             else:
-                prompts, completions = [self.render(view)] * len(texts), list(texts)
+                prompts, completions = [self.prompt_text(view)] * len(texts), list(texts)
             extra = self._call_extra(fn, form, prompts, completions, columns)
             scores = [s + weight * (0.0 if e is None else float(e)) for s, e in zip(scores, extra)]
         return scores
@@ -290,6 +350,12 @@ class Proposer(Role):
         parts.append(instruction)
         return "\n\n".join(parts)
 
+    plain_cue = "Solution:"
+
+    def plain_instruction(self, view: DialogueView) -> str:
+        instruction = get_answer_format(view.problem.dataset).answer_instruction
+        return f"Solve the question, reasoning briefly step by step. {instruction}"
+
     def parse(self, text: str, view: DialogueView) -> str | None:
         return extract_answer(text, view.problem.dataset)
 
@@ -300,10 +366,11 @@ class Proposer(Role):
         """Value of refreshing with ``text``: +1 if the answer pending after the refresh is correct, else -1.
 
         A refresh whose answer cannot be read does not replace a readable pending answer (TRACER §1), so it is
-        valued by that answer, which stays.
+        valued by that answer, which stays; where it does replace it (``view.unreadable_replaces_pending``, the
+        released code) it leaves no answer pending and is valued -1.
         """
         answer = self.parse(text, view)
-        if not replaces_pending(answer, view.pending_answer):
+        if not replaces_pending(answer, view.pending_answer, view.unreadable_replaces_pending):
             return signed_value(view.pending_correct)
         return signed_value(is_correct(answer, view.problem))
 
@@ -327,6 +394,12 @@ class Reviewer(Role):
             "Is the final answer of the proposed solution correct? Answer on the first line with exactly RIGHT "
             "or WRONG, then give one short reason on the second line."
         )
+
+    plain_cue = "Review:"
+
+    def plain_instruction(self, view: DialogueView) -> str:
+        return ("Judge whether the final answer of the pending solution is correct. Write RIGHT or WRONG on the "
+                "first line and one short reason on the second.")
 
     def parse(self, text: str, view: DialogueView) -> str | None:
         return parse_verdict(text)

@@ -4,10 +4,12 @@ A :class:`Seat` is a role (its prompt, answer parsing, reward and action values,
 with its controller. TRACER has two: the proposer, whose utterance becomes the pending answer, and the reviewer,
 whose verdict moves the vote. A third seat -- a second reviewer with its own reward, a verifier that speaks
 only in the last round -- is one more role class; :func:`turn_order` places it by the dialogue's schedule.
+:func:`agent_bundles` seats the released code's N agents, each with its own proposer and reviewer.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -77,3 +79,30 @@ def turn_order(seats: Sequence[S], schedule: Sequence[str] | None, rounds: int) 
     if idle:
         raise ValueError(f"schedule gives no round to the seats {idle}")
     return [by_name[name] for name in schedule]
+
+
+def agent_bundles(proposer: Role, reviewer: Role, num_agents: int, rounds: int) -> tuple[list[Role], list[str]]:
+    """The released code's ``num_agents`` agent bundles as seats: the roles that get a round, and the schedule.
+
+    Round ``r`` belongs to agent ``a = (r - 1) mod num_agents``; in an odd round that agent proposes, in an even one
+    it reviews. Each (agent, role) pair that gets a round is a seat of its own -- a copy of ``proposer`` or
+    ``reviewer`` named ``agent<a>_proposer`` / ``agent<a>_reviewer``, so with its own adapter and controller --
+    ordered by its first round. With an even ``num_agents`` even agents only propose and odd agents only review;
+    pairs that never get a round have no seat (they would train nothing). ``num_agents = 2`` gives TRACER's two
+    seats under their own names, ``proposer`` and ``reviewer``.
+
+    Returns:
+        The seats' roles and the seat name of every round.
+    """
+    if num_agents == 2:
+        return [proposer, reviewer], [proposer.name if r % 2 else reviewer.name for r in range(1, rounds + 1)]
+    roles: dict[str, Role] = {}
+    schedule = []
+    for r in range(1, rounds + 1):
+        template = proposer if r % 2 else reviewer
+        name = f"agent{(r - 1) % num_agents}_{template.name}"
+        if name not in roles:
+            roles[name] = copy.deepcopy(template)
+            roles[name].name = name
+        schedule.append(name)
+    return list(roles.values()), schedule

@@ -56,7 +56,8 @@ class ProblemStream(IterableDataset):
 
     def __init__(self, load: Any, *, streamed: bool, seed: int, passes: int, rank: int, world_size: int,
                  batch_size: int, limit: int | None, shuffle_buffer: int, start: int = 0,
-                 name: str = "training data", bad_rows: BadRows | None = None) -> None:
+                 name: str = "training data", bad_rows: BadRows | None = None, shuffle: bool = True) -> None:
+        self.shuffle = shuffle
         self.load, self.streamed, self.seed, self.passes = load, streamed, seed, passes
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.limit, self.shuffle_buffer, self.start = limit, shuffle_buffer, start
@@ -67,6 +68,9 @@ class ProblemStream(IterableDataset):
         """All problems of one pass, in that pass's seeded order (the same on every rank)."""
         problems = itertools.islice(self.load(), self.limit)
         rng = random.Random(self.seed + pass_index)
+        if not self.shuffle:
+            yield from problems
+            return
         if not self.streamed:
             items = list(problems)
             rng.shuffle(items)
@@ -128,7 +132,9 @@ class ReasoningDataModule(L.LightningDataModule):
         train_limit: Use only the first N training problems of the source (before shuffling).
         test_limit: Use only the first N problems of each evaluation set.
         passes: Passes over the training problems.
-        seed: Seed of the training order, of generated problems and of GPQA's option shuffles.
+        seed: Seed of the training order (with ``shuffle``), of generated problems and of GPQA's option shuffles.
+        shuffle: Shuffle the training problems, in a new seeded order every pass; ``false`` (the default) reads
+            them in the source's order, as the released code does (the paper says only "one online pass").
         field_map: Column names for local files in another layout, e.g. ``{question: prompt, gold: target}``.
         answer_format: Grade every source with this registered answer format instead of the detected one.
         on_bad_row: ``raise`` on a malformed row, or ``skip`` it (counted and logged).
@@ -152,6 +158,7 @@ class ReasoningDataModule(L.LightningDataModule):
         on_bad_row: OnBadRow = "raise",
         shuffle_buffer: int = 1000,
         stream_hub: bool = True,
+        shuffle: bool = False,
     ) -> None:
         super().__init__()
         self.train = train
@@ -161,7 +168,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.train_limit, self.test_limit, self.passes, self.seed = train_limit, test_limit, passes, seed
         self.field_map, self.answer_format, self.on_bad_row = field_map, answer_format, on_bad_row
-        self.shuffle_buffer, self.stream_hub = shuffle_buffer, stream_hub
+        self.shuffle_buffer, self.stream_hub, self.shuffle = shuffle_buffer, stream_hub, shuffle
         self._validate()
         self.bad_rows = BadRows()
         self._consumed = 0  # training problems of this rank consumed by completed steps (for resuming)
@@ -243,7 +250,7 @@ class ReasoningDataModule(L.LightningDataModule):
         return ProblemStream(lambda: self._load(source, "train"), streamed=self.stream_hub and source in BENCHMARKS,
                              seed=self.seed, passes=self.passes, rank=rank, world_size=world_size,
                              batch_size=self.batch_size, limit=self.train_limit, shuffle_buffer=self.shuffle_buffer,
-                             start=self._consumed, name=source, bad_rows=self.bad_rows)
+                             start=self._consumed, name=source, bad_rows=self.bad_rows, shuffle=self.shuffle)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -280,7 +287,8 @@ class ReasoningDataModule(L.LightningDataModule):
             self._train_digest = file_digest(self.train)
         return {"data.train": self.train, "data.train_file_sha256": self._train_digest, "data.seed": self.seed,
                 "data.batch_size": self.batch_size, "data.passes": self.passes, "data.train_limit": self.train_limit,
-                "data.shuffle_buffer": self.shuffle_buffer, "data.stream_hub": self.stream_hub,
+                "data.shuffle": self.shuffle, "data.shuffle_buffer": self.shuffle_buffer,
+                "data.stream_hub": self.stream_hub,
                 "data.field_map": self.field_map, "data.answer_format": self.answer_format,
                 "trainer.devices (number of processes)": world}
 
@@ -292,8 +300,9 @@ class ReasoningDataModule(L.LightningDataModule):
         """
         if self.trainer is not None and self.trainer.state.fn != "fit":
             return  # validate/test never use the training position
-        saved = state_dict.get("settings") or {"data.train": state_dict.get("train"),
-                                               "data.seed": state_dict.get("seed")}
+        saved = dict(state_dict.get("settings") or {"data.train": state_dict.get("train"),
+                                                    "data.seed": state_dict.get("seed")})
+        saved.setdefault("data.shuffle", True)  # checkpoints from before the setting existed trained shuffled
         checkpoints.check_data(saved, self.resume_settings())
         self._consumed = int(state_dict["consumed"])
 

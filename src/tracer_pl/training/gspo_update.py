@@ -24,6 +24,7 @@ from tracer_pl.core.gspo import (
     gspo_loss,
     sampling_logp_mismatch,
     truncated_importance_weights,
+    without_stop_tokens,
 )
 from tracer_pl.engines.base import Policy
 from tracer_pl.errors import ConfigError
@@ -137,6 +138,10 @@ class GSPOUpdate:
             result, finite = None, True
             if live:
                 token_logp, mask = self.policy.token_logprobs(role, completions)
+                if not self.config.include_eos:
+                    mask = without_stop_tokens(mask, torch.tensor([not c.truncated for c in completions]))
+                    token_logp = token_logp * mask
+                    old_logp = None if old_logp is None else old_logp * mask
                 if old_logp is None:
                     old_logp = token_logp.detach()
                 if step == 0:

@@ -31,7 +31,7 @@ from tracer_pl.core.dialogue import Dialogue, DialogueConfig, DialogueResult, pl
 from tracer_pl.core.gspo import GSPOConfig
 from tracer_pl.core.problem import Problem
 from tracer_pl.core.roles import Proposer, Reviewer, Role
-from tracer_pl.core.seats import Seat, turn_order
+from tracer_pl.core.seats import Seat, agent_bundles, turn_order
 from tracer_pl.engines.base import BackboneConfig, Engine
 from tracer_pl.engines.hf import HFEngine
 from tracer_pl.errors import ConfigError
@@ -97,15 +97,17 @@ class TracerModule(L.LightningModule):
         self.extra_roles = list(extra_roles or [])
         self.engine = engine
         self.algorithm = algorithm
-        extra = [(role, algorithm == "tracer") for role in self.extra_roles]
         if algorithm == "single_agent":
             train_reviewer = False
-        self.trained_roles = [r.name for r, on in ((proposer, train_proposer), (reviewer, train_reviewer), *extra)
-                              if on]
+        self._seat_roles = self._build_seats(dialogue)
+        extras = {role.name for role in self.extra_roles}
+        self.trained_roles = [r.name for r in self._seat_roles
+                              if (algorithm == "tracer" if r.name in extras else
+                                  train_proposer if r.proposes else train_reviewer)]
         self.eval_seed = eval_seed
         self.evaluation = evaluation
         validate(self)
-        self.seat_controllers = build_controllers(controllers, self.roles)
+        self.seat_controllers = build_controllers(controllers, self.roles, bundles=dialogue.num_agents > 2)
         self.proposer_controller, self.reviewer_controller = self.seat_controllers[:2]
         self.policy: Any = None  # built by the engine in configure_model
         self.gspo_update: GSPOUpdate | None = None  # the GSPO step of every trained role, once there is a policy
@@ -147,10 +149,25 @@ class TracerModule(L.LightningModule):
         assert self.gspo_update is not None, "configure_model builds the policy first"
         return self.gspo_update.build_optimizers(self.trained_roles)
 
+    def _build_seats(self, dialogue: DialogueConfig) -> list[Role]:
+        """The seats' roles; with ``dialogue.num_agents > 2`` the agent bundles, whose schedule the dialogue takes."""
+        if dialogue.num_agents == 2:
+            return [self.proposer, self.reviewer, *self.extra_roles]
+        if self.extra_roles:
+            raise ConfigError("--model.extra_roles: not with --model.dialogue.num_agents > 2 (each agent already "
+                              "has a proposer and a reviewer seat)")
+        if dialogue.schedule is not None:
+            raise ConfigError("--model.dialogue.schedule: not with --model.dialogue.num_agents > 2 (the agents "
+                              "take the rounds in turn)")
+        roles, schedule = agent_bundles(self.proposer, self.reviewer, dialogue.num_agents, dialogue.rounds)
+        self.dialogue_config = replace(dialogue, schedule=schedule)
+        return roles
+
     @property
     def roles(self) -> tuple[Role, ...]:
-        """Every seat's role: the proposer, the reviewer, then ``extra_roles``."""
-        return (self.proposer, self.reviewer, *self.extra_roles)
+        """Every seat's role: the proposer, the reviewer, then ``extra_roles``; with ``dialogue.num_agents > 2``
+        the agent bundles' seats (:func:`~tracer_pl.core.seats.agent_bundles`)."""
+        return tuple(self._seat_roles)
 
     @property
     def controllers(self) -> tuple[Controller, ...]:
@@ -186,19 +203,27 @@ class TracerModule(L.LightningModule):
         if self.algorithm == "single_agent":
             result = self._single_agent_step(batch)
         else:
-            learn = {role: partial(update.step, role) for role in self.trained_roles}
-            game = self._dialogue(batch, training=True)
-            rounds, played = len(game.round_seats), itertools.count(1)
-            self._report_progress(StepProgress(rounds=rounds))
-
-            def after_round() -> None:
-                self._sync_controllers()
-                self._report_progress(StepProgress(rounds_done=next(played), rounds=rounds))
-
-            result = play(game, learn, after_round=after_round)
+            result = self._play_training(batch, {role: partial(update.step, role) for role in self.trained_roles})
         self.last_step_statistics = update.statistics.pop()
         self._log_training(result, self.last_step_statistics)
         return {"records": result.records}
+
+    def _play_training(self, batch: Sequence[Problem], learn: dict[str, Callable[..., None]]) -> DialogueResult:
+        """The batch's training dialogues: in lockstep, or each problem's whole dialogue in turn
+        (``dialogue.order: one_at_a_time``, the released code's order)."""
+        games = ([self._dialogue(batch, training=True)] if self.dialogue_config.order == "lockstep"
+                 else [self._dialogue([problem], training=True) for problem in batch])
+        rounds = sum(len(game.round_seats) for game in games)
+        played = itertools.count(1)
+        self._report_progress(StepProgress(rounds=rounds))
+
+        def after_round() -> None:
+            self._sync_controllers()
+            self._report_progress(StepProgress(rounds_done=next(played), rounds=rounds))
+
+        results = [play(game, learn, after_round=after_round) for game in games]
+        return DialogueResult(records=[r for result in results for r in result.records],
+                              groups=[g for result in results for g in result.groups])
 
     def _gspo(self) -> GSPOUpdate:
         if self.gspo_update is None:
@@ -436,10 +461,12 @@ def check_strategy(strategy: Any) -> None:
                           "on one device")
 
 
-def build_controllers(config: ControllerConfig, roles: Sequence[Role]) -> list[Controller]:
-    """One controller per seat, named after its role (``--model.controllers.seats`` sets the modes of extra seats)."""
+def build_controllers(config: ControllerConfig, roles: Sequence[Role], *, bundles: bool = False) -> list[Controller]:
+    """One controller per seat, named after its role (``--model.controllers.seats`` sets the modes of extra seats;
+    with agent ``bundles`` every proposing seat takes ``controllers.proposer``'s mode, every reviewing seat
+    ``controllers.reviewer``'s)."""
     try:
-        return config.build([(role.name, role.proposes) for role in roles])
+        return config.build([(role.name, role.proposes) for role in roles], bundles=bundles)
     except ValueError as error:
         raise ConfigError(f"--model.controllers.seats: {error}") from None
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from tracer_pl.core.agent import Completion, Messages, sample_counts
+from tracer_pl.core.agent import Completion, Messages, plain_text, sample_counts
 
 
 class PolicyParts(Protocol):
@@ -39,14 +39,27 @@ class PolicyParts(Protocol):
 def render(policy: PolicyParts, prompt: Messages) -> str:
     """The prompt as text, through the tokenizer's chat template, ready for the assistant's turn.
 
-    The policy's ``chat_template_kwargs`` (``--model.backbone.chat_template_kwargs``, e.g. Qwen3's
+    A :func:`~tracer_pl.core.agent.text_prompt` is not templated: it is the text itself, after the tokenizer's
+    beginning-of-sequence token if the tokenizer adds one. The policy's ``chat_template_kwargs`` (``--model.backbone.chat_template_kwargs``, e.g. Qwen3's
     ``enable_thinking``), when it has any, reach the template as variables. Every prompt the engines generate
     from, score or measure (:meth:`~tracer_pl.engines.hf.policy.HFPolicy.check_prompts`, the vLLM engine's
     requests) is rendered here.
     """
+    text = plain_text(prompt)
+    if text is not None:  # a plain-text prompt: as the tokenizer itself would encode it, special tokens included
+        return (policy.tokenizer.bos_token or "") + text if _adds_bos(policy.tokenizer) else text
     template_kwargs = getattr(policy, "chat_template_kwargs", None) or {}
     return policy.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False,
                                                 **template_kwargs)
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts its beginning-of-sequence token before a text it encodes."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
 
 
 def generate(policy: PolicyParts,
