@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 import yaml
 from peft import PeftModel
 
@@ -95,6 +96,28 @@ def test_the_third_role_example_fits_and_tests_with_three_adapters(tmp_path):
 
     report = write_report([tmp_path / "runs/tiny"], tmp_path / "report").read_text()
     assert "| verifier (speak) |" in report and "| proposer (refresh) |" in report
+
+
+@pytest.mark.e2e
+def test_four_agent_bundles_fit_and_test_from_the_command_line_on_the_released_protocol(tmp_path):
+    overlays = ["-c", str(CONFIGS / "protocols" / "released.yaml"),
+                "-c", str(CONFIGS / "examples" / "four_agents.yaml")]
+    seats = ["agent0_proposer", "agent1_reviewer", "agent2_proposer", "agent3_reviewer"]
+    fitted = build_cli(["fit", "-c", TINY, *overlays, "--trainer.limit_train_batches=2"])
+    assert fitted.model.policy.roles == seats
+    adapters = tmp_path / "runs/tiny/logs/version_0/adapters"
+    assert sorted(p.name for p in adapters.iterdir() if p.is_dir()) == seats
+    saved = torch.load(tmp_path / "runs/tiny/checkpoints/last.ckpt", weights_only=True)
+    assert sorted(saved["tracer"]["controllers"]) == sorted(seats)
+    header = (tmp_path / "runs/tiny/logs/version_0/metrics.csv").read_text().splitlines()[0].split(",")
+    assert "controller/agent1_reviewer/p_speak" in header and "train/agent2_proposer/reward" in header
+
+    build_cli(["test", "-c", TINY, *overlays, "--data.test_limit=2", "--ckpt_path=last"])
+    records = (tmp_path / "runs/tiny/logs/version_1/test_records_basic_arithmetic.jsonl").read_text().splitlines()
+    schedule = seats + seats[:3]
+    assert [[t["role"] for t in json.loads(line)["turns"]] for line in records] == [schedule, schedule]
+    with pytest.raises(ConfigError, match="adapters for the roles"):  # a two-seat run cannot load it
+        build_cli(["test", "-c", TINY, "--data.test_limit=2", "--ckpt_path=runs/tiny/checkpoints/last.ckpt"])
 
 
 @pytest.mark.e2e

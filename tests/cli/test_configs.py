@@ -262,3 +262,22 @@ def test_both_protocols_and_speak_rates_per_state_in_one_test_run(tmp_path):
     accuracy = metrics[f"test/{name}/accuracy"]
     assert f"| tiny | {name} | 4 | {accuracy:.3f}" in report and f"| tiny (argmax) | {name} | 4 |" in report
     assert (tmp_path / "report/tiny_regret.png").exists() and (tmp_path / "report/tiny_speak_rates.png").exists()
+
+
+@pytest.mark.parametrize("base", ["configs/tiny.yaml", "configs/quickstart.yaml",
+                                  "configs/gsm8k_qwen2.5-7b_qlora.yaml", "configs/gsm8k_qwen2.5-7b_bf16.yaml"])
+def test_the_released_protocol_stacks_on_every_base_config(base, monkeypatch):
+    """Every decision of configs/protocols/released.yaml reaches the module and the data, whatever the base."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the 7B configs build their trainer as on a GPU
+    cli = build_cli(["-c", str(ROOT / base), "-c", str(ROOT / "configs/protocols/released.yaml")], run=False)
+    module, data = cli.model, cli.datamodule
+    dialogue = module.dialogue_config
+    assert (dialogue.keep_valuation, dialogue.unreadable_refresh, dialogue.order, dialogue.eval_greedy) == (
+        "as_keep", "replaces_pending", "one_at_a_time", False)
+    assert module.controller_config.vote_clip is None and module.gspo_config.include_eos is False
+    assert list(module.evaluation.protocols) == ["argmax"] and data.shuffle is False
+    for role in (module.proposer, module.reviewer):
+        assert (role.prompt_style, role.history_turns) == ("plain", 4)
+    base_only = build_cli(["-c", str(ROOT / base)], run=False).model
+    assert base_only.backbone_config == module.backbone_config  # the preset leaves the model and its sampling
+    assert base_only.proposer.prompt_style == "chat" and base_only.dialogue_config.keep_valuation == "counterfactual"

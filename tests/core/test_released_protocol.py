@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+from tests.helpers.scripted import ScriptedAgent
 from tracer_pl.core.controllers import ProposerController, ReviewerController, StateFeatures
 from tracer_pl.core.dialogue import DialogueConfig, run_dialogues
 from tracer_pl.core.problem import Problem
 from tracer_pl.core.roles import Proposer, Reviewer
 from tracer_pl.core.seats import Seat, agent_bundles
-from tests.helpers.scripted import ScriptedAgent
 
 GOLD = "42"
 PROPOSALS = {"Final answer: 42": "42", "Final answer: 41": "41", "Let me think about it.": None}

@@ -40,7 +40,7 @@ def test_streamed_sources_shuffle_with_a_buffer():
 
 def test_datamodule_sets_names_and_validation(tmp_path):
     dm = ReasoningDataModule(train=str(GSM), test=[str(GSM), str(MATH)], batch_size=3, test_limit=5,
-                             train_limit=10)
+                             train_limit=10, shuffle=True)  # the state dict below predates --data.shuffle
     dm.setup("test")
     assert dm.test_names == ["test_sample64", "test_sample640"] or dm.test_names[0] != dm.test_names[1]
     loaders = dm.test_dataloader()
@@ -49,6 +49,9 @@ def test_datamodule_sets_names_and_validation(tmp_path):
     assert [len(b) for b in batches] == [3, 3, 3] and batches[0][0].dataset == "gsm8k"
     dm.load_state_dict({"consumed": 6, "seed": 42, "train": str(GSM)})
     assert [p.uid for b in dm.train_dataloader() for p in b] == [p.uid for p in batches[2]]
+    in_file_order = ReasoningDataModule(train=str(GSM), batch_size=3, train_limit=10)
+    with pytest.raises(ConfigError, match="--data.shuffle"):  # an old checkpoint trained shuffled
+        in_file_order.load_state_dict({"consumed": 6, "seed": 42, "train": str(GSM)})
     with pytest.raises(ConfigError, match="--data.batch_size"):
         ReasoningDataModule(batch_size=0)
     with pytest.raises(ConfigError, match="--data.test is required"):
@@ -127,3 +130,13 @@ def test_setup_for_fit_reads_the_training_source_first(tmp_path, lines, on_bad_r
     else:
         with pytest.raises(DataError, match=message):
             dm.setup("fit")
+
+
+def test_training_problems_come_in_the_source_order_unless_shuffled():
+    file_order = [json.loads(line)["question"] for line in GSM.read_text().splitlines()[:9]]
+    plain = ReasoningDataModule(train=str(GSM), batch_size=3, train_limit=9, passes=2)
+    questions = [p.question for b in plain.train_dataloader() for p in b]
+    assert questions == file_order * 2  # every pass in the file's order
+    shuffled = ReasoningDataModule(train=str(GSM), batch_size=3, train_limit=9, passes=2, shuffle=True)
+    mixed = [p.question for b in shuffled.train_dataloader() for p in b]
+    assert sorted(mixed[:9]) == sorted(file_order) and mixed[:9] != file_order and mixed[:9] != mixed[9:]

@@ -53,8 +53,10 @@ class StateFeatures:
 
 
 def vote_bucket(has_pending: bool, pending_parseable: bool, vote: int, clip: int | None = 2) -> str:
-    """``none`` when nothing is pending, ``invalid`` when its answer is unparseable, else the vote (clipped to
-    ``[-clip, clip]`` unless ``clip`` is None)."""
+    """``none`` when nothing is pending, ``invalid`` when its answer is unparseable, else the vote.
+
+    The vote is clipped to ``[-clip, clip]`` unless ``clip`` is None.
+    """
     if not has_pending:
         return "none"
     if not pending_parseable:
@@ -325,8 +327,11 @@ class ControllerConfig:
         return controllers
 
     def mode(self, index: int, name: str, proposes: bool | None = None) -> str:
-        """The mode of seat ``index``: ``seats[name]`` if given, else ``proposer``/``reviewer`` for the first two
-        seats (for every proposing/reviewing seat when ``proposes`` is given: agent bundles), else ``learned``."""
+        """The mode of seat ``index``.
+
+        ``seats[name]`` if given, else ``proposer``/``reviewer`` for the first two seats (for every proposing/
+        reviewing seat when ``proposes`` is given: agent bundles), else ``learned``.
+        """
         if name in self.seats:
             return self.seats[name]
         if proposes is not None:

@@ -382,7 +382,7 @@ class Dialogue:
 
     def speak(self, current: Round) -> None:
         """The fresh utterance of every speaker, and one counterfactual sample per valued silent decision."""
-        role, controller = current.seat.role, current.seat.controller
+        role = current.seat.role
         wanted = [d for d in current.decisions if d.action == 1 or self._counterfactual_wanted(current.seat, d)]
         if not wanted:
             return
@@ -456,8 +456,10 @@ class Dialogue:
 
     # ------------------------------------------------------------------ applying utterances
     def _apply_proposal(self, record: DialogueRecord, turn: Turn) -> None:
-        """A new proposal becomes pending (vote reset), unless it is unparseable and a parseable one is pending
-        (``unreadable_refresh: keeps_pending``)."""
+        """A new proposal becomes pending (vote reset).
+
+        Not when it is unparseable and a parseable one is pending, under ``unreadable_refresh: keeps_pending``.
+        """
         answer = turn.parsed
         if not replaces_pending(answer, record.pending_answer,
                                 self.config.unreadable_refresh == "replaces_pending"):

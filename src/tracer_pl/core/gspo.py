@@ -217,8 +217,10 @@ def _token_ratio(token_logp: torch.Tensor, old_token_logp: torch.Tensor, mask: t
 
 
 def without_stop_tokens(mask: torch.Tensor, stopped: torch.Tensor) -> torch.Tensor:
-    """``mask`` (``[N, C]``, 1 on completion tokens, left-aligned) with the last token of every ``stopped`` row
-    removed: the end-of-sequence token of a completion that ended on one. A row of one token keeps it."""
+    """``mask`` (``[N, C]``, 1 on completion tokens, left-aligned) without the last token of every ``stopped`` row.
+
+    That token is the end-of-sequence token of a completion that ended on one. A row of one token keeps it.
+    """
     lengths = mask.sum(-1)
     drop = stopped.to(torch.bool) & (lengths > 1)
     out = mask.clone()

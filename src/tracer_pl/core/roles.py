@@ -217,12 +217,22 @@ class Role(ABC):
 
     # ---------------------------------------------------------------- built on the hooks
     def messages(self, view: DialogueView) -> Messages:
-        """The prompt: the system message (if any) and :meth:`render` as chat messages, or with
-        ``prompt_style: plain`` the text of :meth:`render_plain` (no chat template, no system message)."""
+        """The prompt: the system message (if any) and :meth:`render` as chat messages.
+
+        With ``prompt_style: plain``, the text of :meth:`render_plain` (no chat template, no system message).
+        """
         if self.prompt_style == "plain":
             return text_prompt(self.render_plain(view))
         prompt: Messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return prompt + [{"role": "user", "content": self.render(view)}]
+
+    def utterances_in_prompt(self) -> int:
+        """The most earlier utterances a prompt of this role shows.
+
+        The pending solution and the latest review, or with ``prompt_style: plain`` the pending solution and
+        ``history_turns`` utterances.
+        """
+        return 1 + (self.history_turns if self.prompt_style == "plain" else 1)
 
     def prompt_text(self, view: DialogueView) -> str:
         """The prompt as one string: :meth:`render`, or :meth:`render_plain` with ``prompt_style: plain``."""
@@ -237,8 +247,11 @@ class Role(ABC):
         return self.system_prompt
 
     def render_plain(self, view: DialogueView) -> str:
-        """The released code's prompt layout: the task, the dataset, the question, the pending solution, the last
-        ``history_turns`` utterances of the dialogue (its round, seat and kind) and a cue line."""
+        """The released code's prompt layout, as plain text.
+
+        The task, the dataset, the question, the pending solution, the last ``history_turns`` utterances of the
+        dialogue (each with its round, seat and kind) and a cue line.
+        """
         parts = [self.plain_instruction(view), f"Dataset: {view.problem.dataset}",
                  f"Question:\n{view.problem.question}"]
         if view.pending_text is not None:

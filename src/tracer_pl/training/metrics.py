@@ -120,7 +120,8 @@ def regret_bound_terms(decisions_per_round: int, dialogue: DialogueConfig) -> di
     """What ``tracer-pl report`` needs to draw the regret bound that holds for this run.
 
     A round draws the decisions of all ``B`` problems of the batch (of every process) before updating, so up to
-    ``B`` updates of a state use one strategy; the bound on cumulative regret then grows to ``2*sqrt(2*B*M)``
+    ``B`` updates of a state use one strategy (``B = 1`` per process with ``dialogue.order: one_at_a_time``); the
+    bound on cumulative regret then grows to ``2*sqrt(2*B*M)``
     (:func:`tracer_pl.core.regret.regret_bound`). Importance-weighted values (no counterfactual) are not bounded by 1,
     and neither is the regret: ``controller/regret_unbounded`` says so.
     """

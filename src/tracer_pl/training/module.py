@@ -165,8 +165,10 @@ class TracerModule(L.LightningModule):
 
     @property
     def roles(self) -> tuple[Role, ...]:
-        """Every seat's role: the proposer, the reviewer, then ``extra_roles``; with ``dialogue.num_agents > 2``
-        the agent bundles' seats (:func:`~tracer_pl.core.seats.agent_bundles`)."""
+        """Every seat's role: the proposer, the reviewer, then ``extra_roles``.
+
+        With ``dialogue.num_agents > 2``, the agent bundles' seats (:func:`~tracer_pl.core.seats.agent_bundles`).
+        """
         return tuple(self._seat_roles)
 
     @property
@@ -209,8 +211,10 @@ class TracerModule(L.LightningModule):
         return {"records": result.records}
 
     def _play_training(self, batch: Sequence[Problem], learn: dict[str, Callable[..., None]]) -> DialogueResult:
-        """The batch's training dialogues: in lockstep, or each problem's whole dialogue in turn
-        (``dialogue.order: one_at_a_time``, the released code's order)."""
+        """The batch's training dialogues, in lockstep or one problem after another.
+
+        ``dialogue.order: one_at_a_time`` (the released code's order) plays each problem's whole dialogue in turn.
+        """
         games = ([self._dialogue(batch, training=True)] if self.dialogue_config.order == "lockstep"
                  else [self._dialogue([problem], training=True) for problem in batch])
         rounds = sum(len(game.round_seats) for game in games)
@@ -264,7 +268,8 @@ class TracerModule(L.LightningModule):
         metrics["train/completion_tokens_per_problem"] = sum(r.completion_tokens for r in records) / len(records)
         metrics["train/calls_per_problem"] = sum(r.calls for r in records) / len(records)
         if self.algorithm == "tracer":
-            metrics.update(regret_bound_terms(len(records) * self.trainer.world_size, self.dialogue_config))
+            in_lockstep = len(records) if self.dialogue_config.order == "lockstep" else 1
+            metrics.update(regret_bound_terms(in_lockstep * self.trainer.world_size, self.dialogue_config))
         for controller in self.controllers if self.algorithm == "tracer" else ():
             metrics[seat_key("controller", controller.name, "avg_regret")] = worst_average_regret(controller)
         nonfinite = sum(t.nonfinite_values for r in records for t in r.turns)
@@ -462,9 +467,11 @@ def check_strategy(strategy: Any) -> None:
 
 
 def build_controllers(config: ControllerConfig, roles: Sequence[Role], *, bundles: bool = False) -> list[Controller]:
-    """One controller per seat, named after its role (``--model.controllers.seats`` sets the modes of extra seats;
-    with agent ``bundles`` every proposing seat takes ``controllers.proposer``'s mode, every reviewing seat
-    ``controllers.reviewer``'s)."""
+    """One controller per seat, named after its role.
+
+    ``--model.controllers.seats`` sets the modes of extra seats; with agent ``bundles`` every proposing seat takes
+    ``controllers.proposer``'s mode, every reviewing seat ``controllers.reviewer``'s.
+    """
     try:
         return config.build([(role.name, role.proposes) for role in roles], bundles=bundles)
     except ValueError as error:

@@ -40,8 +40,9 @@ def render(policy: PolicyParts, prompt: Messages) -> str:
     """The prompt as text, through the tokenizer's chat template, ready for the assistant's turn.
 
     A :func:`~tracer_pl.core.agent.text_prompt` is not templated: it is the text itself, after the tokenizer's
-    beginning-of-sequence token if the tokenizer adds one. The policy's ``chat_template_kwargs`` (``--model.backbone.chat_template_kwargs``, e.g. Qwen3's
-    ``enable_thinking``), when it has any, reach the template as variables. Every prompt the engines generate
+    beginning-of-sequence token if the tokenizer adds one. The policy's ``chat_template_kwargs``
+    (``--model.backbone.chat_template_kwargs``, e.g. Qwen3's ``enable_thinking``), when it has any, reach the
+    template as variables. Every prompt the engines generate
     from, score or measure (:meth:`~tracer_pl.engines.hf.policy.HFPolicy.check_prompts`, the vLLM engine's
     requests) is rendered here.
     """

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tracer_pl.core.agent import Completion, Messages
 from tracer_pl.core.problem import Problem
-from tracer_pl.core.roles import DialogueView, Role
+from tracer_pl.core.roles import DialogueView, Role, Utterance
 from tracer_pl.engines.base import BackboneConfig
 from tracer_pl.engines.hf import export, generation, scoring
 from tracer_pl.engines.hf.export import RunSummary
@@ -253,9 +253,10 @@ class HFPolicy(torch.nn.Module):
     def check_prompts(self, problems: Sequence[Problem], roles: Sequence[Role]) -> None:
         """Refuse a problem whose dialogue cannot fit in the model's context, before anything is generated.
 
-        A prompt holds the question, at most one pending solution and one review (each at most ``max_new_tokens``
-        tokens), so a turn needs at most the rendered prompt with one-letter ones, plus ``2 * max_new_tokens``
-        for them, plus ``max_new_tokens`` for the completion.
+        A prompt holds the question and at most :meth:`~tracer_pl.core.roles.Role.utterances_in_prompt` earlier
+        utterances (a pending solution and a review; a ``plain`` prompt's history), each at most
+        ``max_new_tokens`` tokens, so a turn needs at most the rendered prompt with one-letter ones, plus
+        ``max_new_tokens`` for each of them and for the completion.
 
         Raises:
             DataError: A turn of some problem can need more tokens than the model's context.
@@ -264,18 +265,23 @@ class HFPolicy(torch.nn.Module):
         if context is None:
             return
         for problem in problems:
-            view = DialogueView(problem=problem, pending_text="x", pending_answer="x", review_text="x",
-                                round_index=2)
-            longest = max(len(self.tokenizer(self.render(role.messages(view)), add_special_tokens=False)
-                              ["input_ids"]) for role in roles)
-            needed = longest + 3 * self.max_new_tokens
+            needed = max(self._turn_tokens(problem, role) for role in roles)
             if needed > context:
                 raise DataError(
-                    f"{problem.uid}: a turn of this problem can need {needed} tokens (the prompt with a pending "
-                    f"solution and a review, plus 3 x --model.backbone.max_new_tokens {self.max_new_tokens}), more "
-                    f"than the model's context of {context}; shorten or drop the question, or lower "
-                    "--model.backbone.max_new_tokens"
+                    f"{problem.uid}: a turn of this problem can need {needed} tokens (the prompt with every earlier "
+                    f"utterance it shows, each up to --model.backbone.max_new_tokens {self.max_new_tokens}, plus the "
+                    f"completion), more than the model's context of {context}; shorten or drop the question, or "
+                    "lower --model.backbone.max_new_tokens"
                 )
+
+    def _turn_tokens(self, problem: Problem, role: Role) -> int:
+        """The most tokens a turn of ``role`` on ``problem`` can need (see :meth:`check_prompts`)."""
+        shown = role.utterances_in_prompt()
+        history = tuple(Utterance(r, role.name, "review", "x") for r in range(1, shown + 1))
+        view = DialogueView(problem=problem, pending_text="x", pending_answer="x", review_text="x", round_index=2,
+                            history=history)
+        prompt = len(self.tokenizer(self.render(role.messages(view)), add_special_tokens=False)["input_ids"])
+        return prompt + (shown + 1) * self.max_new_tokens
 
     def check_adapter_keys(self, saved: set[str]) -> None:
         """Refuse adapter weights (state-dict keys relative to this policy) that are not this policy's adapters.
