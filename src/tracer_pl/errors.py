@@ -45,3 +45,9 @@ def require_between(value: object, flag: str, low: float, high: float) -> None:
     """:func:`require` that ``value`` is a number (not a bool) in ``[low, high]``."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     require(number and low <= value <= high, flag, f"between {low} and {high}", value)  # type: ignore[operator]
+
+
+def require_whole_between(value: object, flag: str, low: int, high: int) -> None:
+    """:func:`require` that ``value`` is a whole number (not a bool) in ``[low, high]``."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    require(whole and low <= value <= high, flag, f"a whole number between {low} and {high}", value)  # type: ignore[operator]

@@ -136,3 +136,17 @@ def test_leaving_eos_out_changes_the_length_and_the_sum_of_the_ratio():
     # uniform p = 1/2: d log p(i)/d logit_j = [i == j] - 1/2
     assert torch.allclose(grad_with, torch.tensor([0.0, 0.0]), atol=1e-7)  # (1 - .5 + 0 - .5) / 2 = 0, both
     assert torch.allclose(grad_without, torch.tensor([-0.5, 0.5]))  # -(1 - 1/2), -(0 - 1/2)
+
+
+@pytest.mark.parametrize(("build", "flag"), [
+    (lambda: DialogueConfig(rounds=2.5), "--model.dialogue.rounds"),
+    (lambda: DialogueConfig(num_agents=True), "--model.dialogue.num_agents"),
+    (lambda: ControllerConfig(variant="rm++"), "--model.controllers.variant"),
+    (lambda: ControllerConfig(proposer="always_speak"), "--model.controllers.proposer"),
+    (lambda: ControllerConfig(argmax_tie="random"), "--model.controllers.argmax_tie"),
+    (lambda: ControllerConfig(vote_clip=1.5), "--model.controllers.vote_clip"),
+    (lambda: ControllerConfig(seed=-1), "--model.controllers.seed"),
+])
+def test_python_built_settings_are_checked_as_the_command_line_checks_them(build, flag):
+    with pytest.raises(ConfigError, match=f"^{flag} must be"):
+        build()

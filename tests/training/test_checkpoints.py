@@ -135,7 +135,8 @@ def test_a_named_pipe_given_as_ckpt_path_ends_the_command_instead_of_blocking(tm
     os.mkfifo(tmp_path / "pipe.ckpt")
     refused = "--ckpt_path pipe.ckpt: is a named pipe \\(FIFO\\), not a checkpoint file"
     with no_hang(tmp_path / "pipe.ckpt"), pytest.raises(CheckpointError, match=refused):
-        build_cli([command, "-c", TINY, "--trainer.logger=false", "--ckpt_path=pipe.ckpt"])
+        build_cli([command, "-c", TINY, "--trainer.logger=false", "--trainer.limit_val_batches=1.0",
+                   "--ckpt_path=pipe.ckpt"])
 
 
 @pytest.mark.usefixtures("run_dir")

@@ -103,7 +103,7 @@ def test_evaluate_refuses_a_socket_as_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "ckpt_path, message",
     [
-        ("last", "--ckpt_path last: no last.ckpt saved by a checkpoint callback of the trainer"),
+        ("last", "--ckpt_path last: the trainer has no checkpoint callback to find the last checkpoint of"),
         ("best", "--ckpt_path best: the trainer has no ModelCheckpoint that saved a best model"),
     ],
 )

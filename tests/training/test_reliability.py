@@ -199,7 +199,7 @@ def test_unreadable_and_undecodable_files(tmp_path):
         list(load_problems(str(tmp_path) + os.sep))
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(b'{"question": "caf\xe9", "answer": "#### 1"}\n')
-    with pytest.raises(DataError, match="latin.jsonl: not UTF-8 text"):
+    with pytest.raises(DataError, match="latin.jsonl line 1: not UTF-8 text"):
         list(load_problems(str(latin)))
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({"rows": 3}))
@@ -499,6 +499,7 @@ def resume_checkpoint():
     cli = build_cli(TINY_ARGS[1:], run=False)  # run=False takes no subcommand
     checkpoint = {
         "state_dict": {},
+        "pytorch-lightning_version": L.__version__,
         "hyper_parameters": dict(cli.model.hparams),
         "ReasoningDataModule": {"consumed": 2, "settings": cli.datamodule.resume_settings()},
         checkpoints.RUN_KEY: checkpoints.run_settings(cli.trainer),
@@ -512,7 +513,7 @@ def resume_checkpoint():
     [
         (GSPOConfig, dict(group_size=100_000), "--model.gspo.group_size must be between 2 and 256"),
         (BackboneConfig, dict(max_new_tokens=10**6), "--model.backbone.max_new_tokens must be between 1 and"),
-        (DialogueConfig, dict(rounds=1000), "--model.dialogue.rounds must be between 1 and 99"),
+        (DialogueConfig, dict(rounds=1000), "--model.dialogue.rounds must be a whole number between 1 and 99"),
     ],
 )
 def test_settings_beyond_sane_bounds_are_refused_before_loading(config, fields, message):

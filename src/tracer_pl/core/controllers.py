@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from tracer_pl.core.regret import RegretMatcher
-from tracer_pl.errors import require_between
+from tracer_pl.errors import require, require_whole_between
 from tracer_pl.keys import average_speaking_rate, speaking_rate, state_key
 
 ControllerState = tuple[str, ...]
@@ -306,8 +306,15 @@ class ControllerConfig:
     vote_clip: int | None = 2
 
     def __post_init__(self) -> None:
+        flag = "--model.controllers."
         if self.vote_clip is not None:
-            require_between(self.vote_clip, "--model.controllers.vote_clip", 0, 99)
+            require_whole_between(self.vote_clip, flag + "vote_clip", 0, 99)
+        require(self.variant in ("rm", "rm+"), flag + "variant", "rm or rm+", self.variant)
+        require(self.argmax_tie in ("silent", "speaking"), flag + "argmax_tie", "silent or speaking", self.argmax_tie)
+        for name, allowed in (("proposer", ("learned", "frozen", "always_refresh", "always_keep")),
+                              ("reviewer", ("learned", "frozen", "always_speak", "always_skip"))):
+            require(getattr(self, name) in allowed, flag + name, " or ".join(allowed), getattr(self, name))
+        require_whole_between(self.seed, flag + "seed", 0, 2**32 - 1)
 
     def build(self, seats: Sequence[SeatSpec] = TRACER_SEATS, *, bundles: bool = False) -> list[Controller]:
         """A fresh controller per seat, named after its role: the first two are TRACER's proposer and reviewer.

@@ -36,7 +36,7 @@ from tracer_pl.core.gspo import ZERO_SIGNAL_STD, group_advantages
 from tracer_pl.core.problem import Problem
 from tracer_pl.core.roles import RIGHT, WRONG, DialogueView, Utterance, is_correct, replaces_pending
 from tracer_pl.core.seats import Seat, turn_order
-from tracer_pl.errors import require, require_between
+from tracer_pl.errors import require, require_whole_between
 
 
 @dataclass
@@ -89,8 +89,8 @@ class DialogueConfig:
 
     def __post_init__(self) -> None:
         flag = "--model.dialogue."
-        require_between(self.rounds, flag + "rounds", 1, 99)
-        require_between(self.num_agents, flag + "num_agents", 2, 16)
+        require_whole_between(self.rounds, flag + "rounds", 1, 99)
+        require_whole_between(self.num_agents, flag + "num_agents", 2, 16)
         for name, allowed in [("invalid_pending", ("refresh", "decide")),
                               ("keep_valuation", ("counterfactual", "as_keep")),
                               ("unreadable_refresh", ("keeps_pending", "replaces_pending")),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from tracer_pl.core.problem import Problem
-from tracer_pl.data.sources import BENCHMARKS, BadRows, OnBadRow, load_problems, source_name
+from tracer_pl.data.sources import BENCHMARKS, BadRows, OnBadRow, check_field_map, load_problems, source_name
 from tracer_pl.errors import ConfigError, DataError
 from tracer_pl.training import checkpoints
 
@@ -116,7 +117,9 @@ class ProblemStream(IterableDataset):
                      usable % chunk)
 
     def __iter__(self) -> Iterator[Problem]:
-        return itertools.islice(self.mine(), self.start, None)
+        """The problems, after ``start`` of them the first time (a resumed epoch); every later pass in full."""
+        start, self.start = self.start, 0
+        return itertools.islice(self.mine(), start, None)
 
 
 class ReasoningDataModule(L.LightningDataModule):
@@ -161,9 +164,9 @@ class ReasoningDataModule(L.LightningDataModule):
         shuffle: bool = False,
     ) -> None:
         super().__init__()
-        self.train = train
-        self.test = [test] if isinstance(test, str) else list(test or [])
-        self.val = [val] if isinstance(val, str) else list(val or [])
+        self.train = os.fspath(train) if isinstance(train, os.PathLike) else train
+        self.test = [os.fspath(s) if isinstance(s, os.PathLike) else s for s in _listed(test)]
+        self.val = [os.fspath(s) if isinstance(s, os.PathLike) else s for s in _listed(val)]
         self.batch_size = batch_size
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.train_limit, self.test_limit, self.passes, self.seed = train_limit, test_limit, passes, seed
@@ -177,11 +180,24 @@ class ReasoningDataModule(L.LightningDataModule):
         self._stream: ProblemStream | None = None
 
     def _validate(self) -> None:
+        for flag, source in [("train", self.train), *(("test", s) for s in self.test), *(("val", s) for s in self.val)]:
+            if source is not None and (not isinstance(source, str) or not source.strip()):
+                raise ConfigError(f"--data.{flag} must name a source (a benchmark, a file path, a hub id or "
+                                  f"reasoning_gym:<task>), got {source!r}")
+        if self.on_bad_row not in ("raise", "skip"):
+            raise ConfigError(f"--data.on_bad_row must be raise or skip, got {self.on_bad_row!r}")
+        check_field_map(self.field_map)
         for flag, value, minimum in [("batch_size", self.batch_size, 1), ("eval_batch_size", self.eval_batch_size, 1),
                                      ("passes", self.passes, 1), ("shuffle_buffer", self.shuffle_buffer, 1),
                                      ("train_limit", self.train_limit, 1), ("test_limit", self.test_limit, 1)]:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"--data.{flag} must be a whole number, got {value!r}")
             if value is not None and value < minimum:
                 raise ConfigError(f"--data.{flag} must be at least {minimum}, got {value}")
+        for flag, sources in (("test", self.test), ("val", self.val)):
+            repeated = sorted({source for source in sources if sources.count(source) > 1})
+            if repeated:
+                raise ConfigError(f"--data.{flag} names {repeated[0]!r} more than once; each set is evaluated once")
 
     @property
     def test_names(self) -> list[str]:
@@ -255,7 +271,10 @@ class ReasoningDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        reloaded = self._stream is not None
         self._stream = self.train_stream(rank, world)
+        if reloaded:  # a later epoch's loader: the resumed position belonged to the epoch it was saved in
+            self._stream.start = 0
         return DataLoader(self._stream, batch_size=self.batch_size, collate_fn=list)
 
     @property
@@ -305,6 +324,12 @@ class ReasoningDataModule(L.LightningDataModule):
         saved.setdefault("data.shuffle", True)  # checkpoints from before the setting existed trained shuffled
         checkpoints.check_data(saved, self.resume_settings())
         self._consumed = int(state_dict["consumed"])
+        self._stream = None  # the next loader starts at this position
+
+
+def _listed(sources: Any) -> list[Any]:
+    """One source or several as a list (a path object is one source)."""
+    return [sources] if isinstance(sources, (str, os.PathLike)) else list(sources or [])
 
 
 def file_digest(source: str | None) -> str | None:
@@ -322,5 +347,20 @@ def file_digest(source: str | None) -> str | None:
 
 
 def _names(sources: list[str]) -> list[str]:
+    """A distinct name per evaluation set (its metric keys and records file).
+
+    The source's short name, numbered by position where several share it, and numbered further where that number
+    is another set's own name: ``a/x.jsonl``, ``b/x.jsonl`` and ``x1.jsonl`` become ``x0``, ``x1_2`` and ``x1``.
+    """
     names = [source_name(s) for s in sources]
-    return [f"{n}{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+    wanted = [f"{n}{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+    reserved = {n for n in names if names.count(n) == 1}  # a set whose name is its own keeps it
+    taken: set[str] = set()
+    result = []
+    for name, own in zip(wanted, (names.count(n) == 1 for n in names)):
+        unique, k = name, 2
+        while unique in taken or (not own and unique in reserved):
+            unique, k = f"{name}_{k}", k + 1
+        taken.add(unique)
+        result.append(unique)
+    return result

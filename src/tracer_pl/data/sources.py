@@ -8,9 +8,10 @@
 * a local file: ``*.jsonl`` (one object per line), ``*.json`` (a list of objects, or ``{"data": [...]}``),
   ``*.parquet``, ``*.csv``/``*.tsv`` (every cell read as text) or ``*.arrow``; or a local directory: one saved
   with ``Dataset.save_to_disk`` or holding data files as a hub repository does (``?split=<name>`` chooses among its
-  splits). JSONL is read line by line here, so that every error names its line and a broken line is one bad row;
-  everything else goes through ``datasets`` (``load_dataset``, or ``load_from_disk`` for a saved dataset, which
-  ``load_dataset`` refuses);
+  splits). JSONL is read line by line here, so that every error names its line and a broken line (invalid JSON, a
+  byte that is not UTF-8) is one bad row; JSON is read here too. Both keep every number exactly as written
+  (``0.00005``, ``12345678901234567890``). Everything else goes through ``datasets`` (``load_dataset``, or
+  ``load_from_disk`` for a saved dataset, which ``load_dataset`` refuses);
 * ``reasoning_gym:<task>`` with optional ``?size=200&seed=1&<task option>=...``: problems generated offline by
   the ``reasoning-gym`` package, e.g. ``reasoning_gym:basic_arithmetic?size=500&max_terms=3&operators=+,-``
   (a comma makes a tuple). Test sets are generated with ``seed + 1_000_000``: reasoning-gym seeds item *i* with
@@ -19,7 +20,8 @@
 The format of files and of hub datasets other than the benchmarks is told from their first row: GSM8K-style
 (``question``/``answer`` with ``####``), MATH-style (``problem``/``answer`` or ``solution``), GPQA-style, TRL-style
 (``prompt``/``solution``; a ``prompt`` of chat messages gives its last user message) or plain
-``question``/``gold``; other columns are mapped with ``field_map``.
+``question``/``gold``; other columns are mapped with ``field_map`` (keys ``question``, ``gold``, ``uid``). A gold
+that is a worked solution gives its final answer: the number after ``####``, or its last box.
 
 Every row becomes a :class:`~tracer_pl.core.problem.Problem` or a :class:`~tracer_pl.errors.DataError` naming the
 source, the row (1-based line number for JSONL), the field and what was expected. With ``on_bad_row="skip"`` bad
@@ -31,25 +33,27 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import json
 import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from tracer_pl.core.problem import Problem
-from tracer_pl.errors import DataError
+from tracer_pl.errors import ConfigError, DataError
 from tracer_pl.grading.answers import format_choices, get_answer_format, gsm8k_gold, last_boxed, shuffle_choices
 
 OnBadRow = Literal["raise", "skip"]
 MAX_FIELD_CHARS = 200_000
 """A longer question or answer is a bad row: no model's context holds it, and tokenizing it is already slow."""
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow")
-DATASETS_BUILDERS = {".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}
-"""The ``datasets`` builder that reads each local file type (JSONL is read here, line by line)."""
+DATASETS_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}
+"""The ``datasets`` builder that reads each local file type (JSON and JSONL are read here, their numbers exactly)."""
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 """A dataset id on the Hugging Face hub: ``owner/name``."""
 HUB_OPTIONS = ("config", "split", "revision")
@@ -128,6 +132,11 @@ def load_problems(
     """
     if answer_format is not None:
         get_answer_format(answer_format)  # fail early on a typo
+    check_field_map(field_map)
+    source = os.fspath(source) if isinstance(source, os.PathLike) else source
+    if not isinstance(source, str) or not source.strip():
+        raise DataError(f"expected a data source (a benchmark name, a file path, a hub id or reasoning_gym:<task>), "
+                        f"got {source!r}")
     convert: Converter | None = None  # detected from the first row
     if source.startswith("reasoning_gym:"):
         rows: Iterable[tuple[str, dict]] = _reasoning_gym_rows(source, split, seed)
@@ -163,6 +172,28 @@ def load_problems(
         yield problem
 
 
+FIELD_MAP_KEYS = ("question", "gold", "uid")
+"""What ``field_map`` maps: the question, the gold answer and (optionally) the problem id."""
+
+
+def check_field_map(field_map: Mapping[str, str] | None) -> None:
+    """Refuse a ``field_map`` with a key it does not know, or a column name that is not a non-empty string.
+
+    A misspelled key (``questoin``) would otherwise leave the default column in use, in silence.
+    """
+    if field_map is None:
+        return
+    if not isinstance(field_map, Mapping):
+        raise ConfigError(f"--data.field_map must map {'/'.join(FIELD_MAP_KEYS)} to column names, got {field_map!r}")
+    unknown = [key for key in field_map if key not in FIELD_MAP_KEYS]
+    if unknown:
+        raise ConfigError(f"--data.field_map: unknown key {unknown[0]!r}; it maps only {', '.join(FIELD_MAP_KEYS)} "
+                          "to column names (e.g. {question: prompt, gold: target})")
+    for key, column in field_map.items():
+        if not isinstance(column, str) or not column.strip():
+            raise ConfigError(f"--data.field_map: {key!r} must name a column, got {column!r}")
+
+
 # ---------------------------------------------------------------------- row readers
 
 
@@ -194,6 +225,8 @@ def _local_rows(source: str, split: str) -> Iterator[tuple[str, dict]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         yield from _jsonl_rows(path)
+    elif suffix == ".json":
+        yield from ((f"{path.name} row {i}", row) for i, row in enumerate(_json_file_rows(path), start=1))
     elif suffix in DATASETS_BUILDERS:
         yield from ((f"{path.name} row {i}", row) for i, row in enumerate(_datasets_file(path, suffix), start=1))
     else:
@@ -202,33 +235,102 @@ def _local_rows(source: str, split: str) -> Iterator[tuple[str, dict]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    """JSONL line by line: errors name the line, and a line that is not JSON is one bad row, not a broken file."""
+    """JSONL line by line: errors name the line, and a line that is not JSON (or not UTF-8) is one bad row.
+
+    Lines are split on line feeds, carriage returns or both, as in text mode, but decoded one at a time, so a bad byte
+    deep in a large file is reported at its line (a text-mode read fails in the middle of a block, at an offset
+    within it) and ``on_bad_row="skip"`` skips just that row.
+    """
     try:
-        handle = path.open(encoding="utf-8-sig")  # utf-8-sig: a leading byte-order mark is dropped
+        handle = path.open("rb")
     except OSError as error:
         raise DataError(f"{path}: cannot open ({error.strerror})") from None
+    number = 0
     with handle:
-        try:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
+        for block in handle:
+            for raw in block.splitlines():
+                number += 1
                 where = f"{path.name} line {number}"
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:  # handed on, so on_bad_row decides: raise or skip
-                    row = DataError(f"{where}: invalid JSON ({error.msg} at column {error.colno})")
-                yield where, row
-        except UnicodeDecodeError as error:
-            raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading byte-order mark is dropped
+                except UnicodeDecodeError as error:
+                    yield where, DataError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start + 1} of "
+                                           "the line)")
+                    continue
+                if line.strip():
+                    yield where, _json_value(line, where)
+
+
+class _RepeatedKeyError(ValueError):
+    """A JSON object that gives one key twice."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a repeated key (which would keep its last value in silence)."""
+    row = dict(pairs)
+    if len(row) < len(pairs):
+        raise _RepeatedKeyError(next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i])))
+    return row
+
+
+def _json_value(text: str, where: str) -> Any:
+    """One JSON document, its numbers read exactly (``0.00005`` stays ``0.00005``, not the float ``5e-05``).
+
+    A text that is not JSON gives the :class:`DataError` (handed on, so ``on_bad_row`` decides: raise or skip).
+    """
+    try:
+        return json.loads(text, parse_float=Decimal, object_pairs_hook=_object)
+    except _RepeatedKeyError as error:
+        return DataError(f"{where}: the key {error.args[0]!r} is given twice in one object (JSON readers keep the "
+                         "last in silence)")
+    except json.JSONDecodeError as error:
+        return DataError(f"{where}: invalid JSON ({error.msg} at line {error.lineno} column {error.colno})"
+                         if error.lineno > 1 else f"{where}: invalid JSON ({error.msg} at column {error.colno})")
+    except RecursionError:
+        return DataError(f"{where}: invalid JSON (nested too deeply to read)")
+    except ValueError as error:  # an integer of thousands of digits (Python's int conversion limit)
+        return DataError(f"{where}: invalid JSON ({error})")
+
+
+def _json_file_rows(path: Path) -> list[Any]:
+    """The rows of a ``.json`` file: a list of objects, or ``{"data": [...]}``; numbers read exactly.
+
+    Read here rather than by ``datasets``, whose reader turns numbers into floats (``12345678901234567890.5``
+    arrives as ``1.23456789e+19``), so that a gold is the number the file holds.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot open ({error.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is not JSON
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at line {line})") from None
+    if not text.strip():
+        return []
+    value = _json_value(text, str(path))
+    if isinstance(value, DataError):
+        if "Extra data" in str(value):
+            raise DataError(f"{path}: expected one JSON value, found several (JSON Lines? then name the file "
+                            ".jsonl)")
+        raise DataError(str(value).replace(": invalid JSON (", ": cannot read as JSON (", 1))
+    if isinstance(value, dict):
+        if not isinstance(value.get("data"), list):
+            raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}), found an object "
+                            "without a 'data' list")
+        value = value["data"]
+    if not isinstance(value, list):
+        found = {str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+        raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}), found {found}")
+    return value
 
 
 def _datasets_file(path: Path, suffix: str) -> Iterable[dict]:
     """The rows of a local file read by ``datasets.load_dataset`` (an empty file has none)."""
     builder = DATASETS_BUILDERS[suffix]
     options: dict[str, Any] | None = {}
-    if builder == "json":
-        options = _json_options(path)
-    elif builder == "csv":
+    if builder == "csv":
         options = _csv_options(path, "\t" if suffix == ".tsv" else ",")
     if options is None or path.stat().st_size == 0:
         return []
@@ -241,29 +343,8 @@ def _datasets_file(path: Path, suffix: str) -> Iterable[dict]:
         if _no_rows(error):
             return []
         cause = _innermost(error)
-        if builder == "json" and "field" in options and isinstance(cause, KeyError):
-            raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}), found an object "
-                            "without a 'data' list") from None
-        if builder == "json" and "trailing data" in str(cause).lower():
-            raise DataError(f"{path}: expected one JSON value, found several (JSON Lines? then name the file "
-                            ".jsonl)") from None
-        kind = {"json": "JSON (a list of objects, or {'data': [...]})", "parquet": "Parquet", "csv": "CSV",
-                "arrow": "an Arrow file"}[builder]
+        kind = {"parquet": "Parquet", "csv": "CSV", "arrow": "an Arrow file"}[builder]
         raise DataError(f"{path}: cannot read as {kind} ({_reason(cause)})") from None
-
-
-def _json_options(path: Path) -> dict[str, Any] | None:
-    """How ``datasets`` reads a ``.json`` file: a list as it is, ``{"data": [...]}`` by its field; None if blank."""
-    with path.open("rb") as handle:
-        head = handle.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()  # a byte-order mark is not JSON
-    if not head:
-        return None
-    if head[:1] == b"[":
-        return {}
-    if head[:1] == b"{":
-        return {"field": "data"}
-    found = {b'"': "a string", b"t": "a boolean", b"f": "a boolean", b"n": "null"}.get(head[:1], "a number")
-    raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}), found {found}")
 
 
 def _csv_options(path: Path, delimiter: str) -> dict[str, Any] | None:
@@ -424,7 +505,11 @@ TEST_SEED_OFFSET = 1_000_000
 
 def _reasoning_gym_rows(source: str, split: str, seed: int) -> Iterator[tuple[str, dict]]:
     task, _, query = source.split(":", 1)[1].partition("?")
-    options: dict[str, Any] = dict(_option(pair, source) for pair in query.split("&") if pair)
+    pairs = [_option(pair, source) for pair in query.split("&") if pair]
+    options: dict[str, Any] = dict(pairs)
+    if len(options) < len(pairs):
+        repeated = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
+        raise DataError(f"{source}: option {repeated!r} is given more than once")
     size = _whole_number(options.pop("size", 1000), "size", source, minimum=1)
     # reasoning-gym seeds item i with seed + i, so the test split starts far away from any training item
     task_seed = _whole_number(options.pop("seed", seed), "seed", source) + (0 if split == "train" else TEST_SEED_OFFSET)
@@ -432,11 +517,32 @@ def _reasoning_gym_rows(source: str, split: str, seed: int) -> Iterator[tuple[st
         import reasoning_gym
     except ImportError:
         raise DataError(f"{source}: needs the reasoning-gym package (pip install reasoning-gym)") from None
+    _check_generator_options(task, options, source)
     try:
         data = reasoning_gym.create_dataset(task, seed=task_seed, size=size, **options)
     except Exception as error:  # noqa: BLE001
         raise DataError(f"{source}: reasoning-gym cannot create {task!r} with {options} ({error})") from None
     yield from ((f"{task} item {i}", dict(entry)) for i, entry in enumerate(data, start=1))
+
+
+def _check_generator_options(task: str, options: Mapping[str, Any], source: str) -> None:
+    """Refuse an unknown task, or an option its config does not declare, naming the ones it has."""
+    import dataclasses
+
+    from reasoning_gym.factory import DATASETS
+
+    if task not in DATASETS:
+        close = difflib.get_close_matches(task, list(DATASETS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise DataError(f"{source}: reasoning-gym has no task {task!r} ({len(DATASETS)} tasks{hint})")
+    config = DATASETS[task][1]
+    if not dataclasses.is_dataclass(config):
+        return
+    known = [f.name for f in dataclasses.fields(config) if f.name not in ("seed", "size")]
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        raise DataError(f"{source}: {task!r} has no option {unknown[0]!r}; its options are size, seed, "
+                        f"{', '.join(known)}")
 
 
 def _whole_number(value: Any, name: str, source: str, minimum: int | None = None) -> int:
@@ -512,10 +618,8 @@ def _text(row: Any, key: str, where: str) -> str:
     if key not in row or row[key] is None:
         raise DataError(f"{where}: missing field {key!r}")
     value = row[key]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):  # JSON's NaN/Infinity would become the gold text "nan"
-            raise DataError(f"{where}: field {key!r} is {value}, not a usable value")
-        value = str(value)
+    if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        value = _number_text(value, key, where)
     if not isinstance(value, str):
         raise DataError(f"{where}: field {key!r} must be a string, found {type(value).__name__}")
     if not value.strip():
@@ -531,6 +635,35 @@ def _text(row: Any, key: str, where: str) -> str:
     return value
 
 
+FLOAT_DIGITS = 15
+"""Significant digits a binary float holds exactly: a float with more may not be the number that was written."""
+
+
+def _number_text(value: int | float | Decimal, key: str, where: str) -> str:
+    """A number of a data file as the plain decimal text it was written as (``0.00005``, not ``5e-05``).
+
+    JSONL numbers arrive exact (:class:`~decimal.Decimal` or ``int``). Files read by ``datasets`` (``.json``,
+    Parquet) give floats: one whose shortest form has more than :data:`FLOAT_DIGITS` significant digits may have
+    been rounded from what the file says (``12345678901234567890`` becomes ``12345678901234567168``), so it is a
+    bad row rather than a wrong gold.
+    """
+    if isinstance(value, float):
+        if not math.isfinite(value):  # JSON's NaN/Infinity would become the gold text "nan"
+            raise DataError(f"{where}: field {key!r} is {value}, not a usable value")
+        shortest = Decimal(repr(value))
+        if len(shortest.as_tuple().digits) > FLOAT_DIGITS:
+            raise DataError(f"{where}: field {key!r} is the floating-point number {value!r}, which holds only about "
+                            f"{FLOAT_DIGITS} exact digits; write the value as a string (\"...\") or in a .jsonl file")
+        value = shortest
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise DataError(f"{where}: field {key!r} is {value}, not a usable value")
+        if abs(value.adjusted()) > MAX_FIELD_CHARS:
+            raise DataError(f"{where}: field {key!r} is the number {value}, with more than {MAX_FIELD_CHARS:,} digits")
+        return format(value, "f")
+    return str(value)
+
+
 def _question(row: Any, key: str, where: str) -> str:
     """The question field: text, or chat messages (TRL's conversational prompts), whose last user message is it."""
     value = row.get(key) if isinstance(row, dict) else None
@@ -544,15 +677,19 @@ def _question(row: Any, key: str, where: str) -> str:
 
 def _gsm8k_row(row: dict, where: str, seed: int) -> Problem:
     question = _text(row, "question", where)
-    solution = _text(row, "answer", where)
+    return Problem(question, _number_after_hashes(_text(row, "answer", where), "answer", where), "gsm8k", where)
+
+
+def _number_after_hashes(solution: str, key: str, where: str) -> str:
+    """The gold of a GSM8K worked solution: the number after its last ``####``, strictly (the whole tail)."""
+    tail = ""
     try:
         gsm8k_gold(solution)  # the '####' and its message
         tail = solution.rsplit("####", 1)[1].strip()
-        gold = get_answer_format("gsm8k").parse_gold(tail)  # strict: the whole tail is one number
+        return get_answer_format("gsm8k").parse_gold(tail)
     except ValueError as error:
         message = str(error) if "####" in str(error) else f"expected a number after '####', found {tail[:60]!r}"
-        raise DataError(f"{where}: field 'answer' {message}") from None
-    return Problem(question, gold, "gsm8k", where)
+        raise DataError(f"{where}: field {key!r} {message}") from None
 
 
 def _math_row(row: dict, where: str, seed: int) -> Problem:
@@ -588,15 +725,28 @@ def _trl_row(row: dict, where: str, seed: int) -> Problem:
 
 
 def _plain_row(row: dict, where: str, question_key: str, gold_key: str, uid_key: str | None = None) -> Problem:
+    r"""A question and its gold.
+
+    A gold that is a worked solution is read as its benchmark's would be: the number after a GSM8K ``####``, or
+    the last ``\boxed{}`` of a MATH solution (graded as a number, else with
+    math-verify) -- never the whole solution, which no answer would match.
+    """
     question = _question(row, question_key, where)
     gold = _text(row, gold_key, where)
-    try:
-        gold = get_answer_format("gsm8k").parse_gold(gold)
-        dataset = "gsm8k"
-    except ValueError:
-        dataset = "exact"
     uid = str(row.get(uid_key)) if uid_key and row.get(uid_key) is not None else where
-    return Problem(question, gold, dataset, uid)
+    if "####" in gold:
+        return Problem(question, _number_after_hashes(gold, gold_key, where), "gsm8k", uid)
+    boxed = last_boxed(gold)
+    if boxed is not None and not gold.strip().startswith("\\boxed"):
+        if not boxed.strip():
+            raise DataError(f"{where}: field {gold_key!r} has an empty \\boxed{{}}")
+        gold, fallback = boxed.strip(), "math500"
+    else:
+        fallback = "exact"
+    try:
+        return Problem(question, get_answer_format("gsm8k").parse_gold(gold), "gsm8k", uid)
+    except ValueError:
+        return Problem(question, gold, fallback, uid)
 
 
 def _generated_row(row: dict, where: str, seed: int) -> Problem:

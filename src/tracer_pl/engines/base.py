@@ -86,11 +86,18 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         flag = "--model.backbone."
         require_between(self.max_new_tokens, flag + "max_new_tokens", 1, 32_768)
-        require(self.temperature >= 0, flag + "temperature", ">= 0", self.temperature)
+        # 0 would make a GSPO group's G candidates identical: no advantage, nothing learned (evaluation decodes
+        # greedily with --model.dialogue.eval_greedy); far above 1 the samples are noise
+        require(isinstance(self.temperature, (int, float)) and 0 < self.temperature <= 10, flag + "temperature",
+                "in (0, 10] (for greedy evaluation use --model.dialogue.eval_greedy true)", self.temperature)
         require_between(self.lora_r, flag + "lora_r", 1, 1024)
+        # the adapter's output is scaled by lora_alpha / lora_r: 0 makes it zero, so training changes nothing
+        require_between(self.lora_alpha, flag + "lora_alpha", 1, 65_536)
         require(0 <= self.lora_dropout < 1, flag + "lora_dropout", "in [0, 1)", self.lora_dropout)
         require(self.top_p is None or 0 < self.top_p <= 1, flag + "top_p", "in (0, 1]", self.top_p)
-        require(self.top_k is None or self.top_k >= 0, flag + "top_k", ">= 0", self.top_k)
+        # top_k 1 keeps only the likeliest token: every candidate of a group the same, as with temperature 0
+        require(self.top_k is None or self.top_k == 0 or self.top_k >= 2, flag + "top_k", "0 (off) or >= 2",
+                self.top_k)
         require(self.repetition_penalty is None or self.repetition_penalty > 0, flag + "repetition_penalty",
                 "positive", self.repetition_penalty)
         kwargs = self.chat_template_kwargs

@@ -11,12 +11,12 @@ Formats are looked up by name in a registry (:func:`get_answer_format`); users a
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation, localcontext
 
 from tracer_pl.errors import ConfigError
 from tracer_pl.grading.numbers import gsm8k_gold, last_number, normalize_number, stated_number
@@ -104,19 +104,38 @@ class NumberFormat(AnswerFormat):
         return last_number(text)
 
     def equivalent(self, prediction: str, gold: str) -> bool:
-        try:
-            p, g = float(prediction), float(gold)
-        except (TypeError, ValueError, OverflowError):
+        """Whether the two numbers differ by at most ``tolerance``, computed exactly in decimal.
+
+        Floats would round numbers of more than 15 significant digits, so that ``12345678901234567891`` would
+        equal ``12345678901234567890``; decimal arithmetic keeps every digit.
+        """
+        p, g = exact_number(prediction), exact_number(gold)
+        if p is None or g is None:
             return False
-        if not (math.isfinite(p) and math.isfinite(g)):
-            return False
-        return abs(p - g) <= self.tolerance
+        with localcontext() as context:
+            context.prec = 2 * _EXACT_DIGITS  # the difference of two such numbers, without rounding
+            return abs(p - g) <= Decimal(repr(float(self.tolerance)))
 
     def parse_gold(self, raw: str) -> str:
         value = clean_number(str(raw)) if raw is not None else None
         if value is None:
             raise ValueError(f"expected a number as the gold answer (like 42, -3.5, 1,234), found {raw!r}")
         return value
+
+
+_EXACT_DIGITS = 1000
+"""Numbers whose decimal exponent is beyond this are no answer (``1e999999999`` would cost time, not precision)."""
+
+
+def exact_number(text: object) -> Decimal | None:
+    """``text`` as an exact finite :class:`~decimal.Decimal` (``"1e20"``, ``" 0.00005 "``, ``"-3"``), else None."""
+    try:
+        value = Decimal(str(text).strip())
+    except (InvalidOperation, ValueError, TypeError):
+        return None
+    if not value.is_finite() or abs(value.adjusted()) > _EXACT_DIGITS or len(value.as_tuple().digits) > _EXACT_DIGITS:
+        return None
+    return value
 
 
 _CLEAN_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+|-?\d+/\d+")
@@ -335,6 +354,8 @@ _REGISTRY: dict[str, AnswerFormat] = {}
 
 def register_answer_format(fmt: AnswerFormat, *, overwrite: bool = False) -> AnswerFormat:
     """Make ``fmt`` available under ``fmt.name``; refuses to replace a format unless ``overwrite``."""
+    if not isinstance(fmt, AnswerFormat) or not isinstance(getattr(fmt, "name", None), str) or not fmt.name:
+        raise TypeError(f"register_answer_format expects an AnswerFormat instance with a name, got {fmt!r}")
     if fmt.name in _REGISTRY and not overwrite:
         raise ValueError(f"an answer format named {fmt.name!r} is registered already; pass overwrite=True")
     _REGISTRY[fmt.name] = fmt

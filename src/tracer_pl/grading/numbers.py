@@ -9,7 +9,7 @@ model text.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 from tracer_pl.grading.text import clean_text, ends_unfinished, first_sentence, last_boxed, without_parentheticals
 
@@ -56,7 +56,7 @@ def _canonical(token: str) -> str | None:
         return None
     if not value.is_finite():
         return None
-    value = value.normalize()
+    value = value.normalize(Context(prec=_MAX_DIGITS))  # every digit kept (the default context rounds to 28)
     text = format(value, "f")
     return "0" if text in ("-0", "0") else text
 

@@ -45,6 +45,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tracer_pl.core.controllers import controller_table
 from tracer_pl.errors import CheckpointError
+from tracer_pl.training import run_files
 
 
 class BatchCheckpoint(L.Callback):
@@ -53,13 +54,18 @@ class BatchCheckpoint(L.Callback):
     On SIGTERM (what schedulers send on preemption) Lightning lets the batch in flight finish and stops; then
     ``last.ckpt`` is saved at that batch boundary and :attr:`preempted` is set (``tracer-pl`` exits with 143).
 
+    The directory belongs to one run (:mod:`tracer_pl.training.run_files`): a fit that does not resume from a
+    checkpoint in it is refused when it already holds checkpoints, and a debug run (``fast_dev_run``) saves nothing
+    and leaves the directory alone.
+
     Args:
         dirpath: Directory of the checkpoints.
         every_n_batches: Save after every this many batches (a kill loses at most this many).
         keep_every: Also keep a numbered copy (``step-000012.ckpt``) every this many batches; 0 keeps none.
 
     Raises:
-        CheckpointError: at the start of ``fit``, when ``dirpath`` cannot be written or another run holds it.
+        CheckpointError: at the start of ``fit``, when ``dirpath`` cannot be written, another process holds it, or
+            it holds the checkpoints of another run.
     """
 
     LOCK_NAME = ".fit.lock"
@@ -83,12 +89,24 @@ class BatchCheckpoint(L.Callback):
         :class:`AtomicCheckpointIO` instead (every checkpoint it saves becomes atomic); a ``CheckpointIO`` plugin of
         your own is kept, and decides how files are written.
         """
-        if stage != "fit":
+        if stage != "fit" or getattr(trainer, "fast_dev_run", False):
             return
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if trainer.is_global_zero and self._lock is None:
             self._lock = DirectoryLock(self.dirpath, self.LOCK_NAME)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Refuse to write into the directory of another run (``trainer.ckpt_path`` is known once it is restored)."""
+        self.check_owner(trainer, trainer.ckpt_path)  # every rank: each then stops alike
+
+    def check_owner(self, trainer: L.Trainer, ckpt_path: str | Path | None) -> None:
+        """Refuse a fit from ``ckpt_path`` (None: from the start) that would replace another run's checkpoints.
+
+        See :func:`~tracer_pl.training.run_files.check_owner`; a debug run writes nothing, so it is never refused.
+        """
+        if not trainer.fast_dev_run:
+            run_files.check_owner(self.dirpath, ckpt_path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._lock is not None:
@@ -97,6 +115,8 @@ class BatchCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
                            ) -> None:
+        if trainer.fast_dev_run:
+            return
         done = trainer.fit_loop.epoch_loop.batch_progress.total.processed
         if done % self.every_n_batches == 0:
             self.save(trainer, "last.ckpt")
@@ -104,7 +124,8 @@ class BatchCheckpoint(L.Callback):
             self.save(trainer, f"step-{done:06d}.ckpt")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.save(trainer, "last.ckpt")
+        if not trainer.fast_dev_run:
+            self.save(trainer, "last.ckpt")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """On SIGTERM, save: Lightning stops only between batches, so the state is at a batch boundary.
@@ -112,7 +133,7 @@ class BatchCheckpoint(L.Callback):
         Any exception ends the fit, so the directory's lock is released here (Lightning skips ``teardown`` then).
         """
         try:
-            if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and not trainer.fast_dev_run:
                 self.save(trainer, "last.ckpt")
                 self.preempted = True
         finally:

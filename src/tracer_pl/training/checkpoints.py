@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import inspect
 import math
 import os
 import pickle
@@ -41,6 +42,15 @@ RUN_KEY = "tracer_run"
 ADAPTER_SETTINGS = ("model.backbone.name", "model.backbone.lora_r", "model.backbone.lora_alpha",
                     "model.backbone.target_modules")
 """Settings a checkpoint's adapters depend on: checked for every use of a checkpoint (fit, validate, test)."""
+
+STATE_SETTINGS = "model.controllers.state_"
+"""The prefix of the settings that define the controllers' states (``state_vote``, ``state_time``, any ``state_*``
+added later): a checkpoint's regret tables hold only the states its definition makes, so these are checked for
+every use of a checkpoint too (a test with another definition would meet states the tables never had and play
+uniform strategies there)."""
+
+VOTE_CLIP = "model.controllers.vote_clip"
+"""The vote clip is part of the state definition too: a state ``+3`` exists only without a clip of 2."""
 
 SAFE_TO_CHANGE = (
     "model.evaluation",  # what validate/test run; never used in training
@@ -319,25 +329,78 @@ def differences(saved: Mapping[str, Any], current: Mapping[str, Any], flags: Ite
     return [(f, saved[f], current[f]) for f in names if f in saved and f in current and saved[f] != current[f]]
 
 
-def refuse_differences(found: list[tuple[str, Any, Any]], what: str) -> None:
-    """Raise one ConfigError naming the first changed flag (and how many others changed)."""
+RESUME_ADVICE = "use the checkpoint's setting, or start a new run in another --trainer.default_root_dir"
+EVALUATION_ADVICE = "use the checkpoint's setting to evaluate it"
+
+
+def refuse_differences(found: list[tuple[str, Any, Any]], what: str, advice: str = RESUME_ADVICE) -> None:
+    """Raise one ConfigError naming the first changed flag, its old and new value (and how many others changed)."""
     if not found:
         return
     flag, saved, current = found[0]
     others = f" (and {len(found) - 1} more: {', '.join(f[0] for f in found[1:])})" if len(found) > 1 else ""
-    raise ConfigError(
-        f"--{flag}: the checkpoint was {what} with {saved!r}, this run has {current!r}{others}; use the "
-        "checkpoint's setting, or start a new run in another --trainer.default_root_dir"
-    )
+    raise ConfigError(f"--{flag}: the checkpoint was {what} with {_short(saved)}, this run has {_short(current)}"
+                      f"{others}; {advice}")
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters (a long system prompt stays readable)."""
+    text = shown(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_model(checkpoint: Mapping[str, Any], hparams: Mapping[str, Any], resuming: bool) -> None:
-    """Refuse a checkpoint whose model settings differ from ``hparams`` (all of them when ``resuming``)."""
+    """Refuse a checkpoint whose model settings differ from ``hparams`` (all of them when ``resuming``).
+
+    Every use compares the adapters' settings (:data:`ADAPTER_SETTINGS`) and the controllers' state definition
+    (:data:`STATE_SETTINGS`, :data:`VOTE_CLIP`); resuming ``fit`` compares every recorded setting that is not
+    :data:`SAFE_TO_CHANGE`.
+    """
     saved = flatten(checkpoint.get("hyper_parameters") or {}, "model")
     current = flatten(hparams, "model")
-    refuse_differences(differences(saved, current, ADAPTER_SETTINGS), "trained")
+    always = [*ADAPTER_SETTINGS, VOTE_CLIP, *(flag for flag in saved if flag.startswith(STATE_SETTINGS))]
+    refuse_differences(differences(saved, current, always), "trained", RESUME_ADVICE if resuming else
+                       EVALUATION_ADVICE)
     if resuming:
         refuse_differences(differences(saved, current), "trained")
+
+
+def role_settings(role: Any) -> dict[str, Any]:
+    """What a role was built with, as plain data: its class and its init arguments, for the checkpoint to record.
+
+    ``{"class_path": "tracer_pl.core.roles.Proposer", "init_args": {"system_prompt": ..., "reward_scale": 1.0,
+    ...}}``. The init arguments are the parameters of the class's ``__init__`` (and of its bases' when it passes
+    ``**kwargs`` on), read back from the role's attributes of the same names (so a default is recorded as the value
+    in use); reward functions are recorded by their import path. A parameter the role keeps under no attribute of
+    its name cannot be read back and is not recorded.
+    """
+    cls = type(role)
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = list(inspect.signature(init).parameters.values())[1:]
+        names += [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    init_args = {name: _plain(getattr(role, name)) for name in names if hasattr(role, name)}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as data a checkpoint holds under ``weights_only=True``: functions and classes by import path."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
 
 
 def run_settings(trainer: Any) -> dict[str, Any]:
@@ -350,6 +413,64 @@ def check_run(checkpoint: Mapping[str, Any], trainer: Any) -> None:
     refuse_differences(differences(checkpoint.get(RUN_KEY) or {}, run_settings(trainer)), "saved")
 
 
+TRAIN_FILE, TRAIN_DIGEST = "data.train", "data.train_file_sha256"
+
+
 def check_data(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
-    """Refuse resuming with data settings (or a data file) other than the checkpoint's."""
-    refuse_differences(differences(saved, current), "saved")
+    """Refuse resuming with data settings (or a data file) other than the checkpoint's.
+
+    A local training file is the same file when its content is: with equal SHA-256 digests its path may be
+    written another way (``./x.jsonl``, an absolute path, a link, a copy elsewhere).
+    """
+    found = differences(saved, current)
+    if saved.get(TRAIN_DIGEST) is not None and saved.get(TRAIN_DIGEST) == current.get(TRAIN_DIGEST):
+        found = [change for change in found if change[0] != TRAIN_FILE]
+    refuse_differences(found, "saved")
+
+
+# ---------------------------------------------------------------------- which file --ckpt_path names
+def resolve(trainer: Any, ckpt_path: str | Path | None, fit: bool) -> str | Path | None:
+    """The checkpoint file ``ckpt_path`` names: Lightning's keywords found here, or refused in one line.
+
+    ``last``: the newest ``last*.ckpt`` in the directories of the trainer's checkpoint callbacks
+    (:class:`~tracer_pl.training.callbacks.BatchCheckpoint`, or a ``ModelCheckpoint`` given a ``dirpath``); none yet
+    is a fresh start for ``fit`` (None: a requeued job's first attempt) and an error otherwise; no such callback
+    is an error (Lightning would train from scratch, or evaluate the untrained model). ``best``: the best model of
+    the trainer's ``ModelCheckpoint``, an error without one. ``hpc``: the newest ``hpc_ckpt_<N>.ckpt`` of
+    ``trainer.default_root_dir``, an error without one. Paths and ``registry`` are returned as they are.
+
+    Raises:
+        CheckpointError: naming ``--ckpt_path`` and what to give instead.
+    """
+    instead = "give the path of a checkpoint file"
+    if ckpt_path == "last":
+        directories = [Path(cb.dirpath) for cb in trainer.callbacks if getattr(cb, "dirpath", None)]
+        found = [p for d in directories for p in checkpoints_named(d, "last*.ckpt")]
+        if found:
+            return str(max(found, key=lambda p: p.stat().st_mtime))
+        if not directories:
+            raise CheckpointError("--ckpt_path last: the trainer has no checkpoint callback to find the last "
+                                  "checkpoint of (tracer_pl.training.callbacks.BatchCheckpoint in --trainer.callbacks, "
+                                  f"as configs/tiny.yaml has); {instead}")
+        if fit:
+            return None
+        raise CheckpointError(f"--ckpt_path last: no checkpoint in {shown(directories[0])} yet; {instead}")
+    if ckpt_path == "best":
+        best = getattr(trainer.checkpoint_callback, "best_model_path", None)
+        if not best:
+            raise CheckpointError("--ckpt_path best: the trainer has no ModelCheckpoint that saved a best model in "
+                                  f"this process; {instead}")
+        return best
+    if ckpt_path == "hpc":
+        found = checkpoints_named(Path(trainer.default_root_dir), "hpc_ckpt_*.ckpt")
+        numbered = [p for p in found if p.stem.removeprefix("hpc_ckpt_").isdigit()]
+        if not numbered:
+            raise CheckpointError(f"--ckpt_path hpc: no HPC checkpoint (hpc_ckpt_<N>.ckpt) in "
+                                  f"{shown(trainer.default_root_dir)}; {instead}")
+        return str(max(numbered, key=lambda p: int(p.stem.removeprefix("hpc_ckpt_"))))
+    return ckpt_path
+
+
+def checkpoints_named(directory: Path, pattern: str) -> list[Path]:
+    """The regular files matching ``pattern`` in ``directory`` (none when it is not a directory)."""
+    return [p for p in directory.glob(pattern) if p.is_file()] if directory.is_dir() else []

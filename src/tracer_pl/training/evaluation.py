@@ -26,9 +26,9 @@ from tracer_pl.core.controllers import Controller, EvalProtocol
 from tracer_pl.core.dialogue import Dialogue, DialogueConfig, DialogueRecord, play
 from tracer_pl.core.problem import Problem
 from tracer_pl.core.seats import Seat
-from tracer_pl.errors import CheckpointError, DataError, require, require_between
+from tracer_pl.errors import DataError, require, require_between
 from tracer_pl.keys import eval_key
-from tracer_pl.training import checkpoints
+from tracer_pl.training import checkpoints, run_files
 from tracer_pl.training.distributed import gather_objects
 from tracer_pl.training.metrics import problem_metrics, record_json, state_decisions
 
@@ -102,7 +102,7 @@ def evaluate(module: L.LightningModule, datamodule: L.LightningDataModule, *, tr
         checkpoints.check_file(ckpt_path)
     trainer = trainer or L.Trainer(devices=1, logger=False, enable_checkpointing=False,
                                    enable_model_summary=False, default_root_dir="runs/evaluate")
-    ckpt_path = _resolve_keyword(trainer, ckpt_path)
+    ckpt_path = checkpoints.resolve(trainer, ckpt_path, fit=False)  # Lightning would evaluate the untrained module
     _check_writable(Path(trainer.default_root_dir))
     checkpoints.guard_loading(trainer)
     run = trainer.test if stage == "test" else trainer.validate
@@ -113,26 +113,6 @@ def evaluate(module: L.LightningModule, datamodule: L.LightningDataModule, *, tr
                         f"written: check the data module's {stage} sets and trainer.limit_{stage}_batches")
     write_metrics(trainer, stage)
     return metrics
-
-
-def _resolve_keyword(trainer: L.Trainer, ckpt_path: str | Path | None) -> str | Path | None:
-    """``last`` as the newest ``last.ckpt`` of the trainer's checkpoint callbacks, and ``best`` checked to exist.
-
-    Lightning alone evaluates the module as it is, with only a warning, when ``last`` finds no checkpoint; here
-    that is an error, as on the command line.
-    """
-    if ckpt_path == "last":
-        found = [Path(cb.dirpath) / "last.ckpt" for cb in trainer.callbacks if getattr(cb, "dirpath", None)]
-        existing = [path for path in found if path.is_file()]
-        if not existing:
-            where = f"in {', '.join(str(path.parent) for path in found)}" if found else \
-                "saved by a checkpoint callback of the trainer"
-            raise CheckpointError(f"--ckpt_path last: no last.ckpt {where}; give the path of a checkpoint file")
-        return str(max(existing, key=lambda path: path.stat().st_mtime))
-    if ckpt_path == "best" and not getattr(trainer.checkpoint_callback, "best_model_path", None):
-        raise CheckpointError("--ckpt_path best: the trainer has no ModelCheckpoint that saved a best model; give "
-                              "the path of a checkpoint file")
-    return ckpt_path
 
 
 def _check_writable(directory: Path) -> None:
@@ -245,11 +225,14 @@ class Evaluator:
         return {key: speaking / total for key, (speaking, total) in sorted(pooled.items())}
 
     def write_records(self, directory: Path, stage: str, suffix: str = "") -> None:
-        """Per-problem records (question, gold, every turn, final answer, tokens) as JSONL, one file per dataset."""
-        directory.mkdir(parents=True, exist_ok=True)
+        """Per-problem records (question, gold, every turn, final answer, tokens) as JSONL, one file per dataset.
+
+        Each file is written whole (:func:`~tracer_pl.training.run_files.write_text`): a full disk is a one-line
+        error and leaves no cut-off file.
+        """
         for name, records in self.records.items():
             path = directory / f"{stage}_records_{name}{suffix}.jsonl"
-            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            run_files.write_text(path, "".join(json.dumps(r) + "\n" for r in records), "the records")
 
 
 __all__ = ["EvaluationConfig", "Evaluator", "evaluate", "stage_metrics", "write_metrics"]

@@ -119,8 +119,9 @@ class TracerModule(L.LightningModule):
         self._pending_rng: tuple[Any, Any] | None = None  # a resumed run's sampling RNG, set before its 1st batch
         self.save_hyperparameters({  # plain data, so checkpoints load with torch.load(weights_only=True)
             "backbone": asdict(backbone), "dialogue": asdict(dialogue), "gspo": asdict(gspo),
-            "controllers": asdict(controllers), "proposer": type(proposer).__qualname__,
-            "reviewer": type(reviewer).__qualname__, "extra_roles": [type(r).__qualname__ for r in self.extra_roles],
+            "controllers": asdict(controllers), "proposer": checkpoints.role_settings(proposer),
+            "reviewer": checkpoints.role_settings(reviewer),
+            "extra_roles": {r.name: checkpoints.role_settings(r) for r in self.extra_roles},
             "train_proposer": train_proposer,
             "train_reviewer": train_reviewer, "eval_seed": eval_seed, "evaluation": asdict(evaluation),
             "algorithm": algorithm, "engine": type(engine).__qualname__,
@@ -292,7 +293,12 @@ class TracerModule(L.LightningModule):
                         group_size=self.gspo_config.group_size, min_reward_std=self.gspo_config.min_reward_std)
 
     def on_train_end(self) -> None:
-        """Export each role's adapter in the peft format to ``<log_dir>/adapters/<role>``, with a model card each."""
+        """Export each role's adapter in the peft format to ``<log_dir>/adapters/<role>``, with a model card each.
+
+        A debug run (``fast_dev_run``) exports nothing, as it saves no checkpoint.
+        """
+        if self.trainer.fast_dev_run:  # a debug run leaves nothing behind
+            return
         directory = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapters"  # collective: all ranks
         if self.trainer.is_global_zero:
             self.exported_adapters = export_adapters(self, directory)
@@ -377,6 +383,26 @@ class TracerModule(L.LightningModule):
         return evaluate(self, datamodule, trainer=trainer, stage=stage, ckpt_path=ckpt_path)
 
     # ------------------------------------------------------------------ checkpoints
+    def setup(self, stage: str) -> None:
+        """Route the checkpoint Lightning loads for the stage through the command line's checks.
+
+        ``trainer.fit``/``test``/``validate(ckpt_path=...)`` then refuse an unusable file (damaged, empty, foreign,
+        a named pipe) with a one-line :class:`~tracer_pl.errors.CheckpointError` instead of torch's exceptions
+        (:func:`~tracer_pl.training.checkpoints.guard_loading`; ``setup`` runs before the checkpoint is read).
+        """
+        checkpoints.guard_loading(self.trainer)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, after the file passed the command line's checks.
+
+        A missing, empty, damaged or foreign file, or one that is not a regular file (a named pipe, a device), is
+        a one-line :class:`~tracer_pl.errors.CheckpointError` naming it, before torch reads it.
+        """
+        if isinstance(checkpoint_path, (str, Path)) and checkpoints.is_local_file(checkpoint_path):
+            checkpoints.for_lightning(checkpoint_path, flag="checkpoint_path")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable (adapter) weights; add controllers and the sampling RNG for an exact resume."""
         trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
