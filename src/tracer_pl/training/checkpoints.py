@@ -374,7 +374,12 @@ def role_settings(role: Any) -> dict[str, Any]:
     in use); reward functions are recorded by their import path. A parameter the role keeps under no attribute of
     its name cannot be read back and is not recorded.
     """
-    cls = type(role)
+    # a default role is jsonargparse's lazy instance, a class made at run time over the role's class: record that one
+    mro = type(role).__mro__
+    lazy = [i for i, k in enumerate(mro) if k.__module__.startswith("jsonargparse")]
+    cls = mro[lazy[-1] + 1] if lazy else type(role)
+    if lazy:  # its attributes exist once it is first used: read them from the instance it will become
+        role = cls(**dict(role.lazy_get_init_args()))
     names: list[str] = []
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")

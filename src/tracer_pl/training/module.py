@@ -43,6 +43,7 @@ from tracer_pl.training.evaluation import EvaluationConfig, Evaluator, evaluate
 from tracer_pl.training.export import export_adapters
 from tracer_pl.training.gspo_update import GSPOUpdate
 from tracer_pl.training.metrics import decision_metrics, group_metrics, regret_bound_terms, worst_average_regret
+from tracer_pl.training.rebuild import module_settings
 
 
 class TracerModule(L.LightningModule):
@@ -393,15 +394,25 @@ class TracerModule(L.LightningModule):
         checkpoints.guard_loading(self.trainer)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint``, after the file passed the command line's checks.
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, **overrides: Any) -> TracerModule:  # type: ignore[override]
+        """The module a checkpoint was trained as, ready to evaluate or generate.
 
-        A missing, empty, damaged or foreign file, or one that is not a regular file (a named pipe, a device), is
-        a one-line :class:`~tracer_pl.errors.CheckpointError` naming it, before torch reads it.
+        It is rebuilt from the settings the checkpoint records, with its adapters and controllers loaded.
+        ``overrides`` replace recorded arguments (``evaluation=EvaluationConfig(method="cot")``, ``engine=...``).
+        The file passes the command line's checks first: a missing, empty, damaged or foreign file, or one that is
+        not a regular file, is a one-line :class:`~tracer_pl.errors.CheckpointError` naming it. ``map_location``,
+        ``hparams_file`` and ``strict`` (Lightning's arguments) are not used: the adapters load on the policy's
+        device, and the frozen base is never in a checkpoint.
         """
-        if isinstance(checkpoint_path, (str, Path)) and checkpoints.is_local_file(checkpoint_path):
-            checkpoints.for_lightning(checkpoint_path, flag="checkpoint_path")
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        checkpoint = checkpoints.read(checkpoint_path, flag="checkpoint_path")
+        where = f"checkpoint_path {checkpoints.shown(checkpoint_path)}"
+        settings = module_settings(checkpoint.get("hyper_parameters") or {}, where)
+        module = cls(**{**settings, **overrides})
+        module.configure_model()
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"], strict=False)
+        return module
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable (adapter) weights; add controllers and the sampling RNG for an exact resume."""
