@@ -52,6 +52,24 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def timed(owner: object, name: str, totals: dict[str, float], key: str) -> None:
+    """Wrap ``owner.name`` so that its wall time adds to ``totals[key]``."""
+    import time
+    from functools import wraps
+
+    original = getattr(owner, name)
+
+    @wraps(original)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[key] += time.perf_counter() - start
+
+    setattr(owner, name, wrapper)
+
+
 def fit_quickstart(flags: list[str], callback: Any, prefix: str) -> None:
     """Train ``configs/quickstart.yaml`` with ``flags`` (``--name=value``) and ``callback``, without logger,
     checkpoints or progress bar, in a temporary root directory named with ``prefix``."""

@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from functools import wraps
 
-from _common import benchmark_parser, emit, fit_quickstart, machine, peak_memory_gb, run_child
+from _common import benchmark_parser, emit, fit_quickstart, machine, peak_memory_gb, run_child, timed
 
 
 def child(mode: str, model: str, batch_size: int, batches: int, max_new_tokens: int) -> dict:
@@ -28,21 +27,8 @@ def child(mode: str, model: str, batch_size: int, batches: int, max_new_tokens: 
 
     totals = {"generate": 0.0, "gspo": 0.0}
 
-    def timed(owner, name: str, key: str) -> None:
-        original = getattr(owner, name)
-
-        @wraps(original)
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                totals[key] += time.perf_counter() - start
-
-        setattr(owner, name, wrapper)
-
-    timed(HFPolicy, "generate", "generate")
-    timed(GSPOUpdate, "step", "gspo")
+    timed(HFPolicy, "generate", totals, "generate")
+    timed(GSPOUpdate, "step", totals, "gspo")
 
     class Steps(L.Callback):
         def __init__(self) -> None:

@@ -35,7 +35,7 @@ import tempfile
 import time
 from functools import wraps
 
-from _common import benchmark_parser, emit, machine, peak_memory_gb, run_child
+from _common import benchmark_parser, emit, machine, peak_memory_gb, run_child, timed
 
 ROWS = {
     "signal": "reasoning_gym:basic_arithmetic?size=200&max_terms=2&max_digits=1&allow_negation=false"
@@ -50,21 +50,6 @@ def problems(row: str, n: int):
     from tracer_pl.data.sources import load_problems
 
     return list(load_problems(ROWS[row], seed=3))[:n]
-
-
-def timed(owner: object, name: str, totals: dict[str, float], key: str) -> None:
-    """Wrap ``owner.name`` so that its wall time adds to ``totals[key]``."""
-    original = getattr(owner, name)
-
-    @wraps(original)
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            totals[key] += time.perf_counter() - start
-
-    setattr(owner, name, wrapper)
 
 
 def run_tracer(args: argparse.Namespace) -> dict:

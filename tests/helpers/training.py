@@ -44,3 +44,21 @@ class StepCounter(L.Callback):
             if key.endswith("/steps"):
                 role = key.split("/")[1]
                 self.steps[role] = self.steps.get(role, 0) + int(value)
+
+
+def unrun_checkpoint(config_args):
+    """What a fit of the CLI configuration ``config_args`` saves, built without running it: its hyperparameters,
+    its data position (2 problems consumed) and run settings, sealed as a real checkpoint is."""
+    from tracer_pl.cli import build_cli
+    from tracer_pl.training import checkpoints
+
+    cli = build_cli(list(config_args), run=False)  # run=False takes no subcommand
+    checkpoint = {
+        "state_dict": {},
+        "pytorch-lightning_version": L.__version__,
+        "hyper_parameters": dict(cli.model.hparams),
+        "ReasoningDataModule": {"consumed": 2, "settings": cli.datamodule.resume_settings()},
+        checkpoints.RUN_KEY: checkpoints.run_settings(cli.trainer),
+    }
+    checkpoints.seal(checkpoint)
+    return checkpoint

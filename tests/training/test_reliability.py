@@ -16,6 +16,7 @@ import torch
 from tests.helpers.paths import CONFIGS, GSM, TINY, child_env
 from tests.helpers.problems import P42
 from tests.helpers.scripted import ScriptedAgent, ScriptedProposerController, ScriptedReviewerController
+from tests.helpers.training import unrun_checkpoint
 from tracer_pl.cli import build_cli
 from tracer_pl.core.dialogue import DialogueConfig, run_dialogues
 from tracer_pl.core.gspo import GSPOConfig
@@ -493,19 +494,8 @@ def test_resuming_a_changed_experiment_is_refused_before_loading(tmp_path, chang
 
 
 def resume_checkpoint():
-    """What a tiny-config fit saves, built without running one: its hyperparameters, data and run settings."""
-    from tracer_pl.training import checkpoints
-
-    cli = build_cli(TINY_ARGS[1:], run=False)  # run=False takes no subcommand
-    checkpoint = {
-        "state_dict": {},
-        "pytorch-lightning_version": L.__version__,
-        "hyper_parameters": dict(cli.model.hparams),
-        "ReasoningDataModule": {"consumed": 2, "settings": cli.datamodule.resume_settings()},
-        checkpoints.RUN_KEY: checkpoints.run_settings(cli.trainer),
-    }
-    checkpoints.seal(checkpoint)
-    return checkpoint
+    """What a tiny-config fit saves, built without running one."""
+    return unrun_checkpoint(TINY_ARGS[1:])
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.helpers.paths import CONFIGS, GSM, TINY, child_env
+from tests.helpers.training import unrun_checkpoint
 from tracer_pl.cli import build_cli, main
 from tracer_pl.data.datamodule import ReasoningDataModule
 from tracer_pl.errors import CheckpointError, ConfigError
@@ -27,18 +28,9 @@ VERIFIER = str(CONFIGS / "examples" / "third_role.yaml")
 
 
 def saved_checkpoint(path, *args):
-    """What a tiny-config fit with ``args`` saves, built without training: settings, data position, run settings."""
-    cli = build_cli(["-c", TINY, *QUIET, *args], run=False)
-    checkpoint = {
-        "state_dict": {},
-        "pytorch-lightning_version": L.__version__,
-        "hyper_parameters": dict(cli.model.hparams),
-        "ReasoningDataModule": {"consumed": 2, "settings": cli.datamodule.resume_settings()},
-        checkpoints.RUN_KEY: checkpoints.run_settings(cli.trainer),
-    }
-    checkpoints.seal(checkpoint)
+    """What a tiny-config fit with ``args`` saves, built without training, written to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
+    torch.save(unrun_checkpoint(["-c", TINY, *QUIET, *args]), path)
     return path
 
 
