@@ -603,10 +603,19 @@ def check_engine_and_loggers(model: Any, trainer: Any) -> None:
             except Exception as error:  # noqa: BLE001 - wandb raises its own types (no key, no network)
                 if not type(error).__module__.startswith("wandb"):
                     raise
+                _forget_wandb()  # a failed start leaves W&B's settings behind: a later start would reuse them
                 reason = " ".join(str(error).split())[:200]
                 raise ConfigError(f"--trainer.logger WandbLogger cannot start ({reason}): log in once with `wandb "
                                   "login` or set WANDB_API_KEY, or set WANDB_MODE=offline and upload later with "
                                   "`wandb sync`") from None
+
+
+def _forget_wandb() -> None:
+    """Stop W&B's process-wide state (its settings and service), so that the next start reads the environment."""
+    import wandb
+
+    with contextlib.suppress(Exception):  # noqa: BLE001 - best effort: nothing was running or it is gone already
+        wandb.teardown()
 
 
 def check_controller_variant(checkpoint: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:

@@ -117,7 +117,8 @@ def test_four_agent_bundles_fit_and_test_from_the_command_line_on_the_released_p
     schedule = seats + seats[:3]
     assert [[t["role"] for t in json.loads(line)["turns"]] for line in records] == [schedule, schedule]
     with pytest.raises(ConfigError, match="adapters for the roles"):  # a two-seat run cannot load it
-        build_cli(["test", "-c", TINY, "--data.test_limit=2", "--ckpt_path=runs/tiny/checkpoints/last.ckpt"])
+        build_cli(["test", "-c", TINY, overlays[0], overlays[1], "--data.test_limit=2",
+                   "--ckpt_path=runs/tiny/checkpoints/last.ckpt"])
 
 
 @pytest.mark.e2e
