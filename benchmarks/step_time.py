@@ -3,7 +3,8 @@
     python benchmarks/step_time.py configs/quickstart.yaml [--batches 3] [-- extra CLI args]
 
 Prints one JSON object on its last line: seconds per training batch (after the first, which includes warm-up),
-the whole fit time and the process's peak resident memory.
+the completion tokens generated and the GSPO optimizer steps taken per batch (over the same batches), the whole
+fit time and the process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ from tracer_pl.cli import build_cli
 class BatchTimer(L.Callback):
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.tokens: list[float] = []
+        self.gspo_steps: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.times.append(time.perf_counter() - self._start)
+        metrics = trainer.callback_metrics
+        per_problem = float(metrics.get("train/completion_tokens_per_problem", 0.0))
+        self.tokens.append(per_problem * len(batch))
+        self.gspo_steps.append(sum(float(v) for k, v in metrics.items() if k.startswith("gspo/") and k.endswith("/steps")))
 
 
 def main() -> None:
@@ -36,6 +43,7 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--batches", type=int, default=3)
     args, extra = parser.parse_known_args()
+    extra = [arg for arg in extra if arg != "--"]
     timer = BatchTimer()
     root = tempfile.mkdtemp(prefix="tracer-step-time-")
     start = time.perf_counter()
@@ -45,11 +53,15 @@ def main() -> None:
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
     steady = timer.times[1:] or timer.times
+    tokens = timer.tokens[1:] or timer.tokens
+    gspo_steps = timer.gspo_steps[1:] or timer.gspo_steps
     result = {
         "config": args.config,
         "batch_size": cli.datamodule.batch_size,
         "seconds_per_batch": sum(steady) / len(steady),
         "first_batch_seconds": timer.times[0],
+        "generated_tokens_per_batch": sum(tokens) / len(tokens),
+        "gspo_steps_per_batch": sum(gspo_steps) / len(gspo_steps),
         "fit_seconds": time.perf_counter() - start,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }

@@ -23,6 +23,10 @@ Each side runs in its own process with one thread; sides alternate for ``--repea
 ratios are medians over repeats with their range. The first step of every run is warm-up and not timed.
 ``speedup`` is TRL's seconds per step over tracer_pl's on the ``signal`` row; ``memory_ratio`` TRL's peak memory
 over tracer_pl's. The last output line is JSON.
+
+``--generation-weights merged_bf16 --score-autocast bf16`` runs tracer_pl with its speed settings; TRL keeps its
+fp32 defaults (``bf16=False``), so that row compares the two libraries as each is best used on this CPU, with the
+same counts of steps, sequences and tokens, but tracer_pl sampling from a bf16 rounding of the policy.
 """
 
 from __future__ import annotations
@@ -96,7 +100,8 @@ def run_tracer(args: argparse.Namespace) -> dict:
     L.seed_everything(args.seed)
     module = TracerModule(
         backbone=BackboneConfig(name=args.model, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_p=1.0, top_k=0, repetition_penalty=1.0, lora_r=8, lora_alpha=16),
+                                top_p=1.0, top_k=0, repetition_penalty=1.0, lora_r=8, lora_alpha=16,
+                                generation_weights=args.generation_weights, score_autocast=args.score_autocast),
         algorithm="single_agent",
         gspo=GSPOConfig(group_size=args.group_size, lr=args.lr, epsilon=0.2, max_grad_norm=1.0, update_per="round"),
         evaluation=EvaluationConfig(method="cot"),
@@ -204,6 +209,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--generation-weights", default="adapters", choices=("adapters", "merged", "merged_bf16"),
+                        help="tracer_pl's --model.backbone.generation_weights (TRL generates in fp32 with its "
+                             "adapter unmerged)")
+    parser.add_argument("--score-autocast", default="off", choices=("off", "bf16"),
+                        help="tracer_pl's --model.backbone.score_autocast (TRL trains in fp32: bf16=False)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.max_new_tokens, args.group_size, args.repeats = 2, 32, 4, 2
@@ -212,7 +222,8 @@ def main() -> None:
         return
     common = ["--model", args.model, "--problems", str(args.problems), "--group-size", str(args.group_size),
               "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps),
-              "--temperature", str(args.temperature), "--lr", str(args.lr), "--seed", str(args.seed)]
+              "--temperature", str(args.temperature), "--lr", str(args.lr), "--seed", str(args.seed),
+              "--generation-weights", args.generation_weights, "--score-autocast", args.score_autocast]
     result: dict = {"benchmark": "vs_trl", "command": " ".join(["python", "benchmarks/vs_trl.py", *sys.argv[1:]]),
                     "settings": {k: v for k, v in vars(args).items() if k not in ("side", "row")}, "rows": {}}
     for row in ROWS:

@@ -64,6 +64,16 @@ class BackboneConfig:
             ``apply_chat_template`` wherever a prompt is rendered, e.g. ``{enable_thinking: false}`` for Qwen3.
             Keys must be identifiers, and not the arguments the engine sets itself (``tokenize``,
             ``add_generation_prompt``, ``return_dict``, ...).
+        generation_weights: What decodes the Hugging Face engine's turns. ``adapters`` (default): the peft model
+            with the speaking role's adapter active, unmerged. ``merged``: a copy of the base with that adapter
+            merged in, re-merged whenever the role or its weights change (the same policy up to float rounding;
+            costs one more copy of the weights the adapters touch). ``merged_bf16``: that copy in bf16 (half
+            the memory; samples come from a bf16 rounding of the policy, and GSPO logs the gap as
+            ``sampling_logp_mismatch``). Training and scoring always use the peft model. Not with a 4-bit base,
+            and not with the vLLM engine (it has its own ``dtype``).
+        score_autocast: ``bf16`` runs GSPO's scoring forward pass and its backward pass under ``torch.autocast``
+            in bf16 (the log-softmax stays fp32; old and new log-probs are computed the same way, so the ratio
+            stays exact); ``off`` (default) computes in the base's dtype.
     """
 
     name: str = "tiny-qwen2"
@@ -82,6 +92,8 @@ class BackboneConfig:
     adapter_seed: int = 0
     share_prompt_cache: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
+    generation_weights: Literal["adapters", "merged", "merged_bf16"] = "adapters"
+    score_autocast: Literal["off", "bf16"] = "off"
 
     def __post_init__(self) -> None:
         flag = "--model.backbone."
@@ -107,6 +119,12 @@ class BackboneConfig:
         engine_set = {"conversation", "add_generation_prompt", "continue_final_message", "tokenize", "padding",
                       "truncation", "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask",
                       "tokenizer_kwargs"}
+        require(self.generation_weights in ("adapters", "merged", "merged_bf16"), flag + "generation_weights",
+                "adapters, merged or merged_bf16", self.generation_weights)
+        require(self.score_autocast in ("off", "bf16"), flag + "score_autocast", "off or bf16", self.score_autocast)
+        require(self.generation_weights == "adapters" or self.precision != "4bit", flag + "generation_weights",
+                "adapters with --model.backbone.precision 4bit (a merged copy would hold the base at full size)",
+                self.generation_weights)
         for key in kwargs or {}:
             require(isinstance(key, str) and key.isidentifier(), flag + "chat_template_kwargs",
                     "keyed by template variable names", key)

@@ -98,12 +98,18 @@ class VLLMEngine(HFEngine):
         """Load the training backbone as :class:`HFEngine` does, then start vLLM on the same base weights.
 
         Raises:
-            ConfigError: ``max_loras`` is below the number of roles.
+            ConfigError: ``max_loras`` is below the number of roles, or ``generation_weights`` is not ``adapters``.
         """
         if self.max_loras is not None and self.max_loras < len(roles):
             raise ConfigError(
                 f"--model.engine.init_args.max_loras={self.max_loras} cannot hold the adapters of {len(roles)} "
                 f"roles {list(roles)}; set it to at least {len(roles)}"
+            )
+        if config.generation_weights != "adapters":
+            raise ConfigError(
+                f"--model.backbone.generation_weights {config.generation_weights} applies to the Hugging Face "
+                "engine's generation; vLLM generates on its own copy of the weights, whose precision "
+                "--model.engine.init_args.dtype sets"
             )
         backbone = super().build(config, roles)
         workdir = Path(tempfile.mkdtemp(prefix="tracer_pl_vllm_"))
@@ -175,7 +181,7 @@ class VLLMPolicy(HFPolicy):
         self = cls(backbone.model, backbone.tokenizer, backbone.roles, max_new_tokens=backbone.max_new_tokens,
                    temperature=backbone.temperature, top_p=backbone.top_p, top_k=backbone.top_k,
                    repetition_penalty=backbone.repetition_penalty, share_prompt_cache=backbone.share_prompt_cache,
-                   chat_template_kwargs=backbone.chat_template_kwargs)
+                   chat_template_kwargs=backbone.chat_template_kwargs, score_autocast=backbone.score_autocast)
         self.llm, self.workdir, self.keep_versions, self.sleep = llm, workdir, keep_versions, sleep
         self.sync_seconds: list[float] = []
         self._versions: dict[str, list[tuple[int, Path]]] = {role: [] for role in self.roles}

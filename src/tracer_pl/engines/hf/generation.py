@@ -29,11 +29,14 @@ class PolicyParts(Protocol):
     share_prompt_cache: bool
     stop_token_ids: list[int]
     chat_template_kwargs: dict[str, Any]
+    generation_weights: str
 
     @property
     def device(self) -> torch.device: ...
 
     def use(self, role: str) -> None: ...
+
+    def generation_model(self, role: str) -> Any: ...
 
 
 def render(policy: PolicyParts, prompt: Messages) -> str:
@@ -85,6 +88,11 @@ def generate(policy: PolicyParts,
     to the prompt's samples, and ``generate`` continues from it. The samples are the same as without
     sharing (up to float rounding); the prompt's compute is paid once instead of ``num_samples`` times.
 
+    With :attr:`generation_weights` ``merged`` or ``merged_bf16`` the tokens are decoded by a copy of the base
+    with the role's adapter merged in (:mod:`tracer_pl.engines.hf.merged`), and each completion reports the
+    copy's log-probabilities of its tokens as ``sampling_logprobs`` (temperature 1, as scoring computes them),
+    so GSPO logs how far they are from the training model's (``sampling_logp_mismatch``).
+
     Raises:
         ValueError: ``num_samples`` has the wrong length or a negative count.
     """
@@ -92,7 +100,8 @@ def generate(policy: PolicyParts,
     live = [i for i, n in enumerate(counts) if n]
     if not live:
         return [[] for _ in prompts]
-    policy.use(role)
+    model = policy.generation_model(role)
+    report = policy.generation_weights != "adapters"
     shared = policy.share_prompt_cache and any(counts[i] > 1 for i in live)
     texts = [render(policy, prompts[i]) for i in live for _ in range(1 if shared else counts[i])]
     batch = policy.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
@@ -100,15 +109,18 @@ def generate(policy: PolicyParts,
     )
     ids, mask = batch["input_ids"], batch["attention_mask"]
     cache = {}
-    with torch.no_grad(), _eval_mode(policy.model):
+    with torch.no_grad(), _eval_mode(model):
         if shared:
             sizes = torch.tensor([counts[i] for i in live])
             rows = torch.repeat_interleave(torch.arange(len(live)), sizes).to(policy.device)
             if ids.shape[1] > 1:  # a one-token prompt has nothing to cache
-                cache["past_key_values"] = _prompt_cache(policy, ids, mask, rows)
+                cache["past_key_values"] = _prompt_cache(model, ids, mask, rows)
             ids, mask = ids[rows], mask[rows]
-        output = policy.model.generate(input_ids=ids, attention_mask=mask, **cache, **_decoding(policy, greedy))
-    completions = _completions(policy, ids, mask, output)
+        output = model.generate(input_ids=ids, attention_mask=mask, **cache, **_decoding(policy, greedy),
+                                **({"return_dict_in_generate": True, "output_logits": True} if report else {}))
+    sequences = output.sequences if report else output
+    logprobs = _generated_logprobs(output.logits, sequences[:, ids.shape[1]:]) if report else None
+    completions = _completions(policy, ids, mask, sequences, logprobs)
     grouped, start = [], 0
     for n in counts:
         grouped.append(completions[start : start + n])
@@ -116,11 +128,11 @@ def generate(policy: PolicyParts,
     return grouped
 
 
-def _prompt_cache(policy: PolicyParts, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> Any:
+def _prompt_cache(model: Any, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> Any:
     """KV cache of every prompt but its last token, with row ``rows[j]`` of the batch copied to row ``j``."""
     head, head_mask = ids[:, :-1], mask[:, :-1]
     positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
-    out = policy.model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True,
+    out = model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True,
                      logits_to_keep=1)
     cache = out.past_key_values
     cache.batch_select_indices(rows)
@@ -144,8 +156,15 @@ def _decoding(policy: PolicyParts, greedy: bool) -> dict:
             **{name: value for name, value in filters.items() if value is not None}}
 
 
-def _completions(policy: PolicyParts, input_ids: torch.Tensor, mask: torch.Tensor, output: torch.Tensor
-) -> list[Completion]:
+def _generated_logprobs(logits: Sequence[torch.Tensor], generated: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` log-probabilities (temperature 1, in fp32) of the generated tokens under the raw step logits."""
+    steps = [torch.log_softmax(step.float(), dim=-1).gather(-1, generated[:, t : t + 1])
+             for t, step in enumerate(logits)]
+    return torch.cat(steps, dim=-1).cpu()
+
+
+def _completions(policy: PolicyParts, input_ids: torch.Tensor, mask: torch.Tensor, output: torch.Tensor,
+                 logprobs: torch.Tensor | None = None) -> list[Completion]:
     generated = output[:, input_ids.shape[1] :].cpu()
     stops = torch.isin(generated, torch.tensor(policy.stop_token_ids))
     completions = []
@@ -162,6 +181,7 @@ def _completions(policy: PolicyParts, input_ids: torch.Tensor, mask: torch.Tenso
                 truncated=not len(ends),
                 prompt_ids=prompt_ids,
                 completion_ids=completion_ids,
+                sampling_logprobs=None if logprobs is None else logprobs[row, :length].clone(),
             )
         )
     return completions

@@ -31,6 +31,7 @@ from tracer_pl.core.roles import DialogueView, Role, Utterance
 from tracer_pl.engines.base import BackboneConfig
 from tracer_pl.engines.hf import export, generation, scoring
 from tracer_pl.engines.hf.export import RunSummary
+from tracer_pl.engines.hf.merged import GENERATION_DTYPES, MergedCopy
 from tracer_pl.engines.hf.models import ComputeDtype, Precision, load_base_model
 from tracer_pl.errors import ConfigError, DataError
 
@@ -88,9 +89,14 @@ class HFPolicy(torch.nn.Module):
             keeps the model's ``generation_config`` value.
         share_prompt_cache: Encode a prompt once for all its samples.
         chat_template_kwargs: Extra variables for the tokenizer's chat template (e.g. ``enable_thinking``).
+        generation_weights: ``adapters`` decodes with peft's unmerged adapters; ``merged`` and ``merged_bf16``
+            with a copy of the base (in its dtype, or bf16) holding the speaking role's adapter merged in
+            (:mod:`tracer_pl.engines.hf.merged`).
+        score_autocast: ``bf16`` runs the scoring forward pass (and so GSPO's backward) under ``torch.autocast``
+            in bf16; ``off`` in the base's dtype. The log-softmax stays in fp32 either way.
 
     Raises:
-        ConfigError: A role has no adapter in ``model``.
+        ConfigError: A role has no adapter in ``model``, or an unknown ``generation_weights``/``score_autocast``.
     """
 
     def __init__(
@@ -106,8 +112,14 @@ class HFPolicy(torch.nn.Module):
         repetition_penalty: float | None = None,
         share_prompt_cache: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
+        generation_weights: str = "adapters",
+        score_autocast: str = "off",
     ) -> None:
         super().__init__()
+        if generation_weights != "adapters" and generation_weights not in GENERATION_DTYPES:
+            raise ConfigError(f"generation_weights must be adapters, merged or merged_bf16, got {generation_weights!r}")
+        if score_autocast not in ("off", "bf16"):
+            raise ConfigError(f"score_autocast must be off or bf16, got {score_autocast!r}")
         missing = [role for role in roles if role not in model.peft_config]
         if missing or not roles:
             raise ConfigError(
@@ -124,7 +136,10 @@ class HFPolicy(torch.nn.Module):
         self.repetition_penalty = repetition_penalty
         self.share_prompt_cache = share_prompt_cache
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.generation_weights = generation_weights
+        self.score_autocast = score_autocast
         self.stop_token_ids = _stop_token_ids(model, tokenizer)
+        self._merged: list[MergedCopy] = []  # built on first use; a list keeps it out of the module's state
         self._mark_adapters_trainable()
 
     @classmethod
@@ -149,6 +164,8 @@ class HFPolicy(torch.nn.Module):
         adapter_seed: int = 0,
         share_prompt_cache: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
+        generation_weights: str = "adapters",
+        score_autocast: str = "off",
     ) -> HFPolicy:
         """Load the base (:func:`tracer_pl.engines.hf.models.load_base_model`) and add one fresh LoRA adapter per role.
 
@@ -175,6 +192,8 @@ class HFPolicy(torch.nn.Module):
             share_prompt_cache: When a prompt gets several samples, compute its KV cache once and copy it to
                 every sample (see :meth:`generate`).
             chat_template_kwargs: Extra variables for the tokenizer's chat template.
+            generation_weights: ``adapters``, ``merged`` or ``merged_bf16`` (see the class).
+            score_autocast: ``off`` or ``bf16`` (see the class).
 
         Raises:
             ConfigError: Empty or repeated role names, or target modules that cannot be inferred.
@@ -209,7 +228,8 @@ class HFPolicy(torch.nn.Module):
         return cls(
             model, tokenizer, roles, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
             top_k=top_k, repetition_penalty=repetition_penalty, share_prompt_cache=share_prompt_cache,
-            chat_template_kwargs=chat_template_kwargs,
+            chat_template_kwargs=chat_template_kwargs, generation_weights=generation_weights,
+            score_autocast=score_autocast,
         )
 
     @classmethod
@@ -222,6 +242,7 @@ class HFPolicy(torch.nn.Module):
             max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
             top_k=config.top_k, repetition_penalty=config.repetition_penalty, adapter_seed=config.adapter_seed,
             share_prompt_cache=config.share_prompt_cache, chat_template_kwargs=config.chat_template_kwargs,
+            generation_weights=config.generation_weights, score_autocast=config.score_autocast,
         )
 
     # ------------------------------------------------------------------ the Policy protocol
@@ -316,6 +337,15 @@ class HFPolicy(torch.nn.Module):
         if self.model.active_adapter != role:
             self.model.set_adapter(role)
             self._mark_adapters_trainable()  # set_adapter freezes the adapters it deactivates
+
+    def generation_model(self, role: str) -> torch.nn.Module:
+        """The model that decodes ``role``'s turns: the peft model with ``role`` active, or the merged copy."""
+        self.use(role)
+        if self.generation_weights == "adapters":
+            return self.model
+        if not self._merged:
+            self._merged.append(MergedCopy(self.model, GENERATION_DTYPES[self.generation_weights]))
+        return self._merged[0].for_role(role, self.role_parameters(role))
 
     def role_parameters(self, role: str) -> list[torch.nn.Parameter]:
         """The LoRA parameters of ``role``'s adapter: what its optimizer steps.

@@ -21,8 +21,9 @@ def token_logprobs(policy: PolicyParts, role: str, completions: Sequence[Complet
 
     Prompts are left-padded and completions right-padded, so every completion starts in the same column
     and only the completion columns go through the output head. Position ids count real tokens only, so
-    padding changes nothing. The log-softmax is taken in fp32. The model's train/eval mode is left as the
-    caller set it.
+    padding changes nothing. The log-softmax is taken in fp32. With the policy's ``score_autocast`` ``bf16`` the
+    forward pass (and the backward pass through it) runs under ``torch.autocast`` in bf16. The model's
+    train/eval mode is left as the caller set it.
 
     Returns:
         ``(token_logp, mask)`` of shape ``[N, C]`` (C: the longest completion): ``token_logp`` is 0 on
@@ -33,14 +34,16 @@ def token_logprobs(policy: PolicyParts, role: str, completions: Sequence[Complet
         return empty, empty.long()
     ids, mask, width = _pack(policy, completions)
     policy.use(role)
+    autocast = getattr(policy, "score_autocast", "off") == "bf16"
     # logits at columns P-1 .. P+C-2 predict the completion tokens at columns P .. P+C-1
-    logits = policy.model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-        logits_to_keep=width + 1,
-        use_cache=False,
-    ).logits[:, :-1]
+    with torch.autocast(policy.device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = policy.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            logits_to_keep=width + 1,
+            use_cache=False,
+        ).logits[:, :-1]
     logp = torch.log_softmax(logits.float(), dim=-1)
     targets = ids[:, -width:]
     completion_mask = mask[:, -width:]
