@@ -4,7 +4,8 @@
 
 Made for a machine with one CUDA GPU and no internet (the model is the offline ``smollm2-135m-instruct`` alias).
 It runs :mod:`vllm_rollouts` with ``--qlora``: the training model is SmolLM2 on a 4-bit NF4 base with two LoRA
-adapters (bitsandbytes), vLLM serves the same base in bf16 with both adapters; it measures HF ``generate``
+adapters (bitsandbytes) and GSPO's scoring under bf16 autocast (``score_autocast: bf16``, the 7B configs'
+setting), vLLM serves the same base in bf16 with both adapters; it measures HF ``generate``
 against vLLM rollout tokens per second, TRACER training steps with the vLLM engine (seconds per step, adapter
 sync time and its share of a step) and peak GPU memory. Without CUDA it runs the same in fp32 on the CPU
 (nothing 4-bit) and says so; without vLLM it reports what is missing. Prints one JSON line at the end.

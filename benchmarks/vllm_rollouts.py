@@ -129,14 +129,17 @@ def main() -> None:
     parser = benchmark_parser(__doc__, "4 prompts x G = 4, 48 new tokens; 3 rounds of 32 tokens, 2 timed steps")
     parser.add_argument("--part", choices=["rollout", "training"], default=None, help="run one part in this process")
     parser.add_argument("--qlora", action="store_true",
-                        help="CUDA: train on a 4-bit NF4 base (vLLM serves bf16), on the GPU")
+                        help="CUDA: train on a 4-bit NF4 base with bf16 autocast for scoring, as the 7B QLoRA "
+                             "config does (vLLM serves bf16), on the GPU")
     args = parser.parse_args()
     sizes = (4, 4, 48, 3) if args.quick else (8, 4, 96, 4)
     if args.part == "rollout":
         emit(rollout(args.model, *sizes[:3], precision="4bit" if args.qlora else "fp32"))
         return
     if args.part == "training":
-        gpu = ["--trainer.accelerator=gpu", "--model.backbone.precision=4bit"] if args.qlora else []
+        # the 7B QLoRA config's settings: 4-bit base, GSPO's scoring under bf16 autocast
+        gpu = ["--trainer.accelerator=gpu", "--model.backbone.precision=4bit",
+               "--model.backbone.score_autocast=bf16"] if args.qlora else []
         short = ["--model.dialogue.rounds=3", "--model.backbone.max_new_tokens=32"] if args.quick else []
         emit(training(sizes[3], [f"--model.backbone.name={args.model}", *short, *gpu]))
         return
