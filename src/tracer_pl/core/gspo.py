@@ -254,7 +254,8 @@ class GSPOConfig:
         importance_sampling_correction: Weight the loss by the truncated ratio between the training model's and
             the sampling engine's probabilities of the sampled tokens
             (:func:`truncated_importance_weights`); needs an engine that reports sampling log-probs
-            (``VLLMEngine``). Off by default.
+            (``VLLMEngine``, or the Hugging Face engine with ``generation_weights`` ``merged``/``merged_bf16``).
+            Off by default.
         importance_sampling_cap: The truncation of those weights.
         include_eos: Score a completion's end-of-sequence token: its log-probability is in the sequence's sum and
             it is one of the |y| tokens (TRACER §3 counts every generated token). ``false`` leaves it out of both,

@@ -208,7 +208,9 @@ class GSPOUpdate:
             if cfg.importance_sampling_correction:
                 raise ConfigError(
                     "--model.gspo.importance_sampling_correction needs an engine that reports the sampled tokens' "
-                    f"log-probs (tracer_pl.engines.vllm.VLLMEngine); {type(self.policy).__name__} does not"
+                    "log-probs (tracer_pl.engines.vllm.VLLMEngine, or the Hugging Face engine with "
+                    f"--model.backbone.generation_weights merged or merged_bf16); {type(self.policy).__name__} does "
+                    "not"
                 )
             return None
         sampling = torch.zeros_like(old_token_logp)
