@@ -151,7 +151,8 @@ def main() -> None:
     quick = result["whole_steps"]["quickstart"][step_variants[-1]]
     result["quickstart_variant"] = step_variants[-1]
     result["quickstart_step_speedup"] = quick["speedup"]
-    result["quickstart_memory_ratio"] = quick["peak_rss_gb"] / result["whole_steps"]["quickstart"]["today"]["peak_rss_gb"]
+    today = result["whole_steps"]["quickstart"]["today"]
+    result["quickstart_memory_ratio"] = quick["peak_rss_gb"] / today["peak_rss_gb"]
     emit(result)
 
 

@@ -35,7 +35,8 @@ class BatchTimer(L.Callback):
         metrics = trainer.callback_metrics
         per_problem = float(metrics.get("train/completion_tokens_per_problem", 0.0))
         self.tokens.append(per_problem * len(batch))
-        self.gspo_steps.append(sum(float(v) for k, v in metrics.items() if k.startswith("gspo/") and k.endswith("/steps")))
+        steps = [float(v) for k, v in metrics.items() if k.startswith("gspo/") and k.endswith("/steps")]
+        self.gspo_steps.append(sum(steps))
 
 
 def main() -> None:

@@ -133,7 +133,7 @@ def _prompt_cache(model: Any, ids: torch.Tensor, mask: torch.Tensor, rows: torch
     head, head_mask = ids[:, :-1], mask[:, :-1]
     positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True,
-                     logits_to_keep=1)
+                logits_to_keep=1)
     cache = out.past_key_values
     cache.batch_select_indices(rows)
     return cache
