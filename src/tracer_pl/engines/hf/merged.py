@@ -64,6 +64,7 @@ class MergedCopy:
                 else:
                     own[name].copy_(tensor)
         self.model.tie_weights()
+        self.targets = {name: module for name, module in self.model.named_modules() if name in self.layers}
         self.role: str | None = None
         self.versions: tuple[int, ...] = ()
 
@@ -82,11 +83,10 @@ class MergedCopy:
 
     @torch.no_grad()
     def _merge(self, role: str) -> None:
-        own = dict(self.model.named_modules())
         for name, layer in self.layers.items():
             weight = layer.get_base_layer().weight
             delta = layer.get_delta_weight(role) if role in layer.lora_A else 0
-            own[name].weight.copy_(weight.float() + delta)
+            self.targets[name].weight.copy_(weight.float() + delta)
 
 
 def _plain_name(name: str) -> str:

@@ -116,7 +116,7 @@ class HFPolicy(torch.nn.Module):
         score_autocast: str = "off",
     ) -> None:
         super().__init__()
-        if generation_weights != "adapters" and generation_weights not in GENERATION_DTYPES:
+        if generation_weights not in ("adapters", *GENERATION_DTYPES):
             raise ConfigError(f"generation_weights must be adapters, merged or merged_bf16, got {generation_weights!r}")
         if score_autocast not in ("off", "bf16"):
             raise ConfigError(f"score_autocast must be off or bf16, got {score_autocast!r}")
