@@ -13,9 +13,11 @@ Two parts, each comparing every variant with today's defaults (``adapters``, ``o
    ``configs/quickstart.yaml`` and ``configs/tiny.yaml``, runs interleaved ABBA: seconds per step after the
    first, generated tokens per step and GSPO optimizer steps per step (a variant's samples differ, if only by
    rounding, so the dialogues and the work differ; both are printed beside the time, with the speed-up per
-   generated token), and the process's peak resident memory. On a CPU
-   without bf16 instructions (torch reports ``AVX2`` or less) the ``score_autocast: bf16`` variants are left out
-   of this part, since part 1 already shows them many times slower there; ``--variants`` overrides.
+   generated token), the largest sampling mismatch GSPO logged (``sampling_logp_mismatch``, mean absolute
+   per-token log-prob gap; None for today's path, which samples from the training weights themselves) and the
+   process's peak resident memory. On a CPU without bf16 instructions (torch reports ``AVX2`` or less) the
+   ``score_autocast: bf16`` variants are left out of this part, since part 1 already shows them many times
+   slower there; ``--variants`` overrides.
 
 The last line is one JSON object.
 """
@@ -109,6 +111,8 @@ def whole_steps(config: str, steps: int, repeats: int, variants: list[str]) -> d
             "generated_tokens_per_step": statistics.median(r["generated_tokens_per_batch"] for r in done),
             "gspo_steps_per_step": statistics.median(r["gspo_steps_per_batch"] for r in done),
             "peak_rss_gb": max(r["peak_rss_gb"] for r in done),
+            "sampling_logp_mismatch": max((r["sampling_logp_mismatch"] for r in done
+                                           if r.get("sampling_logp_mismatch") is not None), default=None),
         }
     return result
 

@@ -3,8 +3,9 @@
     python benchmarks/step_time.py configs/quickstart.yaml [--batches 3] [-- extra CLI args]
 
 Prints one JSON object on its last line: seconds per training batch (after the first, which includes warm-up),
-the completion tokens generated and the GSPO optimizer steps taken per batch (over the same batches), the whole
-fit time and the process's peak resident memory.
+the completion tokens generated and the GSPO optimizer steps taken per batch (over the same batches), the largest
+``gspo/<role>/sampling_logp_mismatch`` logged (how far the sampler's log-probabilities were from the training
+model's; None when the engine reports none), the whole fit time and the process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class BatchTimer(L.Callback):
         self.times: list[float] = []
         self.tokens: list[float] = []
         self.gspo_steps: list[float] = []
+        self.mismatch: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._start = time.perf_counter()
@@ -37,6 +39,7 @@ class BatchTimer(L.Callback):
         self.tokens.append(per_problem * len(batch))
         steps = [float(v) for k, v in metrics.items() if k.startswith("gspo/") and k.endswith("/steps")]
         self.gspo_steps.append(sum(steps))
+        self.mismatch += [float(v) for k, v in metrics.items() if k.endswith("/sampling_logp_mismatch")]
 
 
 def main() -> None:
@@ -63,6 +66,7 @@ def main() -> None:
         "first_batch_seconds": timer.times[0],
         "generated_tokens_per_batch": sum(tokens) / len(tokens),
         "gspo_steps_per_batch": sum(gspo_steps) / len(gspo_steps),
+        "sampling_logp_mismatch": max(timer.mismatch) if timer.mismatch else None,
         "fit_seconds": time.perf_counter() - start,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }

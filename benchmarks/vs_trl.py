@@ -9,8 +9,9 @@ repetition penalty 1), the same max new tokens, sequence-level importance ratios
 clip range, learning rate and gradient clip, and one optimizer step per training step (tracer_pl's
 ``gspo.update_per: round``; TRL's ``steps_per_generation = num_iterations = 1``). Per side and row the JSON
 reports what was done: ``optimizer_steps``, ``trained_sequences`` (sequences in the loss),
-``frac_reward_zero_std`` (groups whose rewards were all equal), ``completion_tokens`` and the longest completion
-per step (decoding runs to the longest sequence of a call), then ``generate_seconds`` and ``update_seconds``
+``frac_reward_zero_std`` (groups whose rewards were all equal), ``mean_reward`` (+1 right, -1 wrong),
+``completion_tokens`` and ``longest_completion_per_step`` (decoding runs to the longest sequence of a
+call), then ``generate_seconds`` and ``update_seconds``
 per step (generation with reward scoring; everything else of the step).
 
 Two rows. ``signal``: one-digit additions and subtractions, on which the base model is right about half the time,
@@ -65,7 +66,8 @@ def run_tracer(args: argparse.Namespace) -> dict:
     from tracer_pl.training.gspo_update import GSPOUpdate
     from tracer_pl.training.module import BackboneConfig, EvaluationConfig, TracerModule
 
-    totals = {"generate": 0.0, "groups": 0.0, "zero_std_groups": 0.0, "trained_sequences": 0.0}
+    totals = {"generate": 0.0, "groups": 0.0, "zero_std_groups": 0.0, "trained_sequences": 0.0, "reward_sum": 0.0,
+              "longest": 0.0}
     timed(HFPolicy, "generate", totals, "generate")
     step = GSPOUpdate.step
 
@@ -75,6 +77,8 @@ def run_tracer(args: argparse.Namespace) -> dict:
         totals["groups"] += len(groups)
         totals["zero_std_groups"] += len(groups) - len(live)
         totals["trained_sequences"] += sum(len(g.completions) for g in live)
+        totals["reward_sum"] += sum(float(g.rewards.mean()) for g in groups)
+        totals["longest"] = max([totals["longest"]] + [c.completion_tokens for g in groups for c in g.completions])
         return step(self, role, groups)
 
     GSPOUpdate.step = counted_step
@@ -84,6 +88,7 @@ def run_tracer(args: argparse.Namespace) -> dict:
             self.rows: list[dict[str, float]] = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            totals["longest"] = 0.0
             self.start, self.before = time.perf_counter(), dict(totals)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -93,7 +98,7 @@ def run_tracer(args: argparse.Namespace) -> dict:
                 "seconds": seconds, "generate_seconds": done["generate"],
                 "optimizer_steps": pl_module.last_step_statistics.get("gspo/proposer/steps", 0.0),
                 "trained_sequences": done["trained_sequences"], "zero_std_groups": done["zero_std_groups"],
-                "groups": done["groups"],
+                "groups": done["groups"], "reward_sum": done["reward_sum"], "longest_completion": totals["longest"],
                 "completion_tokens": float(sum(r.completion_tokens for r in outputs["records"])),
             })
 
@@ -171,6 +176,8 @@ def run_trl(args: argparse.Namespace) -> dict:
     trainer.train()
     for row, logs in zip(steps.rows, steps.logged):
         row["zero_std_groups"] = logs["frac_reward_zero_std"] * args.problems
+        row["reward_sum"] = logs["reward"] * args.problems
+        row["longest_completion"] = logs["completions/max_length"]
         row["completion_tokens"] = logs["completions/mean_length"] * batch
     return summarize(steps.rows)
 
@@ -189,7 +196,9 @@ def summarize(rows: list[dict[str, float]]) -> dict:
         "update_seconds": (seconds - generate) / n, "optimizer_steps": total("optimizer_steps"),
         "trained_sequences": total("trained_sequences"),
         "frac_reward_zero_std": total("zero_std_groups") / total("groups") if total("groups") else None,
-        "completion_tokens": total("completion_tokens"), "peak_memory_gb": peak_memory_gb(),
+        "mean_reward": total("reward_sum") / total("groups") if total("groups") else None,
+        "completion_tokens": total("completion_tokens"),
+        "longest_completion_per_step": total("longest_completion") / n, "peak_memory_gb": peak_memory_gb(),
     }
 
 
@@ -201,6 +210,8 @@ def main() -> None:
     parser = benchmark_parser(__doc__, "2 timed steps of 32 new tokens, 2 repeats")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--row", choices=tuple(ROWS), default="signal", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", nargs="+", choices=tuple(ROWS), default=list(ROWS),
+                        help="rows to run (default both; `speedup` needs `signal`)")
     parser.add_argument("--problems", type=int, default=2, help="problems per step")
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=96)
@@ -225,8 +236,11 @@ def main() -> None:
               "--temperature", str(args.temperature), "--lr", str(args.lr), "--seed", str(args.seed),
               "--generation-weights", args.generation_weights, "--score-autocast", args.score_autocast]
     result: dict = {"benchmark": "vs_trl", "command": " ".join(["python", "benchmarks/vs_trl.py", *sys.argv[1:]]),
-                    "settings": {k: v for k, v in vars(args).items() if k not in ("side", "row")}, "rows": {}}
-    for row in ROWS:
+                    "settings": {k: v for k, v in vars(args).items() if k not in ("side", "row")},
+                    "rows": {}}
+    if "signal" not in args.rows:
+        parser.error("--rows must include signal: the headline speedup is measured on it")
+    for row in args.rows:
         runs: dict[str, list[dict]] = {side: [] for side in SIDES}
         for repeat in range(args.repeats):
             for side in SIDES if repeat % 2 == 0 else reversed(SIDES):  # ABBA
@@ -247,8 +261,8 @@ def main() -> None:
         for side in SIDES:  # the counts of the first run of each side, for the headline
             first = runs[side][0]
             result["rows"][row][side] = {key: first[key] for key in (
-                "optimizer_steps", "trained_sequences", "frac_reward_zero_std", "generate_seconds",
-                "update_seconds", "completion_tokens")}
+                "optimizer_steps", "trained_sequences", "frac_reward_zero_std", "mean_reward", "generate_seconds",
+                "update_seconds", "completion_tokens", "longest_completion_per_step")}
     signal = result["rows"]["signal"]
     result.update({
         "tracer_pl": signal["tracer_pl"], "trl": signal["trl"],
