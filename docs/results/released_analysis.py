@@ -282,8 +282,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"domain: `{'`, `'.join(FAMILIES)}`, also pooled. Accuracies carry 95% Wilson intervals; differences "
         "(single-agent GSPO minus TRACER, same seed, same protocol) 95% Bonett–Price intervals and exact McNemar "
         f"p-values, also Holm–Bonferroni-adjusted over the family of all {holm_family['family_size']} such "
-        f"differences below (every protocol, seed and test set, pooled included; "
-        f"{holm_family['complete_family_size']} when the study is complete).", "",
+        "differences below (every protocol, seed and test set, pooled included"
+        + ("" if holm_family["family_size"] == holm_family["complete_family_size"]
+           else f"; {holm_family['complete_family_size']} when the study is complete") + ").", "",
     ]
     if result["missing"]:
         lines += ["**Missing** (the study may still be running; the numbers below are of what exists, and the "
@@ -321,7 +322,9 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{entry['unfinished']} |")
     total = sum(entry["minutes"] for entry in result["minutes"].values())
     lines += ["", f"Wall-clock minutes from `timings.txt` (a fit from `fit` to `fitted`, a test from `test` to "
-              f"`done`); {total:.1f} minutes of one thread in all."]
+              f"`done`); {total:.1f} minutes of one thread in all. `unfinished` counts attempts stopped before their "
+              "end (a fit later resumed from its last checkpoint, a test rerun from the start); their minutes are "
+              "not in the table."]
     if result["notes"]:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
