@@ -49,7 +49,24 @@ def peak_memory_gb() -> float:
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return peak_rss_gb()
+
+
+def peak_rss_gb() -> float:
+    """This process's own peak resident memory, in GiB.
+
+    On Linux it is ``VmHWM`` of ``/proc/self/status``: ``getrusage``'s ``ru_maxrss`` is carried over ``execve``, so
+    a child started by a parent that had loaded a model would report the parent's peak. Elsewhere ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    scale = 2**30 if sys.platform == "darwin" else 2**20  # bytes on macOS, kB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def timed(owner: object, name: str, totals: dict[str, float], key: str) -> None:

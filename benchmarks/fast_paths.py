@@ -1,6 +1,6 @@
 """What do the speed settings save, and what do they change? ``generation_weights`` and ``score_autocast``.
 
-    python benchmarks/fast_paths.py [--quick] [--repeats 3] [--steps 4]
+    python benchmarks/fast_paths.py [--quick] [--repeats 4] [--steps 4] [--variants ...] [--parts ...]
 
 Two parts, each comparing every variant with today's defaults (``adapters``, ``off``) in one run, interleaved:
 
@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), help="whole-step variants (today is "
                         "always run); default all, without the score_autocast ones on a CPU lacking bf16")
+    parser.add_argument("--parts", nargs="+", choices=("same_work", "whole_steps"),
+                        default=["same_work", "whole_steps"], help="which parts to run (default both)")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.tokens, args.steps = 2, 16, 2
@@ -144,14 +146,19 @@ def main() -> None:
         "machine": machine(),
         "settings": {"repeats": args.repeats, "tokens": args.tokens, "steps_per_run": args.steps,
                      "variants": VARIANTS},
-        "same_work": same_work(args.model, args.tokens, args.repeats),
-        "whole_steps": {
+        "native_bf16": native_bf16(),
+    }
+    if "whole_steps" in args.parts:
+        result["whole_steps"] = {
             "quickstart": whole_steps("configs/quickstart.yaml", args.steps, max(2, args.repeats // 2),
                                       step_variants),
             "tiny": whole_steps("configs/tiny.yaml", args.steps, args.repeats, step_variants),
-        },
-        "native_bf16": native_bf16(),
-    }
+        }
+    if "same_work" in args.parts:
+        result["same_work"] = same_work(args.model, args.tokens, args.repeats)
+    if "whole_steps" not in args.parts:
+        emit(result)
+        return
     quick = result["whole_steps"]["quickstart"][step_variants[-1]]
     result["quickstart_variant"] = step_variants[-1]
     result["quickstart_step_speedup"] = quick["speedup"]

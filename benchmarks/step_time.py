@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
 
 import lightning as L
+from _common import peak_rss_gb
 
 from tracer_pl.cli import build_cli
 
@@ -68,7 +68,7 @@ def main() -> None:
         "gspo_steps_per_batch": sum(gspo_steps) / len(gspo_steps),
         "sampling_logp_mismatch": max(timer.mismatch) if timer.mismatch else None,
         "fit_seconds": time.perf_counter() - start,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gb": peak_rss_gb(),
     }
     print(json.dumps(result))
 
